@@ -1,0 +1,236 @@
+"""Florence-2 inference: one loaded model, batches of images, every task.
+
+Each batch's vision features are computed once and shared by all task
+prompts (``get_image_features`` then ``generate(mm_encoder_outputs=...)``);
+the output is token-identical to calling ``generate`` with pixels per task,
+which :func:`naive_generate` does and the tests compare against.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from PIL import Image
+
+from .config import ModelConfig
+from .errors import ModelUnavailableError
+
+log = logging.getLogger(__name__)
+
+BASE_ID = "florence-community/Florence-2-base"
+LARGE_ID = "florence-community/Florence-2-large"
+
+# task -> parsed result, as Florence2Processor.post_process_generation gives it
+TaskResults = dict[str, Any]
+
+
+class Analyzer(Protocol):
+    """What the pipeline needs from a model backend."""
+
+    model_id: str
+    tasks: tuple[str, ...]
+
+    def analyze(self, images: Sequence[Image.Image]) -> list[TaskResults]: ...
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelUnavailableError(device, "model.device asks for CUDA but torch sees no GPU")
+    return device
+
+
+def resolve_model_name(name: str, device: str) -> str:
+    """``auto``: Florence-2-large on a GPU, Florence-2-base on a CPU."""
+    if name != "auto":
+        return name
+    return LARGE_ID if device.startswith("cuda") else BASE_ID
+
+
+def resolve_dtype(dtype: str, device: str) -> Any:
+    import torch
+
+    if dtype == "auto":
+        # fp32 on CPU: bf16 there was ~6x slower on AVX2-only machines.
+        return torch.float16 if device.startswith("cuda") else torch.float32
+    return getattr(torch, dtype)
+
+
+class FlorenceAnalyzer:
+    """Florence-2 through transformers' native classes (no remote code)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        import torch
+
+        self.device = resolve_device(config.device)
+        self.model_id = resolve_model_name(config.name, self.device)
+        self.dtype = resolve_dtype(config.dtype, self.device)
+        self.tasks = tuple(config.tasks)
+        self.num_beams = config.num_beams
+        self.max_new_tokens = dict(config.max_new_tokens)
+        if self.device == "cpu" and not os.environ.get("OMP_NUM_THREADS"):
+            torch.set_num_threads(max(1, os.cpu_count() or 1))
+        self.processor, self.model = load_model(self.model_id, self.device, self.dtype)
+        self._prompt_cache: dict[str, Any] = {}
+
+    def describe(self) -> str:
+        return f"{self.model_id} on {self.device} ({str(self.dtype).removeprefix('torch.')})"
+
+    def prompt_ids(self, task: str) -> Any:
+        """Token ids of *task*'s prompt, exactly as Florence2Processor builds them."""
+        if task not in self._prompt_cache:
+            proc = self.processor
+            tok = proc.tokenizer
+            prompt = proc._construct_prompts([task])[0]
+            text = proc.image_token * proc.num_image_tokens + tok.bos_token + prompt + tok.eos_token
+            ids = tok([text], add_special_tokens=False, return_tensors="pt")["input_ids"]
+            self._prompt_cache[task] = ids.to(self.device)
+        return self._prompt_cache[task]
+
+    def analyze(self, images: Sequence[Image.Image]) -> list[TaskResults]:
+        """Run every configured task on every image; one result dict per image."""
+        import torch
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        if not images:
+            return []
+        results: list[TaskResults] = [{} for _ in images]
+        with torch.inference_mode():
+            pixels = self.processor.image_processor(list(images), return_tensors="pt")["pixel_values"]
+            pixels = pixels.to(self.device, self.dtype)
+            features = self.model.get_image_features(pixel_values=pixels).pooler_output
+            for task in self.tasks:
+                ids = self.prompt_ids(task).expand(len(images), -1)
+                out = self.model.generate(
+                    input_ids=ids,
+                    attention_mask=torch.ones_like(ids),
+                    mm_encoder_outputs={"image": BaseModelOutputWithPooling(pooler_output=features)},
+                    max_new_tokens=self.max_new_tokens.get(task, 256),
+                    num_beams=self.num_beams,
+                    do_sample=False,
+                )
+                texts = self.processor.batch_decode(out, skip_special_tokens=False)
+                for i, (txt, image) in enumerate(zip(texts, images)):
+                    parsed = self.processor.post_process_generation(txt, task=task, image_size=image.size)
+                    results[i][task] = clean_result(parsed[task])
+        return results
+
+
+def naive_generate(analyzer: FlorenceAnalyzer, image: Image.Image, task: str) -> Any:
+    """The per-image, per-task loop every Florence-2 guide writes (pixels each time)."""
+    import torch
+
+    with torch.inference_mode():
+        inputs = analyzer.processor(text=[task], images=[image], return_tensors="pt").to(analyzer.device)
+        inputs["pixel_values"] = inputs["pixel_values"].to(analyzer.dtype)
+        out = analyzer.model.generate(
+            **inputs,
+            max_new_tokens=analyzer.max_new_tokens.get(task, 256),
+            num_beams=analyzer.num_beams,
+            do_sample=False,
+        )
+    text = analyzer.processor.batch_decode(out, skip_special_tokens=False)[0]
+    return clean_result(analyzer.processor.post_process_generation(text, task=task, image_size=image.size)[task])
+
+
+def load_model(name: str, device: str, dtype: Any) -> tuple[Any, Any]:
+    """Load processor and model from a local folder or the Hugging Face cache/hub."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    local = Path(name).expanduser()
+    looks_local = local.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1
+    if looks_local and not local.is_dir():
+        raise ModelUnavailableError(name, "no such folder")
+    source = str(local) if looks_local else name
+    try:
+        processor, model = _from_pretrained(AutoProcessor, AutoModelForImageTextToText, source, dtype, local_only=True)
+    except OSError as first:
+        if looks_local or os.environ.get("HF_HUB_OFFLINE") == "1":
+            raise ModelUnavailableError(name, _reason(first)) from None
+        log.info("%s is not in the Hugging Face cache; downloading it (once)", name)
+        try:
+            processor, model = _from_pretrained(AutoProcessor, AutoModelForImageTextToText, source, dtype, local_only=False)
+        except OSError as exc:
+            raise ModelUnavailableError(name, "not in the local cache and it could not be downloaded: " + _reason(exc)) from None
+    except (ValueError, KeyError) as exc:
+        raise ModelUnavailableError(name, f"not a Florence-2 checkpoint in transformers' native format ({exc})") from None
+    model.to(device).eval()
+    return processor, model
+
+
+def _from_pretrained(proc_cls: Any, model_cls: Any, source: str, dtype: Any, local_only: bool) -> tuple[Any, Any]:
+    processor = proc_cls.from_pretrained(source, local_files_only=local_only)
+    model = model_cls.from_pretrained(source, dtype=dtype, local_files_only=local_only)
+    return processor, model
+
+
+def _reason(exc: BaseException) -> str:
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return first_line[:300]
+
+
+# --- turning raw results into text ------------------------------------------
+
+_SPECIAL = re.compile(r"</?[a-z_]+(?:_\d+)?>|<?loc_\d+>")  # the parser can leave "loc_N>" halves
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ufffd]")
+_SPACES = re.compile(r"\s+")
+
+
+def clean_text(text: str) -> str:
+    """Plain text from model output: no <loc_N>/<s> tokens, no control characters."""
+    text = _SPECIAL.sub(" ", text)
+    text = _CONTROL.sub(" ", text)
+    return _SPACES.sub(" ", text).strip()
+
+
+def clean_result(result: Any) -> Any:
+    """Strip special tokens from every label and text in a parsed result."""
+    if isinstance(result, str):
+        return clean_text(result)
+    if isinstance(result, dict):
+        return {k: ([clean_text(v) for v in vals] if k.endswith("labels") else vals) for k, vals in result.items()}
+    return result
+
+
+@dataclass
+class Summary:
+    """What one image's results mean for people: the fields we index and write."""
+
+    caption: str = ""
+    description: str = ""
+    ocr: str = ""
+    labels: list[str] | None = None
+    objects: list[dict[str, Any]] | None = None
+
+
+def summarize(results: TaskResults) -> Summary:
+    """Map task results to caption, description, OCR text and object labels."""
+    caption = _first_text(results, ("<CAPTION>", "<DETAILED_CAPTION>", "<MORE_DETAILED_CAPTION>"))
+    description = _first_text(results, ("<MORE_DETAILED_CAPTION>", "<DETAILED_CAPTION>", "<CAPTION>"))
+    ocr = _first_text(results, ("<OCR>",))
+    if not ocr and isinstance(results.get("<OCR_WITH_REGION>"), dict):
+        ocr = " ".join(t for t in results["<OCR_WITH_REGION>"].get("labels", []) if t)
+    objects: list[dict[str, Any]] = []
+    for task in ("<OD>", "<DENSE_REGION_CAPTION>"):
+        r = results.get(task)
+        if isinstance(r, dict):
+            objects += [{"label": lbl, "box": box} for lbl, box in zip(r.get("labels", []), r.get("bboxes", [])) if lbl]
+    labels = list(dict.fromkeys(o["label"] for o in objects))  # deduplicated, first-seen order
+    return Summary(caption=caption, description=description, ocr=ocr, labels=labels, objects=objects)
+
+
+def _first_text(results: TaskResults, tasks: tuple[str, ...]) -> str:
+    for task in tasks:
+        value = results.get(task)
+        if isinstance(value, str) and value:
+            return value
+    return ""

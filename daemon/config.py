@@ -1,0 +1,243 @@
+"""Configuration: ``config.toml`` read once into frozen dataclasses.
+
+Precedence: defaults in code, then the file, then command-line overrides.
+Every key is checked on load; a bad one names the key and the file.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+CONFIG_ENV = "FLORENCE_WATCH_CONFIG"
+
+# Florence-2 tasks that take no text input: the ones the daemon can run on
+# every image unattended.
+INPUTLESS_TASKS = (
+    "<CAPTION>",
+    "<DETAILED_CAPTION>",
+    "<MORE_DETAILED_CAPTION>",
+    "<OD>",
+    "<DENSE_REGION_CAPTION>",
+    "<REGION_PROPOSAL>",
+    "<OCR>",
+    "<OCR_WITH_REGION>",
+)
+DEFAULT_TASKS = ("<CAPTION>", "<MORE_DETAILED_CAPTION>", "<OD>", "<OCR_WITH_REGION>")
+# Short for captions, long for text and regions (each box costs 4 tokens).
+DEFAULT_MAX_NEW_TOKENS = {
+    "<CAPTION>": 64,
+    "<DETAILED_CAPTION>": 256,
+    "<MORE_DETAILED_CAPTION>": 256,
+    "<OD>": 512,
+    "<DENSE_REGION_CAPTION>": 512,
+    "<REGION_PROPOSAL>": 512,
+    "<OCR>": 512,
+    "<OCR_WITH_REGION>": 1024,
+}
+
+
+def xdg_data_home() -> Path:
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+
+
+def default_database() -> str:
+    return str(xdg_data_home() / "florence-watch" / "index.db")
+
+
+@dataclass(frozen=True)
+class WatchConfig:
+    folders: tuple[str, ...] = ("~/Pictures/Inbox",)
+    recursive: bool = True
+    settle_seconds: float = 2.0
+    polling: bool = False  # force the polling observer (NFS/SMB mounts)
+    follow_symlinks: bool = False
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "auto"
+    device: str = "auto"
+    dtype: str = "auto"  # auto | float32 | float16 | bfloat16
+    tasks: tuple[str, ...] = DEFAULT_TASKS
+    batch_size: int = 4
+    num_beams: int = 3
+    max_new_tokens: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_MAX_NEW_TOKENS))
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    database: str = field(default_factory=default_database)
+    max_attempts: int = 3
+
+
+@dataclass(frozen=True)
+class MetadataConfig:
+    write: bool = True
+    sidecar_name: str = "{name}.xmp"  # photo.jpg.xmp; "{stem}.xmp" gives photo.xmp
+    alt_text_max: int = 250
+
+
+@dataclass(frozen=True)
+class Config:
+    watch: WatchConfig = field(default_factory=WatchConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    metadata: MetadataConfig = field(default_factory=MetadataConfig)
+    source: str = "<defaults>"
+
+    @property
+    def folders(self) -> list[Path]:
+        return [expand(f) for f in self.watch.folders]
+
+    def with_overrides(self, *, model: str | None = None, database: str | None = None) -> Config:
+        """Apply command-line flags over the file's values."""
+        cfg = self
+        if model:
+            cfg = replace(cfg, model=replace(cfg.model, name=model))
+        if database:
+            cfg = replace(cfg, index=replace(cfg.index, database=database))
+        return cfg
+
+
+def expand(path: str | Path) -> Path:
+    return Path(os.path.expandvars(str(path))).expanduser()
+
+
+def database_url(database: str) -> str:
+    """A path becomes an SQLite URL; an SQLAlchemy URL is passed through."""
+    if "://" in database:
+        return database
+    return f"sqlite:///{expand(database)}"
+
+
+def find_config_file(explicit: str | None) -> Path | None:
+    """--config, else $FLORENCE_WATCH_CONFIG, else the XDG config file if it exists."""
+    if explicit:
+        return Path(explicit)
+    if os.environ.get(CONFIG_ENV):
+        return Path(os.environ[CONFIG_ENV])
+    xdg = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    candidate = xdg / "florence-watch" / "config.toml"
+    return candidate if candidate.exists() else None
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Read and validate *path*; ``None`` gives the defaults."""
+    if path is None:
+        return Config()
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(path, "(file)", "no such file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, "(file)", f"not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(path, "(file)", exc.strerror or str(exc)) from None
+    return parse_config(data, source=str(path))
+
+
+_SECTIONS: dict[str, type] = {
+    "watch": WatchConfig,
+    "model": ModelConfig,
+    "index": IndexConfig,
+    "metadata": MetadataConfig,
+}
+
+
+def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
+    sections: dict[str, Any] = {}
+    for name, value in data.items():
+        if name not in _SECTIONS:
+            raise ConfigError(source, name, f"unknown section (known: {', '.join(_SECTIONS)})")
+        if not isinstance(value, dict):
+            raise ConfigError(source, name, "must be a table, e.g. [" + name + "]")
+        sections[name] = _parse_section(name, _SECTIONS[name], value, source)
+    return Config(**sections, source=source)
+
+
+def _parse_section(section: str, cls: type, values: dict[str, Any], source: str) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    defaults = cls()
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        dotted = f"{section}.{key}"
+        if key not in known:
+            raise ConfigError(source, dotted, f"unknown key (known: {', '.join(known)})")
+        kwargs[key] = _check(dotted, value, getattr(defaults, key), source)
+    obj = cls(**kwargs)
+    _validate(section, obj, source)
+    return obj
+
+
+def _check(key: str, value: Any, default: Any, source: str) -> Any:
+    """Coerce *value* to the type of *default*, or raise ConfigError."""
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(source, key, f"must be true or false, not {value!r}")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(source, key, f"must be a whole number, not {value!r}")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(source, key, f"must be a number, not {value!r}")
+        return float(value)
+    if isinstance(default, str):
+        if not isinstance(value, str) or not value:
+            raise ConfigError(source, key, f"must be a non-empty string, not {value!r}")
+        return value
+    if isinstance(default, tuple):
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(source, key, f"must be a list of strings, not {value!r}")
+        return tuple(value)
+    if isinstance(default, dict):  # model.max_new_tokens: a number for all tasks, or a table per task
+        if isinstance(value, int) and not isinstance(value, bool):
+            return {task: value for task in default}
+        if not isinstance(value, dict) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value.values()
+        ):
+            raise ConfigError(source, key, f"must be a number or a table of task = number, not {value!r}")
+        return {**default, **value}
+    raise ConfigError(source, key, "unsupported value")  # pragma: no cover - every default type is above
+
+
+def _validate(section: str, obj: Any, source: str) -> None:
+    if section == "watch" and obj.settle_seconds < 0:
+        raise ConfigError(source, "watch.settle_seconds", "must be 0 or more")
+    if section == "model":
+        if obj.device not in ("auto", "cpu", "cuda") and not obj.device.startswith("cuda:"):
+            raise ConfigError(source, "model.device", f"must be auto, cuda or cpu, not {obj.device!r}")
+        if obj.dtype not in ("auto", "float32", "float16", "bfloat16"):
+            raise ConfigError(source, "model.dtype", f"must be auto, float32, float16 or bfloat16, not {obj.dtype!r}")
+        for task in obj.tasks:
+            if task not in INPUTLESS_TASKS:
+                raise ConfigError(
+                    source, "model.tasks", f"{task!r} is not a Florence-2 task without input "
+                    f"(choose from {', '.join(INPUTLESS_TASKS)})"
+                )
+        for task, n in obj.max_new_tokens.items():
+            if task not in INPUTLESS_TASKS:
+                raise ConfigError(source, "model.max_new_tokens", f"unknown task {task!r}")
+            if n < 1:
+                raise ConfigError(source, "model.max_new_tokens", f"{task} must be at least 1")
+        if obj.batch_size < 1:
+            raise ConfigError(source, "model.batch_size", "must be at least 1")
+        if obj.num_beams < 1:
+            raise ConfigError(source, "model.num_beams", "must be at least 1")
+    if section == "index" and obj.max_attempts < 1:
+        raise ConfigError(source, "index.max_attempts", "must be at least 1")
+    if section == "metadata":
+        if "{name}" not in obj.sidecar_name and "{stem}" not in obj.sidecar_name:
+            raise ConfigError(source, "metadata.sidecar_name", 'must contain {name} or {stem}, e.g. "{name}.xmp"')
+        if not 16 <= obj.alt_text_max <= 250:
+            raise ConfigError(source, "metadata.alt_text_max", "must be between 16 and 250")

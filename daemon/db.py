@@ -1,0 +1,269 @@
+"""The database: schema, named migrations, and the one transaction helper.
+
+Every read and write in florence-watch goes through :meth:`Database.transaction`.
+SQLite runs in WAL mode with a busy timeout, so ``search`` can read while the
+daemon writes. Writes take the write lock up front (``BEGIN IMMEDIATE``):
+two writers then queue on the busy timeout instead of failing halfway.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import (
+    Connection,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    inspect,
+    text,
+)
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from .errors import DatabaseError
+
+log = logging.getLogger(__name__)
+
+BUSY_TIMEOUT_S = 30
+
+
+def now() -> float:
+    return time.time()
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Image(Base):
+    """One distinct picture, keyed by the SHA-256 of its bytes before we tagged it."""
+
+    __tablename__ = "images"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    format: Mapped[str | None] = mapped_column(String(16))
+    created_at: Mapped[float] = mapped_column(default=now)
+
+
+class File(Base):
+    """A path on disk and what we know of it: its image, its state, what we wrote."""
+
+    __tablename__ = "files"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    path: Mapped[str] = mapped_column(Text, unique=True)
+    image_id: Mapped[int | None] = mapped_column(ForeignKey("images.id"), index=True)
+    # Hash of the bytes on disk now (after our metadata write, if any).
+    sha256: Mapped[str | None] = mapped_column(String(64), index=True)
+    # Fingerprint recorded after we last read or wrote the file: an event
+    # whose stat matches it is our own write coming back.
+    inode: Mapped[int | None] = mapped_column(Integer)
+    size: Mapped[int | None] = mapped_column(Integer)
+    mtime_ns: Mapped[int | None] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16), default="pending")  # pending|indexed|failed|deleted
+    error: Mapped[str | None] = mapped_column(Text)
+    tag_state: Mapped[str] = mapped_column(String(16), default="none")  # none|pending|done|skipped|failed
+    written: Mapped[str | None] = mapped_column(Text)  # JSON: exactly what we wrote
+    metadata_target: Mapped[str | None] = mapped_column(Text)  # the file or its sidecar
+    updated_at: Mapped[float] = mapped_column(default=now, onupdate=now)
+
+
+class Result(Base):
+    """One task's parsed output for one image and one model."""
+
+    __tablename__ = "results"
+    __table_args__ = (UniqueConstraint("image_id", "task", "model"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"))
+    task: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(Text)
+    result: Mapped[str] = mapped_column(Text)  # JSON as the processor parsed it
+    created_at: Mapped[float] = mapped_column(default=now)
+
+
+class Job(Base):
+    """The durable queue: one row per path waiting to be (re)processed."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_state_due", "state", "not_before"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    path: Mapped[str] = mapped_column(Text, unique=True)
+    state: Mapped[str] = mapped_column(String(16), default="pending")  # pending|running|failed
+    attempts: Mapped[int] = mapped_column(default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    owner: Mapped[str | None] = mapped_column(String(64))  # host:pid of the claiming process
+    not_before: Mapped[float] = mapped_column(default=0.0)
+    created_at: Mapped[float] = mapped_column(default=now)
+
+
+class Document(Base):
+    """The searchable text of one file; the FTS5 index mirrors it by triggers."""
+
+    __tablename__ = "documents"
+    file_id: Mapped[int] = mapped_column(ForeignKey("files.id"), primary_key=True)
+    path: Mapped[str] = mapped_column(Text)
+    caption: Mapped[str] = mapped_column(Text, default="")
+    description: Mapped[str] = mapped_column(Text, default="")
+    ocr: Mapped[str] = mapped_column(Text, default="")
+    labels: Mapped[str] = mapped_column(Text, default="")
+
+
+# --- migrations -------------------------------------------------------------
+# Named, applied in order, each committed together with its record in
+# schema_migrations. Never edit one that has shipped: add a new one.
+
+def _m0001_initial(conn: Connection) -> None:
+    Base.metadata.create_all(conn, tables=[t.__table__ for t in (Image, File, Result, Job, Document)])  # type: ignore[attr-defined]
+
+
+def _m0002_fts(conn: Connection) -> None:
+    if conn.dialect.name != "sqlite":
+        return  # FTS5 is SQLite's; other backends search with their own tools
+    conn.exec_driver_sql(
+        "CREATE VIRTUAL TABLE documents_fts USING fts5("
+        "caption, description, ocr, labels, path, content='documents', content_rowid='file_id',"
+        " tokenize='unicode61 remove_diacritics 2')"
+    )
+    cols = "caption, description, ocr, labels, path"
+    new = "new.caption, new.description, new.ocr, new.labels, new.path"
+    old = "old.caption, old.description, old.ocr, old.labels, old.path"
+    conn.exec_driver_sql(
+        f"CREATE TRIGGER documents_ai AFTER INSERT ON documents BEGIN "
+        f"INSERT INTO documents_fts(rowid, {cols}) VALUES (new.file_id, {new}); END"
+    )
+    conn.exec_driver_sql(
+        f"CREATE TRIGGER documents_ad AFTER DELETE ON documents BEGIN "
+        f"INSERT INTO documents_fts(documents_fts, rowid, {cols}) VALUES ('delete', old.file_id, {old}); END"
+    )
+    conn.exec_driver_sql(
+        f"CREATE TRIGGER documents_au AFTER UPDATE ON documents BEGIN "
+        f"INSERT INTO documents_fts(documents_fts, rowid, {cols}) VALUES ('delete', old.file_id, {old}); "
+        f"INSERT INTO documents_fts(rowid, {cols}) VALUES (new.file_id, {new}); END"
+    )
+
+
+MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
+    ("0001_initial", _m0001_initial),
+    ("0002_fts", _m0002_fts),
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class Database:
+    """An engine plus the transaction helper. Opening it applies pending migrations."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = _create_engine(url)
+        self.migrate()
+
+    @contextmanager
+    def transaction(self, write: bool = False) -> Iterator[Session]:
+        """One unit of work: commits on success, rolls back on any error.
+
+        ``write=True`` takes SQLite's write lock at BEGIN, so a writer waits
+        for another (busy timeout) rather than failing on its first write.
+        """
+        with Session(self.engine, expire_on_commit=False) as session:
+            session.connection(execution_options={"florence_write": write})
+            try:
+                yield session
+                session.commit()
+            except OperationalError as exc:
+                session.rollback()
+                raise DatabaseError(_display(self.url), str(exc.orig)) from exc
+            except BaseException:
+                session.rollback()
+                raise
+
+    def migrate(self) -> list[str]:
+        """Apply pending migrations; returns the names applied."""
+        applied: list[str] = []
+        try:
+            with self.engine.connect() as conn:
+                conn = conn.execution_options(florence_write=True)
+                with conn.begin():
+                    conn.exec_driver_sql(
+                        "CREATE TABLE IF NOT EXISTS schema_migrations (name VARCHAR(64) PRIMARY KEY, applied_at FLOAT)"
+                    )
+                done = {row[0] for row in conn.exec_driver_sql("SELECT name FROM schema_migrations")}
+                conn.commit()
+                for name, migration in MIGRATIONS:
+                    if name in done:
+                        continue
+                    with conn.begin():
+                        # Re-check under the write lock: another process may have won.
+                        if conn.execute(
+                            text("SELECT 1 FROM schema_migrations WHERE name = :n"), {"n": name}
+                        ).first():
+                            continue
+                        migration(conn)
+                        conn.execute(
+                            text("INSERT INTO schema_migrations (name, applied_at) VALUES (:n, :t)"),
+                            {"n": name, "t": now()},
+                        )
+                    log.info("database migration %s applied", name)
+                    applied.append(name)
+        except OperationalError as exc:
+            raise DatabaseError(_display(self.url), f"{exc.orig} (check that the folder exists and is writable)") from exc
+        return applied
+
+    def schema_version(self) -> int:
+        with self.engine.connect() as conn:
+            return conn.exec_driver_sql("SELECT COUNT(*) FROM schema_migrations").scalar_one()
+
+    def table_names(self) -> list[str]:
+        return inspect(self.engine).get_table_names()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _display(url: str) -> str:
+    parsed = make_url(url)
+    return parsed.database if parsed.drivername.startswith("sqlite") and parsed.database else parsed.render_as_string()
+
+
+def _create_engine(url: str) -> Engine:
+    parsed = make_url(url)
+    if not parsed.drivername.startswith("sqlite"):
+        return create_engine(url, pool_pre_ping=True)
+    if parsed.database and parsed.database != ":memory:":
+        folder = Path(parsed.database).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DatabaseError(parsed.database, f"cannot create folder {folder}: {exc.strerror}") from exc
+    engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S, "check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: sqlite3.Connection, _record: object) -> None:
+        # pysqlite's own transaction handling would BEGIN lazily and defer
+        # the lock; hand BEGIN to the listener below instead.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000}")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA synchronous=NORMAL")  # safe with WAL: a crash loses at most the last commit
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        immediate = conn.get_execution_options().get("florence_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine

@@ -1,0 +1,176 @@
+"""Reading images from disk: which files count, hashing, fingerprints, decoding.
+
+Decoding is complete (every pixel is read) so a truncated or half-copied file
+fails here with a reason, never later in the model. Files are only read: the
+rotation from EXIF orientation is applied to the in-memory copy the model sees.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import warnings
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ImageError
+
+try:  # HEIC/HEIF (iPhone photos); Pillow reads AVIF itself
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+except ImportError:  # pragma: no cover - pillow-heif is a dependency; tolerate its absence
+    pass
+
+RAW_EXTENSIONS = frozenset({".nef", ".nrw", ".cr2", ".cr3", ".crw", ".dng", ".arw", ".srf", ".sr2", ".orf",
+                            ".rw2", ".raf", ".pef", ".srw", ".x3f", ".3fr", ".iiq", ".erf", ".kdc", ".mrw"})
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".tif", ".tiff", ".heic", ".heif",
+                              ".avif", ".gif", ".bmp", ".mpo"}) | RAW_EXTENSIONS
+
+# Names that are never images of their own: partial downloads, editor and
+# exiftool temp files, sidecars, exiftool backups.
+_IGNORED_SUFFIXES = (".part", ".crdownload", ".partial", ".tmp", ".download", ".xmp", "_exiftool_tmp", "_original")
+
+# Refuse decompression bombs outright rather than warn: a 30000x30000 PNG
+# would take gigabytes. 100 megapixels covers any camera sold today.
+MAX_PIXELS = 100_000_000
+
+
+def is_candidate(path: str | Path) -> bool:
+    """True for a file name the daemon should look at (not whether it decodes)."""
+    name = os.path.basename(str(path))
+    if not name or name.startswith("."):
+        return False
+    lower = name.lower()
+    if lower.endswith(_IGNORED_SUFFIXES):
+        return False
+    return os.path.splitext(lower)[1] in IMAGE_EXTENSIONS
+
+
+def is_ignored_path(path: str | Path, roots: list[Path]) -> bool:
+    """True if any folder between a watched root and *path* is hidden (.git, .thumbnails, ...)."""
+    p = Path(path)
+    for root in roots:
+        try:
+            rel = p.relative_to(root)
+        except ValueError:
+            continue
+        return any(part.startswith(".") for part in rel.parts[:-1])
+    return False
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    inode: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, path: str | Path) -> Fingerprint:
+        st = os.stat(path)
+        return cls(st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except FileNotFoundError:
+        raise ImageError(path, "the file disappeared before it could be read") from None
+    except PermissionError:
+        raise ImageError(path, "permission denied: the daemon's user cannot read this file") from None
+    except IsADirectoryError:
+        raise ImageError(path, "is a folder, not a file") from None
+    except OSError as exc:
+        raise ImageError(path, f"cannot read: {exc.strerror or exc}") from None
+    return h.hexdigest()
+
+
+@dataclass
+class Decoded:
+    """An image ready for the model, plus what the index records of it."""
+
+    path: str
+    image: Image.Image  # RGB, orientation applied
+    width: int  # as displayed (after EXIF orientation)
+    height: int
+    format: str
+
+
+def decode(path: str | Path) -> Decoded:
+    """Fully decode *path* to RGB, or raise ImageError naming the reason."""
+    path = str(path)
+    if os.path.splitext(path.lower())[1] in RAW_EXTENSIONS:
+        return _decode_raw(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise ImageError(path, "the file disappeared before it could be read") from None
+    except PermissionError:
+        raise ImageError(path, "permission denied: the daemon's user cannot read this file") from None
+    except OSError as exc:
+        raise ImageError(path, f"cannot read: {exc.strerror or exc}") from None
+    if not data:
+        raise ImageError(path, "empty file (0 bytes)")
+    return _decode_bytes(path, data)
+
+
+def _decode_bytes(path: str, data: bytes, fmt: str | None = None) -> Decoded:
+    old_limit = Image.MAX_IMAGE_PIXELS
+    try:
+        Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(BytesIO(data)) as im:
+                fmt = fmt or im.format or "unknown"
+                im.seek(0)  # first frame of GIF/MPO/multi-page TIFF
+                im.load()
+                rgb = ImageOps.exif_transpose(im.convert("RGB") if im.mode != "RGB" else im.copy())
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(path, f"refused: image too large to decode safely ({exc})") from None
+    except UnidentifiedImageError:
+        raise ImageError(path, f"not an image Pillow can read ({_sniff(data)})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(path, f"corrupt or truncated image: {exc}") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = old_limit
+    if rgb.width < 2 or rgb.height < 2:
+        raise ImageError(path, f"image is only {rgb.width}x{rgb.height} pixels: too small to describe")
+    return Decoded(path=path, image=rgb, width=rgb.width, height=rgb.height, format=fmt)
+
+
+def _sniff(data: bytes) -> str:
+    head = data[:8]
+    if head.startswith(b"%PDF"):
+        return "looks like a PDF"
+    try:
+        sample = data[:512].decode("utf-8")
+    except UnicodeDecodeError:
+        return "unknown format"
+    return "looks like a text file" if sample.isprintable() or "\n" in sample else "unknown format"
+
+
+def _decode_raw(path: str) -> Decoded:
+    """RAW files: describe the camera's embedded JPEG preview (exiftool extracts it)."""
+    for tag in ("-JpgFromRaw", "-PreviewImage", "-OtherImage", "-ThumbnailImage"):
+        try:
+            out = subprocess.run(
+                ["exiftool", "-b", tag, "--", path], capture_output=True, timeout=60, check=False
+            ).stdout
+        except FileNotFoundError:
+            raise ImageError(path, "exiftool is not installed (needed to read RAW previews)") from None
+        except subprocess.TimeoutExpired:
+            raise ImageError(path, "exiftool timed out reading the RAW preview") from None
+        if len(out) > 1024:
+            try:
+                return _decode_bytes(path, out, fmt="RAW")
+            except ImageError:
+                continue
+    raise ImageError(path, "RAW file without an embedded preview image large enough to describe")

@@ -1,0 +1,301 @@
+"""Writing alt text, a description and keywords into images (or .xmp sidecars).
+
+One long-lived exiftool process (``-stay_open``), one call per file so each
+file gets its own error. Rules that protect people's work:
+
+* a description or alt text someone wrote is never overwritten: we write a
+  field only where it is empty or still holds exactly what we wrote before;
+* a person's keywords are kept; ours are added, and on a re-tag only the
+  keywords we added earlier are replaced;
+* every value is sanitised first: a newline in a value would become a new
+  exiftool argument (``"caption\\n-all="`` once erased a whole file).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import MetadataConfig
+from .errors import MetadataError
+
+log = logging.getLogger(__name__)
+
+# Tag to write -> key exiftool -G1 reports it under when read back.
+ALT = ("XMP-iptcCore:AltTextAccessibility", "XMP-iptcCore:AltTextAccessibility")
+DESCRIPTIONS = (
+    ("XMP-dc:Description", "XMP-dc:Description"),
+    ("EXIF:ImageDescription", "IFD0:ImageDescription"),
+    ("IPTC:Caption-Abstract", "IPTC:Caption-Abstract"),
+)
+KEYWORDS = (
+    ("XMP-dc:Subject", "XMP-dc:Subject"),
+    ("IPTC:Keywords", "IPTC:Keywords"),
+    ("XMP-lr:HierarchicalSubject", "XMP-lr:HierarchicalSubject"),
+)
+READ_KEYS = [ALT[1]] + [r for _, r in DESCRIPTIONS] + [r for _, r in KEYWORDS]
+
+# Formats whose files cannot (or should not) hold the tags: RAW files are
+# the photographer's negatives, GIF and BMP have no room for XMP that apps read.
+SIDECAR_EXTENSIONS = frozenset({".nef", ".nrw", ".cr2", ".cr3", ".crw", ".dng", ".arw", ".srf", ".sr2", ".orf",
+                                ".rw2", ".raf", ".pef", ".srw", ".x3f", ".3fr", ".iiq", ".erf", ".kdc", ".mrw",
+                                ".gif", ".bmp"})
+IIM_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".tif", ".tiff"})  # IPTC-IIM is only read there
+EXIF_EXTENSIONS = IIM_EXTENSIONS | {".png", ".webp", ".heic", ".heif", ".avif", ".mpo"}
+
+IPTC_CAPTION_BYTES = 2000
+IPTC_KEYWORD_BYTES = 64
+XMP_DESCRIPTION_CHARS = 2000
+
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+
+
+def sanitize(value: str) -> str:
+    """One line of printable text: control, format and separator characters become spaces."""
+    value = unicodedata.normalize("NFC", value)
+    value = _UNSAFE.sub(" ", value)
+    value = "".join(" " if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp", "Cs") else c for c in value)
+    return re.sub(r"\s+", " ", value).strip()
+
+
+def cut_words(text: str, limit: int) -> str:
+    """At most *limit* characters, cut at a word boundary when there is one."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit + 1].rsplit(" ", 1)[0] if " " in text[: limit + 1] else text[:limit]
+    return cut[:limit].rstrip(" ,;:-")
+
+
+def cut_bytes(text: str, limit: int) -> str:
+    """At most *limit* UTF-8 bytes, never splitting a character."""
+    data = text.encode("utf-8")
+    if len(data) <= limit:
+        return text
+    return data[:limit].decode("utf-8", errors="ignore").rstrip()
+
+
+@dataclass
+class Outcome:
+    """What a write did: where, what we now own in the file, what changed."""
+
+    target: str
+    written: dict[str, Any]
+    changed: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)  # fields left alone because a person wrote them
+
+
+def sidecar_path(path: str | Path, pattern: str) -> Path:
+    p = Path(path)
+    return p.with_name(pattern.format(name=p.name, stem=p.stem))
+
+
+class MetadataWriter:
+    """A long-lived exiftool process that writes our fields into files."""
+
+    def __init__(self, config: MetadataConfig | None = None) -> None:
+        import exiftool
+
+        self.config = config or MetadataConfig()
+        self._lock = threading.Lock()  # one exiftool process: one request at a time
+        try:
+            self._et = exiftool.ExifToolHelper(common_args=["-G1", "-charset", "filename=utf8"])
+            self._et.run()
+        except FileNotFoundError:
+            raise MetadataError(
+                "exiftool", "exiftool is not installed: install Debian's libimage-exiftool-perl "
+                "(sudo apt-get install libimage-exiftool-perl) or set metadata.write = false"
+            ) from None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._et.running:
+                self._et.terminate()
+
+    def __enter__(self) -> MetadataWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- reading --------------------------------------------------------------
+
+    def read(self, path: str | Path) -> dict[str, Any]:
+        """Our fields as they are in *path* now (lists for keyword tags)."""
+        _check_name(path)
+        if not os.path.exists(path):
+            return {}
+        args = ["-j", "-struct", *[f"-{k}" for k in READ_KEYS], str(path)]
+        data = json.loads(self._execute(path, args) or "[{}]")[0]
+        out: dict[str, Any] = {}
+        for key in READ_KEYS:
+            value = data.get(key)
+            if value is None or value == "":
+                continue
+            if key in (k for _, k in KEYWORDS):
+                out[key] = [str(v) for v in (value if isinstance(value, list) else [value])]
+            else:
+                out[key] = str(value)
+        return out
+
+    # --- writing --------------------------------------------------------------
+
+    def target_for(self, path: str | Path) -> Path:
+        """The file itself, or its sidecar when the format or permissions say so."""
+        p = Path(path)
+        if p.suffix.lower() in SIDECAR_EXTENSIONS:
+            return sidecar_path(p, self.config.sidecar_name)
+        if not os.access(p, os.W_OK) or not os.access(p.parent, os.W_OK):
+            # exiftool writes a temp file beside the image and renames it.
+            return sidecar_path(p, self.config.sidecar_name)
+        return p
+
+    def write(
+        self,
+        path: str | Path,
+        *,
+        alt_text: str,
+        description: str,
+        keywords: list[str],
+        previous: dict[str, Any] | None = None,
+    ) -> Outcome:
+        """Write our fields into *path* (or its sidecar), keeping a person's work."""
+        _check_name(path)
+        target = self.target_for(path)
+        embedded = target == Path(path)
+        if not embedded and not os.access(target.parent, os.W_OK) and not (
+            target.exists() and os.access(target, os.W_OK)
+        ):
+            raise MetadataError(path, f"cannot write metadata: neither the file nor a sidecar in {target.parent} is writable")
+        ext = Path(path).suffix.lower()
+        current = self.read(target)
+        prev_tags: dict[str, Any] = (previous or {}).get("tags", {})
+        prev_keywords: list[str] = (previous or {}).get("keywords", [])
+
+        wanted: dict[tuple[str, str], Any] = {}
+        alt = cut_words(sanitize(alt_text), self.config.alt_text_max)
+        if alt:
+            wanted[ALT] = alt
+        desc = cut_words(sanitize(description), XMP_DESCRIPTION_CHARS)
+        if desc:
+            for tag in DESCRIPTIONS:
+                if not embedded and not tag[0].startswith("XMP"):
+                    continue
+                if tag[0].startswith("EXIF") and ext not in EXIF_EXTENSIONS:
+                    continue
+                if tag[0].startswith("IPTC") and ext not in IIM_EXTENSIONS:
+                    continue
+                wanted[tag] = cut_bytes(desc, IPTC_CAPTION_BYTES) if tag[0].startswith("IPTC") else desc
+
+        outcome = Outcome(target=str(target), written={"tags": {}, "keywords": []})
+        args: list[str] = []
+
+        # Text fields: alt text on its own; descriptions as one group, so a
+        # person's caption in any of them keeps all three consistent.
+        def ours_or_empty(read_key: str) -> bool:
+            value = current.get(read_key)
+            return not value or value == prev_tags.get(read_key)
+
+        if ALT in wanted:
+            if ours_or_empty(ALT[1]):
+                self._set(args, outcome, ALT, wanted[ALT], current)
+            else:
+                outcome.kept.append(ALT[1])
+        desc_tags = [t for t in DESCRIPTIONS if t in wanted]
+        if desc_tags:
+            if all(ours_or_empty(t[1]) for t in desc_tags):
+                for tag in desc_tags:
+                    self._set(args, outcome, tag, wanted[tag], current)
+            else:
+                outcome.kept += [t[1] for t in desc_tags if current.get(t[1])]
+
+        ours = list(dict.fromkeys(k for k in (sanitize(k) for k in keywords) if k))
+        if ours:
+            flat = self._merge_keywords(current.get(KEYWORDS[0][1], []), prev_keywords, ours)
+            self._set(args, outcome, KEYWORDS[0], flat, current)
+            iptc: list[str] = []
+            if embedded and ext in IIM_EXTENSIONS:
+                iptc = self._merge_keywords(current.get(KEYWORDS[1][1], []), prev_keywords,
+                                            [cut_bytes(k, IPTC_KEYWORD_BYTES) for k in ours])
+                self._set(args, outcome, KEYWORDS[1], iptc, current)
+            # HierarchicalSubject must hold every keyword (Immich reads it
+            # instead of dc:subject): a person's hierarchy plus every flat keyword.
+            hier = self._merge_keywords(current.get(KEYWORDS[2][1], []), prev_keywords, [])
+            leaves = {h.rsplit("|", 1)[-1] for h in hier}
+            hier += [k for k in dict.fromkeys(flat + iptc) if k not in leaves]
+            self._set(args, outcome, KEYWORDS[2], hier, current)
+            outcome.written["keywords"] = ours
+
+        if args:
+            if embedded and ext in IIM_EXTENSIONS and any(a.startswith("-IPTC:") for a in args):
+                args += ["-IPTC:CodedCharacterSet=UTF8", "-Photoshop:IPTCDigest=new"]
+            # -P keeps the file's modification time: people sort photos by it.
+            self._execute(path, ["-overwrite_original", "-P", *args, str(target)])
+        return outcome
+
+    @staticmethod
+    def _merge_keywords(current: list[str], prev_ours: list[str], ours: list[str]) -> list[str]:
+        kept = [k for k in current if k not in prev_ours]
+        return list(dict.fromkeys(kept + ours))
+
+    @staticmethod
+    def _set(args: list[str], outcome: Outcome, tag: tuple[str, str], value: Any, current: dict[str, Any]) -> None:
+        write_key, read_key = tag
+        outcome.written["tags"][read_key] = value
+        if current.get(read_key) == value:
+            return  # already there: no rewrite, no new file
+        outcome.changed.append(read_key)
+        if isinstance(value, list):
+            # Assigning a list tag several times in one command sets the whole list.
+            args.extend(f"-{write_key}={v}" for v in value)
+        else:
+            args.append(f"-{write_key}={value}")
+
+    def _execute(self, path: str | Path, args: list[str]) -> str:
+        import exiftool.exceptions
+
+        for a in args:
+            if "\n" in a or "\r" in a:  # defence in depth: sanitize() already removed them
+                raise MetadataError(path, "refusing to pass a line break to exiftool")
+        with self._lock:
+            try:
+                return self._et.execute(*args)
+            except exiftool.exceptions.ExifToolExecuteError as exc:
+                raise MetadataError(path, _exiftool_reason(exc.stderr or exc.stdout or str(exc))) from None
+            except (exiftool.exceptions.ExifToolException, OSError) as exc:
+                raise MetadataError(path, f"exiftool failed: {exc}") from None
+
+
+def _check_name(path: str | Path) -> None:
+    if "\n" in str(path) or "\r" in str(path):
+        raise MetadataError(path, "exiftool cannot take a file name containing a line break; rename the file")
+
+
+def _exiftool_reason(stderr: str) -> str:
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip().startswith(("Error", "Warning"))]
+    text = lines[0] if lines else (stderr.strip().splitlines() or ["unknown exiftool error"])[0]
+    return "exiftool: " + re.sub(r" - /.*$", "", text)
+
+
+def remove_stale_temp_files(folders: list[Path]) -> list[Path]:
+    """Delete ``*_exiftool_tmp`` files a crash left behind; they block later writes."""
+    removed: list[Path] = []
+    for folder in folders:
+        for root, dirs, files in os.walk(folder):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            for name in files:
+                if name.endswith("_exiftool_tmp"):
+                    p = Path(root, name)
+                    try:
+                        p.unlink()
+                        removed.append(p)
+                        log.warning("removed %s, left by an interrupted metadata write", p)
+                    except OSError as exc:
+                        log.warning("cannot remove stale %s: %s", p, exc.strerror)
+    return removed
