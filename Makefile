@@ -1,0 +1,42 @@
+# One obvious entry for set-up, run, test and bench. Every target installs
+# what it needs: a fresh clone needs only `make run` or `make test`.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# The CPU wheel CI uses; pip would otherwise pick a multi-GB CUDA build.
+TORCH  ?= torch==2.13.0
+CONFIG ?= config.toml
+
+.PHONY: setup run test bench exiftool clean
+
+setup: $(STAMP) exiftool
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+exiftool:
+	@command -v exiftool >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libimage-exiftool-perl; \
+	  else \
+	    echo "exiftool is missing: install it with 'sudo apt-get install libimage-exiftool-perl'" \
+	         "(Fedora: perl-Image-ExifTool, Arch: perl-image-exiftool, macOS: brew install exiftool)"; exit 1; \
+	  fi; }
+
+run: setup
+	$(VENV)/bin/florence-watch --config $(CONFIG) run
+
+test: setup
+	$(PY) -m pytest
+
+bench: setup
+	$(PY) bench/throughput.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache *.egg-info

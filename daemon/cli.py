@@ -1,0 +1,220 @@
+"""The ``florence-watch`` command: parse, call one library function, format.
+
+Errors from the core arrive as ``FlorenceWatchError`` and leave here as one
+``error: ...`` line and exit status 1; nothing below prints a traceback at a
+person for a problem they can fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .config import Config, database_url, find_config_file, load_config
+from .errors import FlorenceWatchError, NotIndexedError
+
+log = logging.getLogger("daemon")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="florence-watch",
+        description="Watch folders, describe every new image with Florence-2, keep a searchable index, "
+        "and write alt text, a description and keywords into each image.",
+        epilog="example: florence-watch --config config.toml run",
+    )
+    parser.add_argument("--version", action="version", version=f"florence-watch {__version__}")
+    parser.add_argument("--config", metavar="FILE", help="configuration file (default: $FLORENCE_WATCH_CONFIG, "
+                        "else ~/.config/florence-watch/config.toml, else built-in defaults)")
+    parser.add_argument("--model", metavar="NAME", help="override model.name: a hub id or a local checkpoint folder")
+    parser.add_argument("--database", metavar="PATH", help="override index.database: a file path or SQLAlchemy URL")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, help_text: str, example: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_text, description=help_text, epilog=f"example: {example}",
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    add("run", "Run the daemon in the foreground: watch the folders and process new images until stopped.",
+        "florence-watch --config config.toml run")
+    p = add("scan", "Process files or folders once (new or changed images only) and exit.",
+            "florence-watch scan ~/Pictures/2024")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
+    p = add("search", "Full-text search over captions, descriptions, OCR text, object labels and paths.",
+            'florence-watch search "red car" --limit 5')
+    p.add_argument("query", help='words that must all match; "quoted phrases" match in order')
+    p.add_argument("--limit", type=int, default=20, help="at most this many results (default 20)")
+    p.add_argument("--json", action="store_true", help="print JSON: [{path, caption, score}, ...]")
+    p = add("show", "Show everything the index knows about one file.", "florence-watch show ~/Pictures/Inbox/cat.jpg")
+    p.add_argument("path", help="an image file")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p = add("status", "Counts of indexed, pending and failed files, and why each failure failed.",
+            "florence-watch status --json")
+    p.add_argument("--json", action="store_true", help="print JSON: {indexed, pending, failed, failures}")
+    add("install-service", "Write the systemd user unit and print the commands that enable it.",
+        "florence-watch --config ~/florence-watch/config.toml install-service")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose, quiet=args.command not in ("run", "scan"))
+    try:
+        config_file = find_config_file(args.config)
+        config = load_config(config_file).with_overrides(model=args.model, database=args.database)
+        return COMMANDS[args.command](args, config, config_file)
+    except FlorenceWatchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _setup_logging(verbose: bool, quiet: bool) -> None:
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    # Under systemd the journal adds the time; a terminal wants it.
+    fmt = "%(levelname)s %(message)s" if os.environ.get("INVOCATION_ID") else "%(asctime)s %(levelname)s %(message)s"
+    logging.basicConfig(level=level, format=fmt, datefmt="%H:%M:%S", stream=sys.stderr)
+    if not verbose:
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+        for noisy in ("transformers", "huggingface_hub", "PIL", "watchdog", "filelock", "urllib3", "httpx"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+# --- commands -------------------------------------------------------------------
+
+def cmd_run(args: argparse.Namespace, config: Config, config_file: Path | None) -> int:
+    from .runner import Daemon
+
+    log.info("florence-watch %s, configuration: %s", __version__, config_file or "built-in defaults")
+    daemon = Daemon(config)
+    daemon.install_signal_handlers()
+    daemon.run()
+    return 0
+
+
+def cmd_scan(args: argparse.Namespace, config: Config, config_file: Path | None) -> int:
+    from .runner import open_pipeline
+    from .watch import walk_candidates
+
+    missing = [p for p in args.paths if not os.path.exists(p)]
+    if missing:
+        raise FlorenceWatchError(f"{missing[0]}: no such file or folder")
+    with open_pipeline(config) as pipeline:
+        pipeline.recover()
+        queued = pipeline.offer(p for root in args.paths for p in walk_candidates(Path(root).resolve()))
+        print(f"{queued} new or changed image(s) to process", file=sys.stderr)
+        pipeline.drain(progress=_progress_bar() if sys.stderr.isatty() else None)
+    with _db(config).transaction() as s:
+        from . import index
+
+        st = index.status(s)
+    print(f"indexed {st['indexed']}, failed {st['failed']}, pending {st['pending']}")
+    return 0
+
+
+def _progress_bar() -> Any:
+    def show(done: int, total: int) -> None:
+        width = 30
+        filled = int(width * done / max(total, 1))
+        end = "\n" if done >= total else ""
+        print(f"\r[{'#' * filled}{' ' * (width - filled)}] {done}/{total}", end=end, file=sys.stderr, flush=True)
+
+    return show
+
+
+def _db(config: Config) -> Any:
+    from .db import Database
+
+    return Database(database_url(config.index.database))
+
+
+def cmd_search(args: argparse.Namespace, config: Config, config_file: Path | None) -> int:
+    from .search import search
+
+    with _db(config).transaction() as s:
+        hits = search(s, args.query, limit=args.limit)
+    if args.json:
+        print(json.dumps([{"path": h.path, "caption": h.caption, "score": h.score} for h in hits],
+                         ensure_ascii=False, indent=2))
+    elif not hits:
+        print("no matches", file=sys.stderr)
+    else:
+        for h in hits:
+            print(f"{h.path}\n    {h.caption}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace, config: Config, config_file: Path | None) -> int:
+    from . import index
+
+    path = os.path.abspath(args.path)
+    with _db(config).transaction() as s:
+        info = index.file_info(s, path)
+    if info is None:
+        raise NotIndexedError(path)
+    if args.json:
+        info.pop("results", None)
+        print(json.dumps(info, ensure_ascii=False, indent=2))
+        return 0
+    rows = [
+        ("path", info["path"]),
+        ("state", info["state"] + (f" ({info['error']})" if info["error"] else "")),
+        ("sha256", info["sha256"] or "-"),
+        ("model", info["model"] or "-"),
+        ("caption", info["caption"] or "-"),
+        ("description", info["description"] or "-"),
+        ("keywords", ", ".join(info["keywords"]) or "-"),
+        ("ocr", info["ocr"] or "-"),
+        ("objects", "; ".join(f"{o['label']} {o['box']}" for o in info["objects"]) or "-"),
+        ("metadata", f"{info['metadata']['state']}" + (f" -> {info['metadata']['target']}"
+                                                       if info["metadata"]["target"] else "")),
+    ]
+    for key, value in rows:
+        print(f"{key:12} {value}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, config: Config, config_file: Path | None) -> int:
+    from . import index
+
+    with _db(config).transaction() as s:
+        st = index.status(s)
+    if args.json:
+        print(json.dumps(st, ensure_ascii=False, indent=2))
+        return 0
+    print(f"indexed {st['indexed']}   pending {st['pending']}   failed {st['failed']}")
+    for f in st["failures"]:
+        print(f"  failed: {f['path']}\n          {f['reason']}")
+    for f in st["metadata_failures"]:
+        print(f"  indexed, {f['reason']}: {f['path']}")
+    return 0
+
+
+def cmd_install_service(args: argparse.Namespace, config: Config, config_file: Path | None) -> int:
+    from .service import install
+
+    path, commands = install(str(config_file) if config_file else None)
+    print(f"wrote {path}\nenable and start it with:")
+    for c in commands:
+        print(f"  {c}")
+    return 0
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "scan": cmd_scan,
+    "search": cmd_search,
+    "show": cmd_show,
+    "status": cmd_status,
+    "install-service": cmd_install_service,
+}

@@ -1,0 +1,218 @@
+"""The index: images by content hash, files by path, results, searchable text.
+
+Functions here take an open session from ``Database.transaction`` and never
+commit themselves: the caller decides what belongs to one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy import delete, func, or_, select
+from sqlalchemy.orm import Session
+
+from .analyze import Summary, TaskResults, summarize
+from .db import Document, File, Image, Job, Result
+from .imaging import Fingerprint
+
+
+def file_by_path(session: Session, path: str) -> File | None:
+    return session.scalars(select(File).where(File.path == path)).first()
+
+
+def is_unchanged(session: Session, path: str, fp: Fingerprint) -> bool:
+    """True if *path* is indexed and still exactly as we last saw or wrote it."""
+    f = file_by_path(session, path)
+    return (
+        f is not None
+        and f.state in ("indexed", "failed")
+        and (f.inode, f.size, f.mtime_ns) == (fp.inode, fp.size, fp.mtime_ns)
+    )
+
+
+def image_for_hash(session: Session, sha256: str) -> Image | None:
+    """The image whose original bytes, or some file's current (tagged) bytes, hash to *sha256*."""
+    image = session.scalars(select(Image).where(Image.sha256 == sha256)).first()
+    if image is not None:
+        return image
+    return session.scalars(
+        select(Image).join(File, File.image_id == Image.id).where(File.sha256 == sha256)
+    ).first()
+
+
+def has_results(session: Session, image_id: int, model: str, tasks: tuple[str, ...]) -> bool:
+    done = set(session.scalars(select(Result.task).where(Result.image_id == image_id, Result.model == model)))
+    return set(tasks) <= done
+
+
+def results_for(session: Session, image_id: int, model: str | None = None) -> tuple[str | None, TaskResults]:
+    """Results of *image_id*: for *model* if it has any, else for the newest model."""
+    rows = list(session.scalars(select(Result).where(Result.image_id == image_id).order_by(Result.created_at)))
+    if not rows:
+        return None, {}
+    chosen = model if model and any(r.model == model for r in rows) else rows[-1].model
+    return chosen, {r.task: json.loads(r.result) for r in rows if r.model == chosen}
+
+
+def store_results(
+    session: Session, *, sha256: str, width: int, height: int, fmt: str, model: str, results: TaskResults
+) -> Image:
+    image = session.scalars(select(Image).where(Image.sha256 == sha256)).first()
+    if image is None:
+        image = Image(sha256=sha256, width=width, height=height, format=fmt)
+        session.add(image)
+        session.flush()
+    for task, value in results.items():
+        row = session.scalars(
+            select(Result).where(Result.image_id == image.id, Result.task == task, Result.model == model)
+        ).first()
+        if row is None:
+            session.add(Result(image_id=image.id, task=task, model=model, result=json.dumps(value)))
+        else:
+            row.result = json.dumps(value)
+    return image
+
+
+def link_file(session: Session, path: str, image: Image, sha256: str, fp: Fingerprint, model: str | None) -> File:
+    """Map *path* to *image* (new path, moved file, copy) and refresh its search text.
+
+    A file whose bytes equal a file we already tagged (a move or copy of
+    our output) inherits what we wrote there, so our own text is never
+    mistaken for a person's.
+    """
+    f = file_by_path(session, path)
+    if f is None:
+        f = File(path=path, tag_state="none")
+        session.add(f)
+    if f.image_id != image.id:
+        f.written = None  # what we wrote belongs to the old content
+    if f.sha256 != sha256:
+        f.tag_state = "none"
+    f.image_id, f.sha256 = image.id, sha256
+    f.inode, f.size, f.mtime_ns = fp.inode, fp.size, fp.mtime_ns
+    f.state, f.error = "indexed", None
+    session.flush()
+    if f.tag_state != "done":
+        twin = session.scalars(
+            select(File).where(
+                File.sha256 == sha256, File.id != f.id, File.tag_state == "done",
+                File.written.is_not(None), File.metadata_target == File.path,
+            )
+        ).first()
+        if twin is not None:
+            f.written, f.tag_state, f.metadata_target = twin.written, "done", path
+    _, results = results_for(session, image.id, model)
+    set_document(session, f, summarize(results))
+    return f
+
+
+def set_document(session: Session, f: File, summary: Summary) -> None:
+    doc = session.get(Document, f.id)
+    if doc is None:
+        doc = Document(file_id=f.id)
+        session.add(doc)
+    doc.path = f.path
+    doc.caption, doc.description, doc.ocr = summary.caption, summary.description, summary.ocr
+    doc.labels = " ".join(summary.labels or [])
+
+
+def record_failure(session: Session, path: str, reason: str) -> None:
+    f = file_by_path(session, path)
+    if f is None:
+        f = File(path=path)
+        session.add(f)
+    f.state, f.error = "failed", reason
+    try:
+        fp = Fingerprint.of(path)
+        f.inode, f.size, f.mtime_ns = fp.inode, fp.size, fp.mtime_ns
+    except OSError:
+        pass
+
+
+def mark_deleted(session: Session, path: str) -> bool:
+    """A file (or every file under a folder) is gone: keep its image, drop it from search."""
+    prefix = path.rstrip("/") + "/"
+    files = list(session.scalars(select(File).where(or_(File.path == path, File.path.startswith(prefix)))))
+    for f in files:
+        f.state, f.inode, f.size, f.mtime_ns = "deleted", None, None, None
+        session.execute(delete(Document).where(Document.file_id == f.id))
+    session.execute(delete(Job).where(or_(Job.path == path, Job.path.startswith(prefix)), Job.state != "running"))
+    return bool(files)
+
+
+def record_tag(session: Session, file_id: int, *, written: dict[str, Any], target: str, sha256: str,
+               fp: Fingerprint) -> None:
+    f = session.get(File, file_id)
+    if f is None:
+        return
+    f.written, f.metadata_target, f.tag_state = json.dumps(written), target, "done"
+    f.sha256 = sha256
+    f.inode, f.size, f.mtime_ns = fp.inode, fp.size, fp.mtime_ns
+
+
+def record_tag_failure(session: Session, file_id: int, reason: str) -> None:
+    f = session.get(File, file_id)
+    if f is not None:
+        f.tag_state, f.error = "failed", reason
+
+
+def status(session: Session) -> dict[str, Any]:
+    """Counts of indexed, pending and failed files, with the failures' reasons."""
+    by_state = dict(session.execute(select(File.state, func.count()).group_by(File.state)).all())
+    jobs = dict(session.execute(select(Job.state, func.count()).group_by(Job.state)).all())
+    failures = [
+        {"path": p, "reason": r or "unknown"}
+        for p, r in session.execute(select(File.path, File.error).where(File.state == "failed").order_by(File.path))
+    ]
+    tag_failures = [
+        {"path": p, "reason": r or "unknown"}
+        for p, r in session.execute(
+            select(File.path, File.error).where(File.state == "indexed", File.tag_state == "failed").order_by(File.path)
+        )
+    ]
+    return {
+        "indexed": by_state.get("indexed", 0),
+        "pending": jobs.get("pending", 0) + jobs.get("running", 0),
+        "failed": len(failures),
+        "failures": failures,
+        "metadata_failures": tag_failures,
+    }
+
+
+def file_info(session: Session, path: str, model: str | None = None) -> dict[str, Any] | None:
+    """Everything known about one file, in the shape ``show --json`` prints."""
+    f = file_by_path(session, path)
+    if f is None:
+        return None
+    image = session.get(Image, f.image_id) if f.image_id else None
+    used_model, results = results_for(session, image.id, model) if image else (None, {})
+    summary = summarize(results)
+    info: dict[str, Any] = {
+        "path": f.path,
+        "sha256": image.sha256 if image else None,
+        "caption": summary.caption,
+        "description": summary.description,
+        "keywords": summary.labels or [],
+        "ocr": summary.ocr,
+        "objects": summary.objects or [],
+        "model": used_model,
+        "state": f.state,
+        "error": f.error,
+        "metadata": {
+            "state": f.tag_state,
+            "target": f.metadata_target,
+            "written": json.loads(f.written) if f.written else None,
+        },
+        "results": results,
+    }
+    if image:
+        info["width"], info["height"], info["format"] = image.width, image.height, image.format
+    return info
+
+
+def summary_for_file(session: Session, f: File, model: str | None) -> Summary:
+    if f.image_id is None:
+        return Summary()
+    return summarize(results_for(session, f.image_id, model)[1])
+

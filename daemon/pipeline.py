@@ -1,0 +1,257 @@
+"""The processing pipeline: jobs -> hash -> decode -> analyze -> index -> tag.
+
+One batch at a time: claim jobs, read and decode the files in worker
+threads, run the model once for the whole batch, then commit each file's
+results and the job's completion in one transaction, and finally write the
+metadata into the file. A bad file fails alone, with its reason recorded;
+the batch and the daemon go on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+
+from . import index, jobs
+from .analyze import Analyzer
+from .config import Config
+from .db import Database, File
+from .errors import ImageError, MetadataError
+from .imaging import Decoded, Fingerprint, decode, is_candidate, sha256_file
+from .tag import MetadataWriter
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class _Work:
+    job_id: int
+    path: str
+    fp: Fingerprint
+    sha256: str
+    decoded: Decoded | None = None
+
+
+class Pipeline:
+    """Turns queued paths into indexed, tagged images."""
+
+    def __init__(self, config: Config, db: Database, analyzer: Analyzer, writer: MetadataWriter | None) -> None:
+        self.config = config
+        self.db = db
+        self.analyzer = analyzer
+        self.writer = writer
+        self.batch_size = config.model.batch_size
+        self.owner = jobs.owner_id()
+        self._decoders = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="decode")
+
+    def close(self) -> None:
+        self._decoders.shutdown(wait=True)
+
+    # --- feeding the queue ----------------------------------------------------
+
+    def offer(self, paths: Iterable[str | Path]) -> int:
+        """Queue the paths that are new or changed since we last saw or wrote them."""
+        fresh: list[str] = []
+        with self.db.transaction() as s:
+            for p in paths:
+                path = os.path.abspath(p)
+                if not is_candidate(path):
+                    continue
+                try:
+                    fp = Fingerprint.of(path)
+                except OSError:
+                    continue  # gone already; the delete event handles it
+                if not index.is_unchanged(s, path, fp):
+                    fresh.append(path)
+        if fresh:
+            with self.db.transaction(write=True) as s:
+                jobs.enqueue(s, fresh)
+        return len(fresh)
+
+    def forget(self, path: str | Path) -> None:
+        """A file or folder was deleted or moved away."""
+        with self.db.transaction(write=True) as s:
+            if index.mark_deleted(s, os.path.abspath(path)):
+                log.info("removed from the index: %s", path)
+
+    def recover(self) -> None:
+        """After a crash: requeue orphaned jobs and finish interrupted metadata writes."""
+        with self.db.transaction(write=True) as s:
+            n = jobs.recover(s)
+        if n:
+            log.info("requeued %d job(s) interrupted by a previous shutdown", n)
+        with self.db.transaction() as s:
+            pending = list(s.scalars(select(File.id).where(File.state == "indexed", File.tag_state == "pending")))
+        for file_id in pending:
+            self._tag(file_id)
+
+    # --- processing -------------------------------------------------------------
+
+    def pending(self) -> int:
+        with self.db.transaction() as s:
+            c = jobs.counts(s)
+        return c.get("pending", 0) + c.get("running", 0)
+
+    def process_batch(self, stop: threading.Event | None = None) -> int:
+        """Claim and process one batch; returns how many jobs it finished."""
+        with self.db.transaction(write=True) as s:
+            claimed = [(j.id, j.path) for j in jobs.claim(s, self.batch_size, self.owner)]
+        if not claimed:
+            return 0
+        if stop is not None and stop.is_set():
+            with self.db.transaction(write=True) as s:
+                jobs.release(s, [job_id for job_id, _ in claimed])
+            return 0
+        prepared = list(self._decoders.map(lambda jp: self._prepare(*jp), claimed))
+        to_model = [w for w in prepared if w is not None and w.decoded is not None]
+        if to_model:
+            self._analyze(to_model)
+        return len(claimed)
+
+    def drain(self, stop: threading.Event | None = None, progress: Progress | None = None) -> int:
+        """Process until the queue has nothing due (or *stop* is set)."""
+        done = 0
+        total = self.pending()
+        while stop is None or not stop.is_set():
+            n = self.process_batch(stop)
+            if n == 0:
+                break
+            done += n
+            total = max(total, done + self.pending())
+            if progress:
+                progress(done, total)
+        return done
+
+    def _prepare(self, job_id: int, path: str) -> _Work | None:
+        """Stat, hash and (if the content is new) decode one file; None when finished here."""
+        try:
+            if not os.path.exists(path):
+                with self.db.transaction(write=True) as s:
+                    index.mark_deleted(s, path)
+                    jobs.finish(s, job_id)
+                return None
+            fp = Fingerprint.of(path)
+            sha = sha256_file(path)
+            with self.db.transaction(write=True) as s:
+                image = index.image_for_hash(s, sha)
+                known = image is not None and index.has_results(
+                    s, image.id, self.analyzer.model_id, self.analyzer.tasks
+                )
+                needs_tag = False
+                if image is not None and known:
+                    f = index.link_file(s, path, image, sha, fp, self.analyzer.model_id)
+                    needs_tag = self._tag_enabled() and f.tag_state != "done"
+                    if needs_tag:
+                        f.tag_state = "pending"
+                    elif not self._tag_enabled():
+                        f.tag_state = "off"
+                    jobs.finish(s, job_id)
+                    file_id = f.id
+                    log.info("known image, no model run: %s", path)
+            if known and needs_tag:
+                self._tag(file_id)
+            if known:
+                return None
+            return _Work(job_id, path, fp, sha, decode(path))
+        except ImageError as exc:
+            self._fail(job_id, path, exc.reason)
+        except Exception as exc:  # noqa: BLE001 - one file must never stop the daemon
+            log.exception("unexpected error preparing %s", path)
+            self._fail(job_id, path, f"unexpected error: {exc}")
+        return None
+
+    def _analyze(self, work: list[_Work]) -> None:
+        try:
+            results = self.analyzer.analyze([w.decoded.image for w in work if w.decoded])
+        except Exception as exc:  # noqa: BLE001
+            if len(work) > 1:
+                # Find the image that breaks the batch: retry one by one.
+                log.warning("batch of %d failed (%s); retrying one at a time", len(work), exc)
+                for w in work:
+                    self._analyze([w])
+                return
+            log.exception("model failed on %s", work[0].path)
+            self._fail(work[0].job_id, work[0].path, f"the model failed on this image: {exc}")
+            return
+        model = self.analyzer.model_id
+        for w, res in zip(work, results):
+            assert w.decoded is not None
+            with self.db.transaction(write=True) as s:
+                image = index.store_results(
+                    s, sha256=w.sha256, width=w.decoded.width, height=w.decoded.height,
+                    fmt=w.decoded.format, model=model, results=res,
+                )
+                f = index.link_file(s, w.path, image, w.sha256, w.fp, model)
+                f.tag_state = "pending" if self._tag_enabled() else "off"
+                jobs.finish(s, w.job_id)
+                file_id = f.id
+            log.info("indexed %s", w.path)
+            if self._tag_enabled():
+                self._tag(file_id)
+
+    def _fail(self, job_id: int, path: str, reason: str) -> None:
+        with self.db.transaction(write=True) as s:
+            gave_up = jobs.fail(s, job_id, reason, self.config.index.max_attempts)
+            if gave_up:
+                index.record_failure(s, path, reason)
+        if gave_up:
+            log.error("%s: %s", path, reason)
+        else:
+            log.warning("%s: %s (will retry)", path, reason)
+
+    # --- metadata ---------------------------------------------------------------
+
+    def _tag_enabled(self) -> bool:
+        return self.writer is not None and self.config.metadata.write
+
+    def _tag(self, file_id: int) -> bool:
+        """Write the index's description of *file_id* into the file; record what we wrote."""
+        if self.writer is None:
+            return False
+        with self.db.transaction() as s:
+            f = s.get(File, file_id)
+            if f is None:
+                return False
+            path = f.path
+            recorded = (f.inode, f.size, f.mtime_ns)
+            summary = index.summary_for_file(s, f, self.analyzer.model_id)
+            previous = json.loads(f.written) if f.written else None
+        try:
+            now_fp = Fingerprint.of(path)
+            if (now_fp.inode, now_fp.size, now_fp.mtime_ns) != recorded:
+                # Changed since we read it (still being written?): tagging now
+                # could corrupt it. Its next event brings it back.
+                log.info("%s changed since it was read; metadata write postponed", path)
+                return False
+            # Never write into a file that changed under us (still being copied):
+            # the next event will bring it back.
+            outcome = self.writer.write(
+                path,
+                alt_text=summary.caption,
+                description=summary.description or summary.caption,
+                keywords=summary.labels or [],
+                previous=previous,
+            )
+            fp = Fingerprint.of(path)
+            sha = sha256_file(path)
+        except (MetadataError, ImageError, OSError) as exc:
+            reason = getattr(exc, "reason", None) or str(exc)
+            log.error("%s: metadata not written: %s", path, reason)
+            with self.db.transaction(write=True) as s:
+                index.record_tag_failure(s, file_id, f"metadata not written: {reason}")
+            return False
+        with self.db.transaction(write=True) as s:
+            index.record_tag(s, file_id, written=outcome.written, target=outcome.target, sha256=sha, fp=fp)
+        if outcome.kept:
+            log.info("%s: kept what a person wrote in %s", path, ", ".join(outcome.kept))
+        return True
