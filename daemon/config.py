@@ -69,6 +69,11 @@ class ModelConfig:
     num_beams: int = 3
     max_new_tokens: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_MAX_NEW_TOKENS))
 
+    def __post_init__(self) -> None:
+        # One number means the same limit for every task.
+        if isinstance(self.max_new_tokens, int):
+            object.__setattr__(self, "max_new_tokens", dict.fromkeys(DEFAULT_MAX_NEW_TOKENS, self.max_new_tokens))
+
 
 @dataclass(frozen=True)
 class IndexConfig:

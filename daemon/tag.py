@@ -54,6 +54,15 @@ IPTC_CAPTION_BYTES = 2000
 IPTC_KEYWORD_BYTES = 64
 XMP_DESCRIPTION_CHARS = 2000
 
+# What cameras and editors put in ImageDescription when nobody wrote one:
+# it counts as empty, not as a person's text.
+_BOILERPLATE = re.compile(
+    r"^\s*(|.*digital camera|sony dsc|dcim|default|exif_jpeg_picture|created with gimp|"
+    r"file written by adobe photoshop.*|samsung|lg digital camera|image description|"
+    r"[a-z]+ digital still camera|<[^>]*>|\?+)\s*$",
+    re.IGNORECASE,
+)
+
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
 
 
@@ -200,7 +209,7 @@ class MetadataWriter:
         # person's caption in any of them keeps all three consistent.
         def ours_or_empty(read_key: str) -> bool:
             value = current.get(read_key)
-            return not value or value == prev_tags.get(read_key)
+            return not value or value == prev_tags.get(read_key) or bool(_BOILERPLATE.match(value))
 
         if ALT in wanted:
             if ours_or_empty(ALT[1]):

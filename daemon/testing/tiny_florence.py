@@ -184,7 +184,7 @@ def build_tiny_florence(
     real_files: str | Path | None = None,
     image_size: int | None = None,
     seed: int = 0,
-    min_new_tokens: int = 6,
+    min_new_tokens: int = 10,
 ) -> Path:
     """Write a tiny random-weight Florence-2 checkpoint to *dest* and return it.
 
@@ -215,6 +215,12 @@ def build_tiny_florence(
 
     torch.manual_seed(seed)
     model = Florence2ForConditionalGeneration(config).eval()
+    # Shrink the <loc_N> embeddings (tied to the output layer): the 1,000
+    # location tokens would otherwise crowd words out of random captions,
+    # while detection and OCR still produce some boxes.
+    loc_ids = tokenizer.convert_tokens_to_ids([f"<loc_{i}>" for i in range(1000)])
+    with torch.no_grad():
+        model.get_input_embeddings().weight[loc_ids] *= 0.7
     model.generation_config = GenerationConfig(
         bos_token_id=0,
         pad_token_id=1,

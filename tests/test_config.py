@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from daemon.config import DEFAULT_TASKS, Config, database_url, find_config_file, load_config
+from daemon.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_repo_config_loads_with_the_documented_defaults() -> None:
+    cfg = load_config(REPO / "config.toml")
+    assert cfg.watch.folders == ("~/Pictures/Inbox",)
+    assert cfg.model.name == "auto" and cfg.model.device == "auto"
+    assert cfg.model.tasks == DEFAULT_TASKS
+    assert cfg.index.database == "~/.local/share/florence-watch/index.db"
+    assert cfg.metadata.write is True
+    assert str(cfg.folders[0]) == str(Path.home() / "Pictures" / "Inbox")
+
+
+def test_defaults_without_a_file() -> None:
+    assert load_config(None) == Config()
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("[watch]\nfolder = ['x']\n", "bad.toml: watch.folder: unknown key (known: folders, recursive, settle_seconds, "
+         "polling, follow_symlinks)"),
+        ("[modle]\nname='x'\n", "bad.toml: modle: unknown section (known: watch, model, index, metadata)"),
+        ("[model]\ndevice = 'gpu'\n", "bad.toml: model.device: must be auto, cuda or cpu, not 'gpu'"),
+        ("[metadata]\nwrite = 'yes'\n", "bad.toml: metadata.write: must be true or false, not 'yes'"),
+        ("[watch]\nfolders = []\n", "bad.toml: watch.folders: must be a list of strings, not []"),
+        ("[model]\ntasks = ['<CAPTION_TO_PHRASE_GROUNDING>']\n",
+         "bad.toml: model.tasks: '<CAPTION_TO_PHRASE_GROUNDING>' is not a Florence-2 task without input"),
+        ("[model]\nbatch_size = 0\n", "bad.toml: model.batch_size: must be at least 1"),
+        ("[index\n", "bad.toml: (file): not valid TOML"),
+    ],
+)
+def test_bad_config_names_the_file_and_the_key(tmp_path: Path, toml: str, message: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value).replace(str(tmp_path) + "/", "").startswith(message)
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_env_variable_selects_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[model]\nname = '/models/x'\n")
+    monkeypatch.setenv("FLORENCE_WATCH_CONFIG", str(path))
+    assert find_config_file(None) == path
+    assert find_config_file("explicit.toml") == Path("explicit.toml")
+    assert load_config(find_config_file(None)).model.name == "/models/x"
+
+
+def test_cli_overrides_win_over_the_file() -> None:
+    cfg = Config().with_overrides(model="/m", database="/d.db")
+    assert (cfg.model.name, cfg.index.database) == ("/m", "/d.db")
+
+
+def test_max_new_tokens_number_or_table(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[model.max_new_tokens]\n'<CAPTION>' = 10\n")
+    cfg = load_config(path)
+    assert cfg.model.max_new_tokens["<CAPTION>"] == 10
+    assert cfg.model.max_new_tokens["<OCR_WITH_REGION>"] == 1024
+
+
+def test_database_url() -> None:
+    assert database_url("postgresql://u@h/db") == "postgresql://u@h/db"
+    assert database_url("/tmp/x.db") == "sqlite:////tmp/x.db"
+    assert database_url("~/x.db") == f"sqlite:///{Path.home()}/x.db"

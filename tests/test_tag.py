@@ -1,0 +1,186 @@
+"""The metadata writer against real exiftool and real files from other projects."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from daemon.errors import MetadataError
+from daemon.imaging import decode
+from daemon.tag import MetadataWriter, cut_bytes, cut_words, remove_stale_temp_files, sanitize
+
+from .conftest import copy_corpus
+
+NON_LATIN = "café – 日本語 – Ελληνικά"
+
+
+@pytest.fixture(scope="module")
+def writer() -> Iterator[MetadataWriter]:
+    w = MetadataWriter()
+    yield w
+    w.close()
+
+
+def exiftool_json(path: Path, *tags: str) -> dict:
+    """Read back with a separate exiftool process, not the writer's own."""
+    out = subprocess.run(["exiftool", "-j", "-G1", "-struct", *[f"-{t}" for t in tags], str(path)],
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out)[0]
+
+
+def pixels(path: Path) -> str:
+    return hashlib.sha256(decode(path).image.tobytes()).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("name", "embedded", "iptc"),
+    [
+        ("pillow/hopper.jpg", True, True),
+        ("pillow/hopper.tif", True, True),
+        ("pillow/hopper.png", True, False),
+        ("pillow/hopper.webp", True, False),
+        ("pillow/hopper.heif", True, False),
+        ("pillow/hopper.avif", True, False),
+        ("pillow/hopper.gif", False, False),
+        ("pillow/hopper.bmp", False, False),
+        ("exiftool/Nikon.nef", False, False),
+        ("exiftool/DNG.dng", False, False),
+    ],
+)
+def test_fields_round_trip_per_format(writer: MetadataWriter, tmp_path: Path, name: str, embedded: bool,
+                                      iptc: bool) -> None:
+    [path] = copy_corpus([name], tmp_path)
+    before_bytes = path.read_bytes()
+    before_pixels = pixels(path) if not name.endswith((".nef", ".dng")) else None
+    out = writer.write(path, alt_text=f"alt {NON_LATIN}", description=f"desc {NON_LATIN}", keywords=["dog", "日本"])
+    target = Path(out.target)
+    assert target == (path if embedded else path.with_name(path.name + ".xmp"))
+    got = exiftool_json(target, "XMP-iptcCore:AltTextAccessibility", "XMP-dc:Description", "XMP-dc:Subject",
+                        "XMP-lr:HierarchicalSubject", "IPTC:Keywords", "IPTC:Caption-Abstract")
+    assert got["XMP-iptcCore:AltTextAccessibility"] == f"alt {NON_LATIN}"
+    assert got["XMP-dc:Description"] == f"desc {NON_LATIN}"
+    assert got["XMP-dc:Subject"] == ["dog", "日本"]
+    assert got["XMP-lr:HierarchicalSubject"] == ["dog", "日本"]
+    if iptc:
+        assert got["IPTC:Keywords"] == ["dog", "日本"]
+        assert got["IPTC:Caption-Abstract"] == f"desc {NON_LATIN}"
+    else:
+        assert "IPTC:Keywords" not in got
+    if not embedded:
+        assert path.read_bytes() == before_bytes  # the original is not touched at all
+    if before_pixels:
+        assert pixels(path) == before_pixels
+    assert not list(tmp_path.glob("*_original")) and not list(tmp_path.glob("*_exiftool_tmp"))
+
+
+def test_a_persons_description_and_keywords_survive(writer: MetadataWriter, tmp_path: Path) -> None:
+    [path] = copy_corpus(["exiftool/MWG.jpg"], tmp_path)
+    out = writer.write(path, alt_text="a small test image", description="ours", keywords=["square"])
+    got = exiftool_json(path, "XMP-dc:Description", "IFD0:ImageDescription", "IPTC:Caption-Abstract",
+                        "XMP-dc:Subject", "IPTC:Keywords", "XMP-lr:HierarchicalSubject",
+                        "XMP-iptcCore:AltTextAccessibility")
+    assert got["XMP-dc:Description"] == "WRONG-XMP-Description"
+    assert got["IFD0:ImageDescription"] == "RIGHT-EXIF-Description"
+    assert got["IPTC:Caption-Abstract"] == "WRONG-IPTC-Description"
+    assert got["XMP-dc:Subject"] == ["RIGHT1of2-XMP-Keywords", "RIGHT2of2-XMP-Keywords", "square"]
+    assert got["IPTC:Keywords"] == ["WRONG1of2-IPTC-Keywords", "WRONG2of2-IPTC-Keywords", "square"]
+    # HierarchicalSubject holds every keyword (Immich reads it instead of dc:subject).
+    assert set(got["XMP-lr:HierarchicalSubject"]) == {
+        "RIGHT1of2-XMP-Keywords", "RIGHT2of2-XMP-Keywords", "WRONG1of2-IPTC-Keywords", "WRONG2of2-IPTC-Keywords",
+        "square"}
+    assert got["XMP-iptcCore:AltTextAccessibility"] == "a small test image"
+    assert set(out.kept) == {"XMP-dc:Description", "IFD0:ImageDescription", "IPTC:Caption-Abstract"}
+
+
+def test_retag_replaces_only_our_own_values(writer: MetadataWriter, tmp_path: Path) -> None:
+    [path] = copy_corpus(["exiftool/IPTC.jpg"], tmp_path)
+    first = writer.write(path, alt_text="first alt", description="first", keywords=["cat", "sofa"])
+    # A person adds a keyword after us.
+    subprocess.run(["exiftool", "-overwrite_original", "-XMP-dc:Subject+=holiday", str(path)], check=True,
+                   capture_output=True)
+    second = writer.write(path, alt_text="second alt", description="second", keywords=["dog"],
+                          previous=first.written)
+    got = exiftool_json(path, "XMP-dc:Subject", "IPTC:Keywords", "XMP-iptcCore:AltTextAccessibility",
+                        "IPTC:Caption-Abstract")
+    assert got["XMP-dc:Subject"] == ["holiday", "dog"]
+    assert got["IPTC:Keywords"] == ["ExifTool", "Test", "IPTC", "dog"]
+    assert got["XMP-iptcCore:AltTextAccessibility"] == "second alt"  # still ours: replaced
+    assert got["IPTC:Caption-Abstract"] == "A witty caption"  # the person's: kept
+    assert second.written["keywords"] == ["dog"]
+
+
+def test_alt_text_a_person_edited_is_kept(writer: MetadataWriter, tmp_path: Path) -> None:
+    [path] = copy_corpus(["pillow/hopper.jpg"], tmp_path)
+    first = writer.write(path, alt_text="ours", description="ours too", keywords=[])
+    subprocess.run(["exiftool", "-overwrite_original", "-XMP-iptcCore:AltTextAccessibility=Grace Hopper, portrait",
+                    str(path)], check=True, capture_output=True)
+    out = writer.write(path, alt_text="new model text", description="new description", keywords=[],
+                       previous=first.written)
+    got = exiftool_json(path, "XMP-iptcCore:AltTextAccessibility", "XMP-dc:Description")
+    assert got == {"SourceFile": str(path), "XMP-iptcCore:AltTextAccessibility": "Grace Hopper, portrait",
+                   "XMP-dc:Description": "new description"}
+    assert out.kept == ["XMP-iptcCore:AltTextAccessibility"]
+
+
+def test_newline_injection_cannot_erase_tags(writer: MetadataWriter, tmp_path: Path) -> None:
+    [path] = copy_corpus(["exiftool/IPTC.jpg"], tmp_path)
+    before = exiftool_json(path, "IPTC:all")
+    writer.write(path, alt_text="caption\n-all=", description="x\r\n-IPTC:all=\n-o\n/tmp/evil.jpg",
+                 keywords=["k\n-all="])
+    after = exiftool_json(path, "IPTC:all", "XMP-iptcCore:AltTextAccessibility", "XMP-dc:Subject")
+    for key, value in before.items():
+        if key not in ("SourceFile", "IPTC:Keywords", "IPTC:CodedCharacterSet"):
+            assert after[key] == value, key
+    assert after["XMP-iptcCore:AltTextAccessibility"] == "caption -all="
+    assert after["XMP-dc:Subject"] == ["k -all="]
+    assert not Path("/tmp/evil.jpg").exists()
+
+
+def test_a_file_exiftool_rejects_is_a_metadata_error(writer: MetadataWriter, tmp_path: Path) -> None:
+    path = tmp_path / "text.jpg"
+    path.write_text("not a jpeg")
+    with pytest.raises(MetadataError) as err:
+        writer.write(path, alt_text="a", description="b", keywords=["c"])
+    assert err.value.path == str(path)
+    assert err.value.reason.startswith("exiftool: Error: Not a valid JPG")
+
+
+def test_limits_and_sanitising() -> None:
+    assert sanitize("a\nb\tc\u2028d\x00e\u200bf") == "a b c d e f"
+    assert cut_words("the quick brown fox", 12) == "the quick"
+    assert len(cut_words("x" * 300, 250)) == 250
+    assert cut_bytes("日本語", 7) == "日本"  # never half a character
+    long_alt = " ".join(["word"] * 100)
+    assert len(cut_words(long_alt, 250)) <= 250
+
+
+def test_alt_text_is_capped_at_250_characters(writer: MetadataWriter, tmp_path: Path) -> None:
+    [path] = copy_corpus(["pillow/hopper.jpg"], tmp_path)
+    writer.write(path, alt_text=" ".join(["portrait"] * 60), description="d", keywords=[])
+    alt = exiftool_json(path, "XMP-iptcCore:AltTextAccessibility")["XMP-iptcCore:AltTextAccessibility"]
+    assert len(alt) <= 250 and alt.endswith("portrait")
+
+
+def test_stale_exiftool_temp_files_are_removed(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    stale = tmp_path / "sub" / "a.jpg_exiftool_tmp"
+    stale.write_bytes(b"partial")
+    keep = tmp_path / "sub" / "a.jpg"
+    keep.write_bytes(b"x")
+    assert remove_stale_temp_files([tmp_path]) == [stale]
+    assert not stale.exists() and keep.exists()
+
+
+@pytest.mark.parametrize("boilerplate", ["OLYMPUS DIGITAL CAMERA", "SONY DSC", "   "])
+def test_camera_boilerplate_is_not_a_persons_description(writer: MetadataWriter, tmp_path: Path,
+                                                         boilerplate: str) -> None:
+    [path] = copy_corpus(["pillow/hopper.jpg"], tmp_path)
+    subprocess.run(["exiftool", "-overwrite_original", f"-EXIF:ImageDescription={boilerplate}", str(path)],
+                   check=True, capture_output=True)
+    writer.write(path, alt_text="a", description="A portrait of a woman in uniform.", keywords=[])
+    assert exiftool_json(path, "IFD0:ImageDescription")["IFD0:ImageDescription"] == "A portrait of a woman in uniform."
