@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sqlalchemy import select
+
+from daemon import jobs
+from daemon.db import Database, Job
+
+
+def db_at(tmp_path: Path) -> Database:
+    return Database(f"sqlite:///{tmp_path}/i.db")
+
+
+def test_enqueue_claim_finish(tmp_path: Path) -> None:
+    db = db_at(tmp_path)
+    with db.transaction(write=True) as s:
+        assert jobs.enqueue(s, ["/a.jpg", "/b.jpg", "/a.jpg"]) == 2
+    with db.transaction(write=True) as s:
+        claimed = jobs.claim(s, 10, "me:1")
+        assert [j.path for j in claimed] == ["/a.jpg", "/b.jpg"]
+        ids = [j.id for j in claimed]
+    with db.transaction(write=True) as s:
+        assert jobs.claim(s, 10) == []  # nothing left pending
+        jobs.finish(s, ids[0])
+    with db.transaction() as s:
+        assert jobs.counts(s) == {"running": 1}
+    db.close()
+
+
+def test_failures_retry_with_backoff_then_give_up(tmp_path: Path) -> None:
+    db = db_at(tmp_path)
+    with db.transaction(write=True) as s:
+        jobs.enqueue(s, ["/x.jpg"])
+        [job] = jobs.claim(s, 1)
+        assert jobs.fail(s, job.id, "bad", max_attempts=2) is False
+    with db.transaction(write=True) as s:
+        assert jobs.claim(s, 1) == []  # not due yet (backoff)
+        job = s.scalars(select(Job)).one()
+        assert (job.state, job.attempts, job.error) == ("pending", 1, "bad")
+        assert jobs.fail(s, job.id, "still bad", max_attempts=2) is True
+        assert s.get(Job, job.id).state == "failed"
+    with db.transaction(write=True) as s:
+        jobs.enqueue(s, ["/x.jpg"])  # a new event for the file retries it from scratch
+        job = s.scalars(select(Job)).one()
+        assert (job.state, job.attempts, job.not_before) == ("pending", 0, 0.0)
+    db.close()
+
+
+def test_recover_requeues_jobs_of_dead_processes_only(tmp_path: Path) -> None:
+    db = db_at(tmp_path)
+    import socket
+
+    host = socket.gethostname()
+    with db.transaction(write=True) as s:
+        jobs.enqueue(s, ["/dead.jpg", "/alive.jpg"])
+        dead, alive = jobs.claim(s, 2)
+        dead.owner = f"{host}:{2**22 + 12345}"  # no such pid
+        alive.owner = f"{host}:{os.getppid()}"  # the test runner's parent: alive
+    with db.transaction(write=True) as s:
+        assert jobs.recover(s) == 1
+        states = {j.path: j.state for j in s.scalars(select(Job))}
+    assert states == {"/dead.jpg": "pending", "/alive.jpg": "running"}
+    db.close()
