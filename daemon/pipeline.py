@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 
@@ -226,22 +227,24 @@ class Pipeline:
             recorded = (f.inode, f.size, f.mtime_ns)
             summary = index.summary_for_file(s, f, self.analyzer.model_id)
             previous = json.loads(f.written) if f.written else None
+        fields: dict[str, Any] = {
+            "alt_text": summary.caption,
+            "description": summary.description or summary.caption,
+            "keywords": summary.labels or [],
+            "previous": previous,
+        }
         try:
             now_fp = Fingerprint.of(path)
             if (now_fp.inode, now_fp.size, now_fp.mtime_ns) != recorded:
-                # Changed since we read it (still being written?): tagging now
-                # could corrupt it. Its next event brings it back.
-                log.info("%s changed since it was read; metadata write postponed", path)
-                return False
-            # Never write into a file that changed under us (still being copied):
-            # the next event will bring it back.
-            outcome = self.writer.write(
-                path,
-                alt_text=summary.caption,
-                description=summary.description or summary.caption,
-                keywords=summary.labels or [],
-                previous=previous,
-            )
+                # Either our own write finished but a crash lost its record (the
+                # file then holds exactly what we would write), or the file is
+                # still being written: tagging it now could corrupt it, and its
+                # next event brings it back.
+                if self.writer.write(path, **fields, dry_run=True).changed:
+                    log.info("%s changed since it was read; metadata write postponed", path)
+                    return False
+                log.info("%s already holds our metadata (write interrupted before it was recorded)", path)
+            outcome = self.writer.write(path, **fields)
             fp = Fingerprint.of(path)
             sha = sha256_file(path)
         except (MetadataError, ImageError, OSError) as exc:

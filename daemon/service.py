@@ -13,8 +13,6 @@ UNIT_NAME = "florence-watch.service"
 UNIT_TEMPLATE = """\
 [Unit]
 Description=florence-watch: describe new images with Florence-2 and tag them
-Documentation=https://github.com/florence-watch/florence-watch#readme
-After=default.target
 
 [Service]
 Type=simple

@@ -173,8 +173,12 @@ class MetadataWriter:
         description: str,
         keywords: list[str],
         previous: dict[str, Any] | None = None,
+        dry_run: bool = False,
     ) -> Outcome:
-        """Write our fields into *path* (or its sidecar), keeping a person's work."""
+        """Write our fields into *path* (or its sidecar), keeping a person's work.
+
+        With *dry_run* nothing is written: the outcome says what would change.
+        """
         _check_name(path)
         target = self.target_for(path)
         embedded = target == Path(path)
@@ -207,18 +211,21 @@ class MetadataWriter:
 
         # Text fields: alt text on its own; descriptions as one group, so a
         # person's caption in any of them keeps all three consistent.
-        def ours_or_empty(read_key: str) -> bool:
-            value = current.get(read_key)
-            return not value or value == prev_tags.get(read_key) or bool(_BOILERPLATE.match(value))
+        def ours_or_empty(tag: tuple[str, str]) -> bool:
+            # Already exactly our value counts as ours: an interrupted write
+            # of ours must not turn into "a person wrote this".
+            value = current.get(tag[1])
+            return (not value or value == prev_tags.get(tag[1]) or value == wanted.get(tag)
+                    or bool(_BOILERPLATE.match(value)))
 
         if ALT in wanted:
-            if ours_or_empty(ALT[1]):
+            if ours_or_empty(ALT):
                 self._set(args, outcome, ALT, wanted[ALT], current)
             else:
                 outcome.kept.append(ALT[1])
         desc_tags = [t for t in DESCRIPTIONS if t in wanted]
         if desc_tags:
-            if all(ours_or_empty(t[1]) for t in desc_tags):
+            if all(ours_or_empty(t) for t in desc_tags):
                 for tag in desc_tags:
                     self._set(args, outcome, tag, wanted[tag], current)
             else:
@@ -241,7 +248,7 @@ class MetadataWriter:
             self._set(args, outcome, KEYWORDS[2], hier, current)
             outcome.written["keywords"] = ours
 
-        if args:
+        if args and not dry_run:
             if embedded and ext in IIM_EXTENSIONS and any(a.startswith("-IPTC:") for a in args):
                 args += ["-IPTC:CodedCharacterSet=UTF8", "-Photoshop:IPTCDigest=new"]
             # -P keeps the file's modification time: people sort photos by it.

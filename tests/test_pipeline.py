@@ -168,3 +168,31 @@ def test_metadata_write_off_leaves_files_untouched(tmp_path: Path) -> None:
             assert (f.state, f.tag_state) == ("indexed", "off")
     finally:
         e.close()
+
+
+def test_crash_between_our_write_and_its_record_does_not_rerun_the_model(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    [path] = copy_corpus(["pillow/hopper.jpg"], env.inbox)
+
+    class Killed(BaseException):
+        pass
+
+    def die(*args: object, **kwargs: object) -> None:
+        raise Killed  # the process dies after exiftool renamed the file into place
+
+    monkeypatch.setattr(index, "record_tag", die)
+    with pytest.raises(Killed):
+        env.run()
+    monkeypatch.undo()
+    with env.db.transaction() as s:
+        assert index.file_by_path(s, str(path)).tag_state == "pending"
+    # Restart: recovery sees the file already holds exactly our metadata.
+    env.pipeline.recover()
+    assert env.pipeline.offer([path]) == 0
+    assert env.pipeline.drain() == 0
+    assert env.analyzer.calls == [1]
+    with env.db.transaction() as s:
+        f = index.file_by_path(s, str(path))
+        assert f.tag_state == "done" and json.loads(f.written)["tags"]
+        assert s.scalar(select(func.count()).select_from(Image)) == 1

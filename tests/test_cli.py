@@ -1,0 +1,130 @@
+"""The thin CLI: help texts, JSON shapes, error messages, the systemd unit."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from daemon.cli import COMMANDS, build_parser, main
+from daemon.service import UNIT_NAME, install, render_unit
+
+from .conftest import REPO, copy_corpus, write_config
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_command_has_help_with_an_example(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert f"example: florence-watch" in out and command in out
+
+
+def test_top_level_help_lists_every_command() -> None:
+    text = build_parser().format_help()
+    for command in COMMANDS:
+        assert command in text
+
+
+def test_missing_config_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--config", str(tmp_path / "nope.toml"), "status"]) == 1
+    assert capsys.readouterr().err == f"error: {tmp_path / 'nope.toml'}: (file): no such file\n"
+
+
+def test_bad_key_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[index]\ndatabse = 'x'\n")
+    assert main(["--config", str(cfg), "status"]) == 1
+    assert capsys.readouterr().err == f"error: {cfg}: index.databse: unknown key (known: database, max_attempts)\n"
+
+
+def test_show_of_an_unknown_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--database", str(tmp_path / "i.db"), "show", str(tmp_path / "x.jpg")]) == 1
+    assert capsys.readouterr().err == (
+        f"error: {tmp_path / 'x.jpg'}: not in the index (is it inside a watched folder? try `florence-watch scan`)\n"
+    )
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "daemon", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})}, cwd=REPO)
+
+
+def test_missing_model_stops_with_advice_and_no_traceback(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, tmp_path / "no-model")
+    (tmp_path / "inbox").mkdir()
+    proc = run_cli("--config", str(cfg), "scan", str(tmp_path / "inbox"))
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: cannot load the model {str(tmp_path / 'no-model')!r}: no such folder. Connect to the internet once "
+        "so it can be downloaded into the Hugging Face cache, or set model.name in config.toml to a local folder "
+        "holding a Florence-2 checkpoint"
+    )
+
+
+def test_scan_then_status_show_search_json(tmp_path: Path, tiny_model: Path) -> None:
+    cfg = write_config(tmp_path, tiny_model)
+    files = copy_corpus(["pillow/hopper.jpg", "pillow/bad/truncated_jpeg.jpg"], tmp_path / "inbox")
+    scan = run_cli("--config", str(cfg), "scan", str(tmp_path / "inbox"))
+    assert scan.returncode == 0, scan.stderr
+    assert scan.stdout.strip() == "indexed 1, failed 1, pending 0"
+
+    status = json.loads(run_cli("--config", str(cfg), "status", "--json").stdout)
+    assert {k: status[k] for k in ("indexed", "pending", "failed")} == {"indexed": 1, "pending": 0, "failed": 1}
+    assert status["failures"] == [{"path": str(files[1]), "reason":
+                                   "corrupt or truncated image: image file is truncated (8 bytes not processed)"}]
+
+    show = json.loads(run_cli("--config", str(cfg), "show", str(files[0]), "--json").stdout)
+    assert {"path", "sha256", "caption", "description", "keywords", "ocr", "objects", "model"} <= set(show)
+    assert show["path"] == str(files[0]) and show["model"] == str(tiny_model) and show["caption"]
+    for obj in show["objects"]:
+        assert set(obj) == {"label", "box"} and len(obj["box"]) == 4
+
+    word = show["caption"].split()[0]
+    hits = json.loads(run_cli("--config", str(cfg), "search", word, "--json").stdout)
+    assert hits and hits[0]["path"] == str(files[0])
+    assert set(hits[0]) == {"path", "caption", "score"} and hits[0]["caption"] == show["caption"]
+
+    text = run_cli("--config", str(cfg), "show", str(files[0])).stdout
+    assert text.splitlines()[0] == f"path         {files[0]}"
+
+
+def test_repo_unit_file_is_what_install_service_renders() -> None:
+    assert (REPO / "systemd" / UNIT_NAME).read_text() == render_unit()
+    assert "WantedBy=default.target" in render_unit() and "Restart=on-failure" in render_unit()
+
+
+def test_install_service_writes_a_unit_systemd_accepts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text("")
+    path, commands = install(str(config), unit_dir=tmp_path / "units")
+    text = path.read_text()
+    assert f"--config {config}" in text and text.rstrip().endswith("WantedBy=default.target")
+    assert commands[0] == "systemctl --user daemon-reload"
+    assert commands[1] == "systemctl --user enable --now florence-watch"
+    exec_line = next(line for line in text.splitlines() if line.startswith("ExecStart="))
+    assert exec_line.endswith(" run")
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze not installed")
+    runtime = tmp_path / "runtime"
+    runtime.mkdir(mode=0o700)
+    proc = subprocess.run(["systemd-analyze", "--user", "verify", str(path)], capture_output=True, text=True,
+                          env={**os.environ, "XDG_RUNTIME_DIR": str(runtime)})
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_install_service_command(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    monkeypatch.delenv("FLORENCE_WATCH_CONFIG", raising=False)
+    assert main(["install-service"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == f"wrote {tmp_path / 'systemd' / 'user' / UNIT_NAME}"
+    assert "systemctl --user enable --now florence-watch" in out
