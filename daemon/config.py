@@ -65,7 +65,7 @@ class ModelConfig:
     device: str = "auto"
     dtype: str = "auto"  # auto | float32 | float16 | bfloat16
     tasks: tuple[str, ...] = DEFAULT_TASKS
-    batch_size: int = 4
+    batch_size: int = 0  # 0 or "auto": 4 on a CPU, sized from free memory on a GPU
     num_beams: int = 3
     max_new_tokens: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_MAX_NEW_TOKENS))
 
@@ -175,6 +175,8 @@ def _parse_section(section: str, cls: type, values: dict[str, Any], source: str)
         dotted = f"{section}.{key}"
         if key not in known:
             raise ConfigError(source, dotted, f"unknown key (known: {', '.join(known)})")
+        if dotted == "model.batch_size" and value == "auto":
+            value = 0
         kwargs[key] = _check(dotted, value, getattr(defaults, key), source)
     obj = cls(**kwargs)
     _validate(section, obj, source)
@@ -235,8 +237,8 @@ def _validate(section: str, obj: Any, source: str) -> None:
                 raise ConfigError(source, "model.max_new_tokens", f"unknown task {task!r}")
             if n < 1:
                 raise ConfigError(source, "model.max_new_tokens", f"{task} must be at least 1")
-        if obj.batch_size < 1:
-            raise ConfigError(source, "model.batch_size", "must be at least 1")
+        if obj.batch_size < 0:
+            raise ConfigError(source, "model.batch_size", 'must be "auto" or at least 1')
         if obj.num_beams < 1:
             raise ConfigError(source, "model.num_beams", "must be at least 1")
     if section == "index" and obj.max_attempts < 1:

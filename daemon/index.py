@@ -171,9 +171,13 @@ def status(session: Session) -> dict[str, Any]:
             select(File.path, File.error).where(File.state == "indexed", File.tag_state == "failed").order_by(File.path)
         )
     ]
+    # A file whose metadata write has not happened yet is still work to do.
+    tag_pending = session.scalar(
+        select(func.count()).select_from(File).where(File.state == "indexed", File.tag_state == "pending")
+    ) or 0
     return {
         "indexed": by_state.get("indexed", 0),
-        "pending": jobs.get("pending", 0) + jobs.get("running", 0),
+        "pending": jobs.get("pending", 0) + jobs.get("running", 0) + tag_pending,
         "failed": len(failures),
         "failures": failures,
         "metadata_failures": tag_failures,

@@ -14,7 +14,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ class _Work:
     fp: Fingerprint
     sha256: str
     decoded: Decoded | None = None
+    pixels: Any = None  # the model's input tensor, made in the decode thread
 
 
 class Pipeline:
@@ -51,11 +52,12 @@ class Pipeline:
         self.db = db
         self.analyzer = analyzer
         self.writer = writer
-        self.batch_size = config.model.batch_size
         self.owner = jobs.owner_id()
+        self._next: tuple[list[tuple[int, str]], list[Future[_Work | None]]] | None = None
         self._decoders = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="decode")
 
     def close(self) -> None:
+        self.release_prefetched()
         self._decoders.shutdown(wait=True)
 
     # --- feeding the queue ----------------------------------------------------
@@ -104,20 +106,42 @@ class Pipeline:
         return c.get("pending", 0) + c.get("running", 0)
 
     def process_batch(self, stop: threading.Event | None = None) -> int:
-        """Claim and process one batch; returns how many jobs it finished."""
-        with self.db.transaction(write=True) as s:
-            claimed = [(j.id, j.path) for j in jobs.claim(s, self.batch_size, self.owner)]
-        if not claimed:
+        """Process one batch; returns how many jobs it finished.
+
+        While the model works on this batch, the next one is already being
+        hashed, decoded and resized in the worker threads.
+        """
+        current, self._next = self._next or self._claim_and_prepare(), None
+        if current is None:
             return 0
+        claimed, futures = current
+        prepared = [f.result() for f in futures]
+        work = [w for w in prepared if w is not None and w.decoded is not None]
         if stop is not None and stop.is_set():
-            with self.db.transaction(write=True) as s:
-                jobs.release(s, [job_id for job_id, _ in claimed])
+            self._release(work)
             return 0
-        prepared = list(self._decoders.map(lambda jp: self._prepare(*jp), claimed))
-        to_model = [w for w in prepared if w is not None and w.decoded is not None]
-        if to_model:
-            self._analyze(to_model)
+        self._next = self._claim_and_prepare()
+        if work:
+            self._analyze(work)
         return len(claimed)
+
+    def _claim_and_prepare(self) -> tuple[list[tuple[int, str]], list[Future[_Work | None]]] | None:
+        with self.db.transaction(write=True) as s:
+            claimed = [(j.id, j.path) for j in jobs.claim(s, self.analyzer.batch_size, self.owner)]
+        if not claimed:
+            return None
+        return claimed, [self._decoders.submit(self._prepare, job_id, path) for job_id, path in claimed]
+
+    def _release(self, work: list[_Work]) -> None:
+        """Give prepared but unprocessed jobs back to the queue (shutdown)."""
+        with self.db.transaction(write=True) as s:
+            jobs.release(s, [w.job_id for w in work])
+
+    def release_prefetched(self) -> None:
+        if self._next is not None:
+            _claimed, futures = self._next
+            self._next = None
+            self._release([w for w in (f.result() for f in futures) if w is not None])
 
     def drain(self, stop: threading.Event | None = None, progress: Progress | None = None) -> int:
         """Process until the queue has nothing due (or *stop* is set)."""
@@ -163,7 +187,8 @@ class Pipeline:
                 self._tag(file_id)
             if known:
                 return None
-            return _Work(job_id, path, fp, sha, decode(path))
+            decoded = decode(path)
+            return _Work(job_id, path, fp, sha, decoded, self.analyzer.preprocess(decoded.image))
         except ImageError as exc:
             self._fail(job_id, path, exc.reason)
         except Exception as exc:  # noqa: BLE001 - one file must never stop the daemon
@@ -173,7 +198,11 @@ class Pipeline:
 
     def _analyze(self, work: list[_Work]) -> None:
         try:
-            results = self.analyzer.analyze([w.decoded.image for w in work if w.decoded])
+            pixels = [w.pixels for w in work]
+            results = self.analyzer.analyze(
+                [w.decoded.image for w in work if w.decoded],
+                pixels=None if any(p is None for p in pixels) else pixels,
+            )
         except Exception as exc:  # noqa: BLE001
             if len(work) > 1:
                 # Find the image that breaks the batch: retry one by one.

@@ -87,11 +87,15 @@ class FakeAnalyzer:
 
     model_id = "fake-florence"
     tasks = ("<CAPTION>", "<MORE_DETAILED_CAPTION>", "<OD>", "<OCR_WITH_REGION>")
+    batch_size = 4
 
     def __init__(self) -> None:
         self.calls: list[int] = []
 
-    def analyze(self, images: list[Image.Image]) -> list[TaskResults]:
+    def preprocess(self, image: Image.Image) -> None:
+        return None
+
+    def analyze(self, images: list[Image.Image], pixels: object = None) -> list[TaskResults]:
         self.calls.append(len(images))
         out = []
         for im in images:

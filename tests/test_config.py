@@ -35,7 +35,7 @@ def test_defaults_without_a_file() -> None:
         ("[watch]\nfolders = []\n", "bad.toml: watch.folders: must be a list of strings, not []"),
         ("[model]\ntasks = ['<CAPTION_TO_PHRASE_GROUNDING>']\n",
          "bad.toml: model.tasks: '<CAPTION_TO_PHRASE_GROUNDING>' is not a Florence-2 task without input"),
-        ("[model]\nbatch_size = 0\n", "bad.toml: model.batch_size: must be at least 1"),
+        ("[model]\nbatch_size = -1\n", 'bad.toml: model.batch_size: must be "auto" or at least 1'),
         ("[index\n", "bad.toml: (file): not valid TOML"),
     ],
 )
@@ -78,3 +78,11 @@ def test_database_url() -> None:
     assert database_url("postgresql://u@h/db") == "postgresql://u@h/db"
     assert database_url("/tmp/x.db") == "sqlite:////tmp/x.db"
     assert database_url("~/x.db") == f"sqlite:///{Path.home()}/x.db"
+
+
+def test_batch_size_auto_or_a_number(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[model]\nbatch_size = 'auto'\n")
+    assert load_config(path).model.batch_size == 0
+    path.write_text("[model]\nbatch_size = 16\n")
+    assert load_config(path).model.batch_size == 16
