@@ -146,9 +146,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     preprocess_s = time.perf_counter() - pixels_t0
 
     timer = StageTimer(analyzer.model, device)
-    # Warm-up (kernels, allocator) on one image, not timed.
-    naive_generate(analyzer, images[0], tasks[0])
-    analyzer.analyze(images[:1], pixels[:1])
+    if device.startswith("cuda"):
+        # Warm-up (kernels, allocator) on one image, not timed; a CPU needs none.
+        naive_generate(analyzer, images[0], tasks[0])
+        analyzer.analyze(images[:1], pixels[:1])
 
     def sync() -> None:
         if device.startswith("cuda"):

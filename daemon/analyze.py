@@ -88,7 +88,8 @@ class FlorenceAnalyzer:
         if loaded is None:
             loaded = load_model(self.model_id, self.device, self.dtype)
         self.processor, self.model = loaded
-        self.batch_size = config.batch_size or auto_batch_size(self.device, self.num_beams)
+        most_beams = max(self.beams(t) for t in self.tasks)
+        self.batch_size = config.batch_size or auto_batch_size(self.device, most_beams)
         self._prompt_cache: dict[str, Any] = {}
 
     def describe(self) -> str:
@@ -160,10 +161,13 @@ class FlorenceAnalyzer:
                     results[i][task] = clean_result(parsed[task])
         return results
 
+    def beams(self, task: str) -> int:
+        return self.num_beams if isinstance(self.num_beams, int) else self.num_beams.get(task, 3)
+
     def _generation_args(self, task: str) -> dict[str, Any]:
         return {
             "max_new_tokens": self.max_new_tokens.get(task, 256),
-            "num_beams": self.num_beams,
+            "num_beams": self.beams(task),
             "do_sample": False,
             **self.generate_kwargs,
         }

@@ -66,7 +66,7 @@ class ModelConfig:
     dtype: str = "auto"  # auto | float32 | float16 | bfloat16
     tasks: tuple[str, ...] = DEFAULT_TASKS
     batch_size: int = 0  # 0 or "auto": 4 on a CPU, sized from free memory on a GPU
-    num_beams: int = 3
+    num_beams: int | dict[str, int] = 3  # a number for all tasks, or a table per task
     max_new_tokens: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_MAX_NEW_TOKENS))
 
     def __post_init__(self) -> None:
@@ -177,6 +177,9 @@ def _parse_section(section: str, cls: type, values: dict[str, Any], source: str)
             raise ConfigError(source, dotted, f"unknown key (known: {', '.join(known)})")
         if dotted == "model.batch_size" and value == "auto":
             value = 0
+        if dotted == "model.num_beams" and isinstance(value, dict):
+            kwargs[key] = _check(dotted, value, dict.fromkeys(INPUTLESS_TASKS, defaults.num_beams), source)
+            continue
         kwargs[key] = _check(dotted, value, getattr(defaults, key), source)
     obj = cls(**kwargs)
     _validate(section, obj, source)
@@ -239,8 +242,12 @@ def _validate(section: str, obj: Any, source: str) -> None:
                 raise ConfigError(source, "model.max_new_tokens", f"{task} must be at least 1")
         if obj.batch_size < 0:
             raise ConfigError(source, "model.batch_size", 'must be "auto" or at least 1')
-        if obj.num_beams < 1:
-            raise ConfigError(source, "model.num_beams", "must be at least 1")
+        beams = obj.num_beams if isinstance(obj.num_beams, dict) else {"": obj.num_beams}
+        for task, n in beams.items():
+            if task and task not in INPUTLESS_TASKS:
+                raise ConfigError(source, "model.num_beams", f"unknown task {task!r}")
+            if n < 1:
+                raise ConfigError(source, "model.num_beams", "must be at least 1")
     if section == "index" and obj.max_attempts < 1:
         raise ConfigError(source, "index.max_attempts", "must be at least 1")
     if section == "metadata":

@@ -162,3 +162,11 @@ def test_out_of_memory_halves_the_batch(analyzer: FlorenceAnalyzer, corpus: Path
         assert analyzer.batch_size == 1  # later batches start small
     finally:
         analyzer.batch_size = before
+
+
+def test_generation_settings_per_task(tiny_model: Path) -> None:
+    a = FlorenceAnalyzer(ModelConfig(name=str(tiny_model), num_beams={"<CAPTION>": 2, "<OD>": 1},
+                                     max_new_tokens={"<CAPTION>": 7}))
+    assert a._generation_args("<CAPTION>") == {"max_new_tokens": 7, "num_beams": 2, "do_sample": False}
+    assert a._generation_args("<OD>")["num_beams"] == 1
+    assert a._generation_args("<OCR_WITH_REGION>") == {"max_new_tokens": 1024, "num_beams": 3, "do_sample": False}

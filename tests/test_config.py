@@ -86,3 +86,13 @@ def test_batch_size_auto_or_a_number(tmp_path: Path) -> None:
     assert load_config(path).model.batch_size == 0
     path.write_text("[model]\nbatch_size = 16\n")
     assert load_config(path).model.batch_size == 16
+
+
+def test_num_beams_number_or_table(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[model.num_beams]\n'<OCR_WITH_REGION>' = 1\n")
+    beams = load_config(path).model.num_beams
+    assert isinstance(beams, dict) and beams["<OCR_WITH_REGION>"] == 1 and beams["<CAPTION>"] == 3
+    path.write_text("[model.num_beams]\n'<BOGUS>' = 1\n")
+    with pytest.raises(ConfigError, match="model.num_beams: unknown task '<BOGUS>'"):
+        load_config(path)
