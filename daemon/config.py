@@ -73,6 +73,8 @@ class ModelConfig:
         # One number means the same limit for every task.
         if isinstance(self.max_new_tokens, int):
             object.__setattr__(self, "max_new_tokens", dict.fromkeys(DEFAULT_MAX_NEW_TOKENS, self.max_new_tokens))
+        else:  # a partial table keeps the defaults of the tasks it does not name
+            object.__setattr__(self, "max_new_tokens", {**DEFAULT_MAX_NEW_TOKENS, **self.max_new_tokens})
 
 
 @dataclass(frozen=True)
