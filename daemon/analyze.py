@@ -86,6 +86,7 @@ class FlorenceAnalyzer:
         if self.device == "cpu" and not os.environ.get("OMP_NUM_THREADS"):
             torch.set_num_threads(max(1, os.cpu_count() or 1))
         if loaded is None:
+            log.info("loading model %s on %s", self.model_id, self.device)
             loaded = load_model(self.model_id, self.device, self.dtype)
         self.processor, self.model = loaded
         most_beams = max(self.beams(t) for t in self.tasks)
@@ -213,6 +214,10 @@ def load_model(name: str, device: str, dtype: Any) -> tuple[Any, Any]:
     except OSError as first:
         if looks_local or os.environ.get("HF_HUB_OFFLINE") == "1":
             raise ModelUnavailableError(name, _reason(first)) from None
+        if not _hub_reachable():
+            raise ModelUnavailableError(
+                name, "not in the local Hugging Face cache, and the hub cannot be reached (no network?)"
+            ) from None
         log.info("%s is not in the Hugging Face cache; downloading it (once)", name)
         try:
             processor, model = _from_pretrained(AutoProcessor, AutoModelForImageTextToText, source, dtype, local_only=False)
@@ -222,6 +227,21 @@ def load_model(name: str, device: str, dtype: Any) -> tuple[Any, Any]:
         raise ModelUnavailableError(name, f"not a Florence-2 checkpoint in transformers' native format ({exc})") from None
     model.to(device).eval()
     return processor, model
+
+
+def _hub_reachable(timeout: float = 5.0) -> bool:
+    """A quick look before downloading: offline, the hub client retries for minutes."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def _from_pretrained(proc_cls: Any, model_cls: Any, source: str, dtype: Any, local_only: bool) -> tuple[Any, Any]:

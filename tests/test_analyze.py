@@ -170,3 +170,17 @@ def test_generation_settings_per_task(tiny_model: Path) -> None:
     assert a._generation_args("<CAPTION>") == {"max_new_tokens": 7, "num_beams": 2, "do_sample": False}
     assert a._generation_args("<OD>")["num_beams"] == 1
     assert a._generation_args("<OCR_WITH_REGION>") == {"max_new_tokens": 1024, "num_beams": 3, "do_sample": False}
+
+
+def test_unreachable_hub_fails_fast_with_advice(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import daemon.analyze as analyze
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(analyze, "_hub_reachable", lambda timeout=5.0: False)
+    with pytest.raises(ModelUnavailableError) as err:
+        FlorenceAnalyzer(ModelConfig(name="florence-community/Florence-2-large"))
+    assert str(err.value).startswith(
+        "cannot load the model 'florence-community/Florence-2-large': not in the local Hugging Face cache, "
+        "and the hub cannot be reached (no network?). Connect to the internet once"
+    )
