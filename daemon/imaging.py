@@ -81,15 +81,20 @@ def sha256_file(path: str | Path) -> str:
         with open(path, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
-    except FileNotFoundError:
-        raise ImageError(path, "the file disappeared before it could be read") from None
-    except PermissionError:
-        raise ImageError(path, "permission denied: the daemon's user cannot read this file") from None
-    except IsADirectoryError:
-        raise ImageError(path, "is a folder, not a file") from None
     except OSError as exc:
-        raise ImageError(path, f"cannot read: {exc.strerror or exc}") from None
+        raise read_error(path, exc) from None
     return h.hexdigest()
+
+
+def read_error(path: str | Path, exc: OSError) -> ImageError:
+    """Why a file could not be read, in words a person can act on."""
+    if isinstance(exc, FileNotFoundError):
+        return ImageError(path, "the file disappeared before it could be read")
+    if isinstance(exc, PermissionError):
+        return ImageError(path, "permission denied: the daemon's user cannot read this file")
+    if isinstance(exc, IsADirectoryError):
+        return ImageError(path, "is a folder, not a file")
+    return ImageError(path, f"cannot read: {exc.strerror or exc}")
 
 
 @dataclass
@@ -111,12 +116,8 @@ def decode(path: str | Path) -> Decoded:
     try:
         with open(path, "rb") as f:
             data = f.read()
-    except FileNotFoundError:
-        raise ImageError(path, "the file disappeared before it could be read") from None
-    except PermissionError:
-        raise ImageError(path, "permission denied: the daemon's user cannot read this file") from None
     except OSError as exc:
-        raise ImageError(path, f"cannot read: {exc.strerror or exc}") from None
+        raise read_error(path, exc) from None
     if not data:
         raise ImageError(path, "empty file (0 bytes)")
     return _decode_bytes(path, data)
