@@ -105,6 +105,8 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(default=0)
     error: Mapped[str | None] = mapped_column(Text)
     owner: Mapped[str | None] = mapped_column(String(64))  # host:pid of the claiming process
+    # The file changed again while its job was running: run it once more.
+    dirty: Mapped[bool] = mapped_column(default=False, server_default="0")
     not_before: Mapped[float] = mapped_column(default=0.0)
     created_at: Mapped[float] = mapped_column(default=now)
 
@@ -155,9 +157,17 @@ def _m0002_fts(conn: Connection) -> None:
     )
 
 
+def _m0003_jobs_dirty(conn: Connection) -> None:
+    # Databases made by 0001 before this column existed lack it; 0001 on a
+    # new database already creates it (create_all uses the current model).
+    if "dirty" not in {c["name"] for c in inspect(conn).get_columns("jobs")}:
+        conn.exec_driver_sql("ALTER TABLE jobs ADD COLUMN dirty BOOLEAN NOT NULL DEFAULT 0")
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0001_initial", _m0001_initial),
     ("0002_fts", _m0002_fts),
+    ("0003_jobs_dirty", _m0003_jobs_dirty),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

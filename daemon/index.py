@@ -133,11 +133,13 @@ def record_failure(session: Session, path: str, reason: str) -> None:
 def mark_deleted(session: Session, path: str) -> bool:
     """A file (or every file under a folder) is gone: keep its image, drop it from search."""
     prefix = path.rstrip("/") + "/"
-    files = list(session.scalars(select(File).where(or_(File.path == path, File.path.startswith(prefix)))))
+    files = list(session.scalars(select(File).where(or_(File.path == path, File.path.startswith(prefix, autoescape=True)))))
     for f in files:
         f.state, f.inode, f.size, f.mtime_ns = "deleted", None, None, None
         session.execute(delete(Document).where(Document.file_id == f.id))
-    session.execute(delete(Job).where(or_(Job.path == path, Job.path.startswith(prefix)), Job.state != "running"))
+    session.execute(
+        delete(Job).where(or_(Job.path == path, Job.path.startswith(prefix, autoescape=True)), Job.state != "running")
+    )
     return bool(files)
 
 

@@ -32,7 +32,9 @@ def enqueue(session: Session, paths: Iterable[str]) -> int:
         job = session.scalars(select(Job).where(Job.path == path)).first()
         if job is None:
             session.add(Job(path=path))
-        elif job.state != "running":
+        elif job.state == "running":
+            job.dirty = True  # finish() puts it back in the queue
+        else:
             job.state, job.not_before, job.attempts = "pending", 0.0, 0
         count += 1
     return count
@@ -54,7 +56,12 @@ def claim(session: Session, limit: int, owner: str | None = None) -> list[Job]:
 
 
 def finish(session: Session, job_id: int) -> None:
-    session.execute(delete(Job).where(Job.id == job_id))
+    """Done: delete the job, unless its file changed meanwhile (then queue it again)."""
+    job = session.get(Job, job_id)
+    if job is not None and job.dirty:
+        job.state, job.dirty, job.owner, job.attempts, job.not_before = "pending", False, None, 0, 0.0
+    else:
+        session.execute(delete(Job).where(Job.id == job_id))
 
 
 def fail(session: Session, job_id: int, reason: str, max_attempts: int) -> bool:
@@ -62,6 +69,9 @@ def fail(session: Session, job_id: int, reason: str, max_attempts: int) -> bool:
     job = session.get(Job, job_id)
     if job is None:
         return True
+    if job.dirty:  # it changed while we tried: try the new content afresh
+        job.state, job.dirty, job.owner, job.attempts, job.not_before = "pending", False, None, 0, 0.0
+        return False
     job.attempts += 1
     job.error = reason
     if job.attempts >= max_attempts:

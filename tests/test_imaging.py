@@ -96,3 +96,12 @@ def test_hash_and_fingerprint(tmp_path: Path) -> None:
     assert sha256_file(p) == hashlib.sha256(b"abc").hexdigest()
     fp = Fingerprint.of(p)
     assert fp.size == 3 and fp == Fingerprint.of(p)
+
+
+def test_read_errors_in_words() -> None:
+    from daemon.imaging import read_error
+
+    assert read_error("/p", PermissionError(13, "Permission denied")).reason == (
+        "permission denied: the daemon's user cannot read this file")
+    assert read_error("/p", IsADirectoryError(21, "Is a directory")).reason == "is a folder, not a file"
+    assert read_error("/p", OSError(5, "Input/output error")).reason == "cannot read: Input/output error"

@@ -63,3 +63,42 @@ def test_recover_requeues_jobs_of_dead_processes_only(tmp_path: Path) -> None:
         states = {j.path: j.state for j in s.scalars(select(Job))}
     assert states == {"/dead.jpg": "pending", "/alive.jpg": "running"}
     db.close()
+
+
+def test_a_file_that_changes_while_its_job_runs_is_processed_again(tmp_path: Path) -> None:
+    db = db_at(tmp_path)
+    with db.transaction(write=True) as s:
+        jobs.enqueue(s, ["/x.jpg"])
+        [job] = jobs.claim(s, 1)
+    with db.transaction(write=True) as s:
+        jobs.enqueue(s, ["/x.jpg"])  # an event while it runs
+    with db.transaction(write=True) as s:
+        jobs.finish(s, job.id)
+    with db.transaction(write=True) as s:
+        [again] = jobs.claim(s, 1)
+        assert again.path == "/x.jpg" and not again.dirty
+        jobs.finish(s, again.id)
+    with db.transaction() as s:
+        assert jobs.counts(s) == {}
+    db.close()
+
+
+def test_migration_adds_the_column_to_an_old_database(tmp_path: Path) -> None:
+    import sqlite3
+
+    from daemon.db import SCHEMA_VERSION
+
+    db = db_at(tmp_path)
+    db.close()
+    # Make it look like a database from before 0003: no dirty column, not recorded.
+    con = sqlite3.connect(tmp_path / "i.db")
+    con.execute("ALTER TABLE jobs DROP COLUMN dirty")
+    con.execute("DELETE FROM schema_migrations WHERE name = '0003_jobs_dirty'")
+    con.commit()
+    con.close()
+    db = db_at(tmp_path)
+    assert db.schema_version() == SCHEMA_VERSION
+    with db.transaction(write=True) as s:
+        jobs.enqueue(s, ["/y.jpg"])
+        assert s.scalars(select(Job)).one().dirty is False
+    db.close()

@@ -196,3 +196,15 @@ def test_crash_between_our_write_and_its_record_does_not_rerun_the_model(
         f = index.file_by_path(s, str(path))
         assert f.tag_state == "done" and json.loads(f.written)["tags"]
         assert s.scalar(select(func.count()).select_from(Image)) == 1
+
+
+def test_deleting_a_folder_does_not_touch_lookalike_paths(env: Env) -> None:
+    (env.inbox / "a_b").mkdir()
+    (env.inbox / "axb").mkdir()
+    copy_corpus(["pillow/hopper.jpg"], env.inbox / "a_b")
+    copy_corpus(["pillow/flower.jpg"], env.inbox / "axb")
+    env.run()
+    env.pipeline.forget(env.inbox / "a_b")  # "_" is a LIKE wildcard: it must match only itself
+    with env.db.transaction() as s:
+        assert index.file_by_path(s, str(env.inbox / "a_b" / "hopper.jpg")).state == "deleted"
+        assert index.file_by_path(s, str(env.inbox / "axb" / "flower.jpg")).state == "indexed"
