@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.13.0
 CONFIG ?= config.toml
 
-.PHONY: setup run test bench exiftool clean
+.PHONY: setup run test bench exiftool test-tools clean
 
 setup: $(STAMP) exiftool
 
@@ -29,10 +29,19 @@ exiftool:
 	         "(Fedora: perl-Image-ExifTool, Arch: perl-image-exiftool, macOS: brew install exiftool)"; exit 1; \
 	  fi; }
 
+# exiv2 reads the metadata back in the tests, independently of exiftool.
+test-tools:
+	@command -v exiv2 >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq exiv2; \
+	  else \
+	    echo "the tests need exiv2: install it with 'sudo apt-get install exiv2'"; exit 1; \
+	  fi; }
+
 run: setup
 	$(VENV)/bin/florence-watch --config $(CONFIG) run
 
-test: setup
+test: setup test-tools
 	$(PY) -m pytest
 
 bench: setup

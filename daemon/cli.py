@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("status", "Counts of indexed, pending and failed files, and why each failure failed.",
             "florence-watch status --json")
     p.add_argument("--json", action="store_true", help="print JSON: {indexed, pending, failed, failures}")
+    p = add("retag", "Rewrite metadata into indexed files from the index, without running the model "
+            "(after changing the [metadata] settings).", "florence-watch retag ~/Pictures/Inbox --dry-run")
+    p.add_argument("paths", nargs="*", metavar="PATH", help="files or folders (default: every indexed file)")
+    p.add_argument("--dry-run", action="store_true", help="only print, per file, what would change")
     add("install-service", "Write the systemd user unit and print the commands that enable it.",
         "florence-watch --config ~/florence-watch/config.toml install-service")
     return parser
@@ -162,6 +166,7 @@ def cmd_show(args: argparse.Namespace, config: Config, config_file: Path | None)
         info = index.file_info(s, path)
     if info is None:
         raise NotIndexedError(path)
+    info["in_file"] = _metadata_now(config, info)
     if args.json:
         info.pop("results", None)
         print(json.dumps(info, ensure_ascii=False, indent=2))
@@ -181,7 +186,35 @@ def cmd_show(args: argparse.Namespace, config: Config, config_file: Path | None)
     ]
     for key, value in rows:
         print(f"{key:12} {value}")
+    written = (info["metadata"]["written"] or {}).get("tags", {})
+    now = info["in_file"] or {}
+    if written or now:
+        print("in the file now / what florence-watch wrote:")
+        for tag in dict.fromkeys([*now, *written]):
+            mark = "" if now.get(tag) == written.get(tag) else "   (differs)" if tag in written else ""
+            print(f"  {tag}\n      now:   {_short(now.get(tag))}\n      wrote: {_short(written.get(tag))}{mark}")
     return 0
+
+
+def _short(value: Any) -> str:
+    if value is None:
+        return "-"
+    text = ", ".join(value) if isinstance(value, list) else str(value)
+    return text if len(text) <= 100 else text[:97] + "..."
+
+
+def _metadata_now(config: Config, info: dict[str, Any]) -> dict[str, Any] | None:
+    """Our fields as they are in the file (or sidecar) now; None when exiftool is missing."""
+    from .errors import MetadataError
+    from .tag import MetadataWriter
+
+    target = info["metadata"]["target"] or info["path"]
+    try:
+        with MetadataWriter(config.metadata) as writer:
+            return writer.read(target)
+    except MetadataError as exc:
+        log.warning("cannot read the file's metadata: %s", exc)
+        return None
 
 
 def cmd_status(args: argparse.Namespace, config: Config, config_file: Path | None) -> int:
@@ -200,6 +233,37 @@ def cmd_status(args: argparse.Namespace, config: Config, config_file: Path | Non
     return 0
 
 
+def cmd_retag(args: argparse.Namespace, config: Config, config_file: Path | None) -> int:
+    from .pipeline import retag
+    from .tag import MetadataWriter
+
+    if not config.metadata.write and not args.dry_run:
+        raise FlorenceWatchError(f"{config.source}: metadata.write is false: nothing to retag (try --dry-run)")
+    missing = [p for p in args.paths if not os.path.exists(p)]
+    if missing:
+        raise FlorenceWatchError(f"{missing[0]}: no such file or folder")
+    changed = failed = total = 0
+    with MetadataWriter(config.metadata) as writer:
+        for path, outcome in retag(_db(config), writer, args.paths, dry_run=args.dry_run):
+            total += 1
+            if outcome is None:
+                failed += 1
+                print(f"{path}: not written (florence-watch status shows why)")
+                continue
+            if outcome.changed:
+                changed += 1
+                where = "" if outcome.target == path else f" -> {outcome.target}"
+                print(f"{path}{where}")
+                for tag in outcome.changed:
+                    print(f"  {tag}: {_short(outcome.before.get(tag))!r} -> "
+                          f"{_short(outcome.written['tags'].get(tag))!r}")
+            for tag in outcome.kept:
+                print(f"  {tag}: kept, a person wrote it" if outcome.changed else f"{path}: {tag}: kept, a person wrote it")
+    verb = "would change" if args.dry_run else "changed"
+    print(f"{total} indexed file(s): {changed} {verb}, {failed} failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def cmd_install_service(args: argparse.Namespace, config: Config, config_file: Path | None) -> int:
     from .service import install
 
@@ -216,5 +280,6 @@ COMMANDS = {
     "search": cmd_search,
     "show": cmd_show,
     "status": cmd_status,
+    "retag": cmd_retag,
     "install-service": cmd_install_service,
 }

@@ -83,9 +83,20 @@ class IndexConfig:
     max_attempts: int = 3
 
 
+POLICIES = ("fill", "overwrite", "off")
+SIDECAR_MODES = ("auto", "always", "never")
+
+
 @dataclass(frozen=True)
 class MetadataConfig:
     write: bool = True
+    # Per field: fill = only where empty or still what we wrote; overwrite =
+    # always ours (keywords: the list becomes exactly ours); off = never touched.
+    alt_text: str = "fill"
+    description: str = "fill"
+    keywords: str = "fill"
+    keyword_parent: str = ""  # e.g. "florence": hierarchical keywords florence|dog
+    sidecar: str = "auto"  # auto | always | never
     sidecar_name: str = "{name}.xmp"  # photo.jpg.xmp; "{stem}.xmp" gives photo.xmp
     alt_text_max: int = 250
 
@@ -203,7 +214,7 @@ def _check(key: str, value: Any, default: Any, source: str) -> Any:
             raise ConfigError(source, key, f"must be a number, not {value!r}")
         return float(value)
     if isinstance(default, str):
-        if not isinstance(value, str) or not value:
+        if not isinstance(value, str) or (not value and default):
             raise ConfigError(source, key, f"must be a non-empty string, not {value!r}")
         return value
     if isinstance(default, tuple):
@@ -255,5 +266,10 @@ def _validate(section: str, obj: Any, source: str) -> None:
     if section == "metadata":
         if "{name}" not in obj.sidecar_name and "{stem}" not in obj.sidecar_name:
             raise ConfigError(source, "metadata.sidecar_name", 'must contain {name} or {stem}, e.g. "{name}.xmp"')
+        for key in ("alt_text", "description", "keywords"):
+            if getattr(obj, key) not in POLICIES:
+                raise ConfigError(source, f"metadata.{key}", f"must be fill, overwrite or off, not {getattr(obj, key)!r}")
+        if obj.sidecar not in SIDECAR_MODES:
+            raise ConfigError(source, "metadata.sidecar", f"must be auto, always or never, not {obj.sidecar!r}")
         if not 16 <= obj.alt_text_max <= 250:
             raise ConfigError(source, "metadata.alt_text_max", "must be between 16 and 250")

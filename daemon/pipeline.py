@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +27,7 @@ from .config import Config
 from .db import Database, File
 from .errors import ImageError, MetadataError
 from .imaging import Decoded, Fingerprint, decode, is_candidate, sha256_file
-from .tag import MetadataWriter
+from .tag import MetadataWriter, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -248,42 +248,67 @@ class Pipeline:
         """Write the index's description of *file_id* into the file; record what we wrote."""
         if self.writer is None:
             return False
-        with self.db.transaction() as s:
-            f = s.get(File, file_id)
-            if f is None:
-                return False
-            path = f.path
-            recorded = (f.inode, f.size, f.mtime_ns)
-            summary = index.summary_for_file(s, f, self.analyzer.model_id)
-            previous = json.loads(f.written) if f.written else None
-        fields: dict[str, Any] = {
-            "alt_text": summary.caption,
-            "description": summary.description or summary.caption,
-            "keywords": summary.labels or [],
-            "previous": previous,
-        }
-        try:
-            now_fp = Fingerprint.of(path)
-            if (now_fp.inode, now_fp.size, now_fp.mtime_ns) != recorded:
-                # Either our own write finished but a crash lost its record (the
-                # file then holds exactly what we would write), or the file is
-                # still being written: tagging it now could corrupt it, and its
-                # next event brings it back.
-                if self.writer.write(path, **fields, dry_run=True).changed:
-                    log.info("%s changed since it was read; metadata write postponed", path)
-                    return False
-                log.info("%s already holds our metadata (write interrupted before it was recorded)", path)
-            outcome = self.writer.write(path, **fields)
-            fp = Fingerprint.of(path)
-            sha = sha256_file(path)
-        except (MetadataError, ImageError, OSError) as exc:
-            reason = getattr(exc, "reason", None) or str(exc)
-            log.error("%s: metadata not written: %s", path, reason)
-            with self.db.transaction(write=True) as s:
+        return tag_file(self.db, self.writer, file_id, self.analyzer.model_id) is not None
+
+
+def tag_file(db: Database, writer: MetadataWriter, file_id: int, model: str | None, *,
+             dry_run: bool = False, check_settled: bool = True) -> Outcome | None:
+    """Write what the index says of *file_id* into the file (or sidecar) and record it.
+
+    Returns the outcome, or None when nothing was written (a failure is
+    recorded on the file with its reason). *dry_run* only reports.
+    """
+    with db.transaction() as s:
+        f = s.get(File, file_id)
+        if f is None or f.image_id is None:
+            return None
+        path = f.path
+        recorded = (f.inode, f.size, f.mtime_ns)
+        summary = index.summary_for_file(s, f, model)
+        previous = json.loads(f.written) if f.written else None
+    fields: dict[str, Any] = {
+        "alt_text": summary.caption,
+        "description": summary.description or summary.caption,
+        "keywords": summary.labels or [],
+        "previous": previous,
+    }
+    try:
+        if dry_run:
+            return writer.write(path, **fields, dry_run=True)
+        now_fp = Fingerprint.of(path)
+        if check_settled and (now_fp.inode, now_fp.size, now_fp.mtime_ns) != recorded:
+            # Either our own write finished but a crash lost its record (the
+            # file then holds exactly what we would write), or the file is
+            # still being written: tagging it now could corrupt it, and its
+            # next event brings it back.
+            if writer.write(path, **fields, dry_run=True).changed:
+                log.info("%s changed since it was read; metadata write postponed", path)
+                return None
+            log.info("%s already holds our metadata (write interrupted before it was recorded)", path)
+        outcome = writer.write(path, **fields)
+        fp = Fingerprint.of(path)
+        sha = sha256_file(path)
+    except (MetadataError, ImageError, OSError) as exc:
+        reason = getattr(exc, "reason", None) or str(exc)
+        log.error("%s: metadata not written: %s", path, reason)
+        if not dry_run:
+            with db.transaction(write=True) as s:
                 index.record_tag_failure(s, file_id, f"metadata not written: {reason}")
-            return False
-        with self.db.transaction(write=True) as s:
-            index.record_tag(s, file_id, written=outcome.written, target=outcome.target, sha256=sha, fp=fp)
-        if outcome.kept:
-            log.info("%s: kept what a person wrote in %s", path, ", ".join(outcome.kept))
-        return True
+        return None
+    with db.transaction(write=True) as s:
+        index.record_tag(s, file_id, written=outcome.written, target=outcome.target, sha256=sha, fp=fp)
+    if outcome.kept:
+        log.info("%s: kept what a person wrote in %s", path, ", ".join(outcome.kept))
+    return outcome
+
+
+def retag(db: Database, writer: MetadataWriter, paths: Iterable[str | Path] = (), *,
+          dry_run: bool = False) -> Iterator[tuple[str, Outcome | None]]:
+    """Rewrite metadata from the index (no model run) for indexed files under *paths* (all if none)."""
+    roots = [os.path.abspath(p) for p in paths]
+    with db.transaction() as s:
+        files = [(f.id, f.path) for f in s.scalars(select(File).where(File.state == "indexed").order_by(File.path))]
+    for file_id, path in files:
+        if roots and not any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots):
+            continue
+        yield path, tag_file(db, writer, file_id, None, dry_run=dry_run, check_settled=False)

@@ -40,7 +40,11 @@ KEYWORDS = (
     ("IPTC:Keywords", "IPTC:Keywords"),
     ("XMP-lr:HierarchicalSubject", "XMP-lr:HierarchicalSubject"),
 )
-READ_KEYS = [ALT[1]] + [r for _, r in DESCRIPTIONS] + [r for _, r in KEYWORDS]
+# digiKam's own keyword tree ("a/b"); Immich reads it before anything else,
+# so it is written only where a file already has one.
+TAGS_LIST = ("XMP-digiKam:TagsList", "XMP-digiKam:TagsList")
+LIST_KEYS = frozenset([r for _, r in KEYWORDS] + [TAGS_LIST[1]])
+READ_KEYS = [ALT[1]] + [r for _, r in DESCRIPTIONS] + [r for _, r in KEYWORDS] + [TAGS_LIST[1]]
 
 # Formats whose files cannot (or should not) hold the tags: RAW files are
 # the photographer's negatives, GIF and BMP have no room for XMP that apps read.
@@ -98,6 +102,7 @@ class Outcome:
     written: dict[str, Any]
     changed: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)  # fields left alone because a person wrote them
+    before: dict[str, Any] = field(default_factory=dict)  # our fields as they were in the target
 
 
 def sidecar_path(path: str | Path, pattern: str) -> Path:
@@ -147,7 +152,7 @@ class MetadataWriter:
             value = data.get(key)
             if value is None or value == "":
                 continue
-            if key in (k for _, k in KEYWORDS):
+            if key in LIST_KEYS:
                 out[key] = [str(v) for v in (value if isinstance(value, list) else [value])]
             else:
                 out[key] = str(value)
@@ -156,14 +161,25 @@ class MetadataWriter:
     # --- writing --------------------------------------------------------------
 
     def target_for(self, path: str | Path) -> Path:
-        """The file itself, or its sidecar when the format or permissions say so."""
+        """The file itself, or its sidecar when the format, permissions or config say so.
+
+        Raises MetadataError when ``sidecar = "never"`` and the file cannot hold the tags.
+        """
         p = Path(path)
+        mode = self.config.sidecar
+        if mode == "always":
+            return sidecar_path(p, self.config.sidecar_name)
+        reason = None
         if p.suffix.lower() in SIDECAR_EXTENSIONS:
-            return sidecar_path(p, self.config.sidecar_name)
-        if not os.access(p, os.W_OK) or not os.access(p.parent, os.W_OK):
+            reason = f"{p.suffix.lower()} files cannot hold these tags"
+        elif not os.access(p, os.W_OK) or not os.access(p.parent, os.W_OK):
             # exiftool writes a temp file beside the image and renames it.
-            return sidecar_path(p, self.config.sidecar_name)
-        return p
+            reason = "the file or its folder is read-only"
+        if reason is None:
+            return p
+        if mode == "never":
+            raise MetadataError(path, f"not written: {reason} and metadata.sidecar is \"never\"")
+        return sidecar_path(p, self.config.sidecar_name)
 
     def write(
         self,
@@ -177,9 +193,12 @@ class MetadataWriter:
     ) -> Outcome:
         """Write our fields into *path* (or its sidecar), keeping a person's work.
 
-        With *dry_run* nothing is written: the outcome says what would change.
+        *previous* is what the index says we wrote last time: values still
+        equal to it are ours to replace. With *dry_run* nothing is written:
+        the outcome says what would change.
         """
         _check_name(path)
+        cfg = self.config
         target = self.target_for(path)
         embedded = target == Path(path)
         if not embedded and not os.access(target.parent, os.W_OK) and not (
@@ -190,75 +209,90 @@ class MetadataWriter:
         current = self.read(target)
         prev_tags: dict[str, Any] = (previous or {}).get("tags", {})
         prev_keywords: list[str] = (previous or {}).get("keywords", [])
-
-        wanted: dict[tuple[str, str], Any] = {}
-        alt = cut_words(sanitize(alt_text), self.config.alt_text_max)
-        if alt:
-            wanted[ALT] = alt
-        desc = cut_words(sanitize(description), XMP_DESCRIPTION_CHARS)
-        if desc:
-            for tag in DESCRIPTIONS:
-                if not embedded and not tag[0].startswith("XMP"):
-                    continue
-                if tag[0].startswith("EXIF") and ext not in EXIF_EXTENSIONS:
-                    continue
-                if tag[0].startswith("IPTC") and ext not in IIM_EXTENSIONS:
-                    continue
-                wanted[tag] = cut_bytes(desc, IPTC_CAPTION_BYTES) if tag[0].startswith("IPTC") else desc
-
-        outcome = Outcome(target=str(target), written={"tags": {}, "keywords": []})
+        outcome = Outcome(target=str(target), written={"tags": {}, "keywords": []}, before=current)
         args: list[str] = []
 
-        # Text fields: alt text on its own; descriptions as one group, so a
-        # person's caption in any of them keeps all three consistent.
-        def ours_or_empty(tag: tuple[str, str]) -> bool:
-            # Already exactly our value counts as ours: an interrupted write
-            # of ours must not turn into "a person wrote this".
-            value = current.get(tag[1])
-            return (not value or value == prev_tags.get(tag[1]) or value == wanted.get(tag)
-                    or bool(_BOILERPLATE.match(value)))
+        def applies(tag: tuple[str, str]) -> bool:
+            """Whether this file (or sidecar) should carry *tag* at all."""
+            group = tag[0].split(":", 1)[0]
+            if group == "EXIF":
+                return embedded and ext in EXIF_EXTENSIONS
+            if group == "IPTC":
+                return embedded and ext in IIM_EXTENSIONS
+            return True
 
-        if ALT in wanted:
-            if ours_or_empty(ALT):
-                self._set(args, outcome, ALT, wanted[ALT], current)
-            else:
-                outcome.kept.append(ALT[1])
-        desc_tags = [t for t in DESCRIPTIONS if t in wanted]
-        if desc_tags:
-            if all(ours_or_empty(t) for t in desc_tags):
-                for tag in desc_tags:
-                    self._set(args, outcome, tag, wanted[tag], current)
-            else:
-                outcome.kept += [t[1] for t in desc_tags if current.get(t[1])]
+        def free(tag: tuple[str, str], value: Any) -> bool:
+            # Empty, still ours, already exactly our value (an interrupted
+            # write of ours), or camera boilerplate: not a person's text.
+            now = current.get(tag[1])
+            return not now or now == prev_tags.get(tag[1]) or now == value or bool(_BOILERPLATE.match(now))
+
+        # Alt text on its own; the descriptions as one group, so a person's
+        # caption in any of them keeps all three consistent.
+        text_fields = [
+            (cfg.alt_text, {ALT: cut_words(sanitize(alt_text), cfg.alt_text_max)}),
+            (cfg.description, {
+                tag: (cut_bytes(desc, IPTC_CAPTION_BYTES) if tag[0].startswith("IPTC") else desc)
+                for desc in [cut_words(sanitize(description), XMP_DESCRIPTION_CHARS)]
+                for tag in DESCRIPTIONS if applies(tag)
+            }),
+        ]
+        for policy, wanted in text_fields:
+            wanted = {tag: v for tag, v in wanted.items() if v}
+            if policy == "off" or not wanted:
+                continue
+            if policy == "fill" and not all(free(tag, v) for tag, v in wanted.items()):
+                outcome.kept += [tag[1] for tag in wanted if current.get(tag[1])]
+                continue
+            for tag, value in wanted.items():
+                self._set(args, outcome, tag, value, current)
 
         ours = list(dict.fromkeys(k for k in (sanitize(k) for k in keywords) if k))
-        if ours:
-            flat = self._merge_keywords(current.get(KEYWORDS[0][1], []), prev_keywords, ours)
-            self._set(args, outcome, KEYWORDS[0], flat, current)
-            iptc: list[str] = []
-            if embedded and ext in IIM_EXTENSIONS:
-                iptc = self._merge_keywords(current.get(KEYWORDS[1][1], []), prev_keywords,
-                                            [cut_bytes(k, IPTC_KEYWORD_BYTES) for k in ours])
-                self._set(args, outcome, KEYWORDS[1], iptc, current)
-            # HierarchicalSubject must hold every keyword (Immich reads it
-            # instead of dc:subject): a person's hierarchy plus every flat keyword.
-            hier = self._merge_keywords(current.get(KEYWORDS[2][1], []), prev_keywords, [])
-            leaves = {h.rsplit("|", 1)[-1] for h in hier}
-            hier += [k for k in dict.fromkeys(flat + iptc) if k not in leaves]
-            self._set(args, outcome, KEYWORDS[2], hier, current)
-            outcome.written["keywords"] = ours
+        if ours and cfg.keywords != "off":
+            self._keywords(args, outcome, current, prev_keywords, ours, applies)
 
         if args and not dry_run:
-            if embedded and ext in IIM_EXTENSIONS and any(a.startswith("-IPTC:") for a in args):
+            if any(a.startswith("-IPTC:") for a in args):
                 args += ["-IPTC:CodedCharacterSet=UTF8", "-Photoshop:IPTCDigest=new"]
             # -P keeps the file's modification time: people sort photos by it.
             self._execute(path, ["-overwrite_original", "-P", *args, str(target)])
         return outcome
 
-    @staticmethod
-    def _merge_keywords(current: list[str], prev_ours: list[str], ours: list[str]) -> list[str]:
-        kept = [k for k in current if k not in prev_ours]
-        return list(dict.fromkeys(kept + ours))
+    def _keywords(self, args: list[str], outcome: Outcome, current: dict[str, Any], prev_ours: list[str],
+                  ours: list[str], applies: Any) -> None:
+        """A person's keywords stay (unless policy is overwrite); ours replace our earlier ones."""
+        cfg = self.config
+        overwrite = cfg.keywords == "overwrite"
+
+        def merged(read_key: str, new: list[str]) -> list[str]:
+            kept = [] if overwrite else [k for k in current.get(read_key, []) if k not in prev_ours]
+            return list(dict.fromkeys(kept + new))
+
+        # Earlier hierarchical/tree entries of ours, with or without a parent.
+        parent = sanitize(cfg.keyword_parent).strip("|/")
+        ours_hier = [f"{parent}|{k}" if parent else k for k in ours]
+        prev_hier = set(prev_ours) | {f"{parent}|{k}" for k in prev_ours if parent}
+        prev_tree = {h.replace("|", "/") for h in prev_hier}
+
+        flat = merged(KEYWORDS[0][1], ours)
+        self._set(args, outcome, KEYWORDS[0], flat, current)
+        iptc: list[str] = []
+        if applies(KEYWORDS[1]):
+            iptc = merged(KEYWORDS[1][1], [cut_bytes(k, IPTC_KEYWORD_BYTES) for k in ours])
+            self._set(args, outcome, KEYWORDS[1], iptc, current)
+        # HierarchicalSubject must hold every keyword (Immich reads it
+        # instead of dc:subject): a person's hierarchy, ours, and every flat
+        # keyword that is not already a leaf of it.
+        hier = [] if overwrite else [h for h in current.get(KEYWORDS[2][1], []) if h not in prev_hier]
+        hier = list(dict.fromkeys(hier + ours_hier))
+        leaves = {h.rsplit("|", 1)[-1] for h in hier}
+        hier += [k for k in dict.fromkeys(flat + iptc) if k not in leaves]
+        self._set(args, outcome, KEYWORDS[2], hier, current)
+        if TAGS_LIST[1] in current:
+            tree = [] if overwrite else [t for t in current[TAGS_LIST[1]] if t not in prev_tree]
+            tree = list(dict.fromkeys(tree + [h.replace("|", "/") for h in ours_hier]))
+            self._set(args, outcome, TAGS_LIST, tree, current)
+        outcome.written["keywords"] = ours
 
     @staticmethod
     def _set(args: list[str], outcome: Outcome, tag: tuple[str, str], value: Any, current: dict[str, Any]) -> None:

@@ -128,3 +128,55 @@ def test_install_service_command(tmp_path: Path, capsys: pytest.CaptureFixture[s
     out = capsys.readouterr().out
     assert out.splitlines()[0] == f"wrote {tmp_path / 'systemd' / 'user' / UNIT_NAME}"
     assert "systemctl --user enable --now florence-watch" in out
+
+
+def test_retag_dry_run_then_for_real_without_the_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from daemon.config import database_url, load_config
+    from daemon.db import Database
+    from daemon.pipeline import Pipeline
+    from daemon.tag import MetadataWriter
+    from daemon.watch import walk_candidates
+
+    from .conftest import FakeAnalyzer
+
+    inbox = tmp_path / "inbox"
+    [path] = copy_corpus(["exiftool/XMP.jpg"], inbox)
+    cfg = tmp_path / "config.toml"
+    base = f'[watch]\nfolders = ["{inbox}"]\n[index]\ndatabase = "{tmp_path / "i.db"}"\n'
+    cfg.write_text(base)
+    config = load_config(cfg)
+    db = Database(database_url(config.index.database))
+    with MetadataWriter(config.metadata) as writer:
+        pipeline = Pipeline(config, db, FakeAnalyzer(), writer)
+        pipeline.offer(walk_candidates(inbox))
+        pipeline.drain()
+        pipeline.close()
+    db.close()
+    before = path.read_bytes()
+
+    # The user asks for a keyword parent and leaves alt text alone from now on.
+    cfg.write_text(base + '[metadata]\nkeyword_parent = "florence"\nalt_text = "off"\n')
+    assert main(["--config", str(cfg), "retag", "--dry-run"]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines()[0] == str(path)
+    assert "  XMP-lr:HierarchicalSubject: 'bright thing, ExifTool, Test, XMP' -> " \
+           "'ExifTool, Test, XMP, florence|bright thing'" in out
+    assert "XMP-dc:Description: kept, a person wrote it" in out
+    assert err.strip() == "1 indexed file(s): 1 would change, 0 failed"
+    assert path.read_bytes() == before  # a dry run writes nothing
+
+    assert main(["--config", str(cfg), "retag", str(inbox)]) == 0
+    assert capsys.readouterr().err.strip() == "1 indexed file(s): 1 changed, 0 failed"
+    got = subprocess.run(["exiftool", "-j", "-XMP-lr:HierarchicalSubject", str(path)], capture_output=True,
+                         text=True, check=True).stdout
+    assert json.loads(got)[0]["HierarchicalSubject"] == ["ExifTool", "Test", "XMP", "florence|bright thing"]
+
+    assert main(["--config", str(cfg), "show", str(path)]) == 0
+    shown = capsys.readouterr().out
+    assert "in the file now / what florence-watch wrote:" in shown
+    assert "XMP-lr:HierarchicalSubject\n      now:   ExifTool, Test, XMP, florence|bright thing\n" \
+           "      wrote: ExifTool, Test, XMP, florence|bright thing\n" in shown
+    assert main(["--config", str(cfg), "show", str(path), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["in_file"]["XMP-dc:Subject"] == ["ExifTool", "Test", "XMP", "bright thing"]
+    assert data["metadata"]["written"]["keywords"] == ["bright thing"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import json
 import subprocess
 from collections.abc import Iterator
@@ -184,3 +185,139 @@ def test_camera_boilerplate_is_not_a_persons_description(writer: MetadataWriter,
                    check=True, capture_output=True)
     writer.write(path, alt_text="a", description="A portrait of a woman in uniform.", keywords=[])
     assert exiftool_json(path, "IFD0:ImageDescription")["IFD0:ImageDescription"] == "A portrait of a woman in uniform."
+
+
+def writer_with(**config: object) -> MetadataWriter:
+    from daemon.config import MetadataConfig
+
+    return MetadataWriter(MetadataConfig(**config))  # type: ignore[arg-type]
+
+
+def test_policy_overwrite_and_off(tmp_path: Path) -> None:
+    [path] = copy_corpus(["exiftool/MWG.jpg"], tmp_path)
+    with writer_with(description="overwrite", alt_text="off", keywords="off") as w:
+        w.write(path, alt_text="ours", description="A new description", keywords=["square"])
+    got = exiftool_json(path, "XMP-dc:Description", "IFD0:ImageDescription", "IPTC:Caption-Abstract",
+                        "XMP-iptcCore:AltTextAccessibility", "XMP-dc:Subject")
+    assert got["XMP-dc:Description"] == got["IFD0:ImageDescription"] == got["IPTC:Caption-Abstract"] == (
+        "A new description")
+    assert "XMP-iptcCore:AltTextAccessibility" not in got  # off: never touched
+    assert got["XMP-dc:Subject"] == ["RIGHT1of2-XMP-Keywords", "RIGHT2of2-XMP-Keywords"]
+
+
+def test_keyword_policy_overwrite_makes_the_list_ours(tmp_path: Path) -> None:
+    [path] = copy_corpus(["exiftool/XMP.jpg"], tmp_path)
+    with writer_with(keywords="overwrite") as w:
+        w.write(path, alt_text="a", description="", keywords=["dog"])
+    got = exiftool_json(path, "XMP-dc:Subject", "XMP-lr:HierarchicalSubject")
+    assert got["XMP-dc:Subject"] == ["dog"] and got["XMP-lr:HierarchicalSubject"] == ["dog"]
+
+
+@pytest.mark.parametrize("name", ["exiftool/IPTC.jpg", "exiftool/XMP.jpg", "exiftool/MWG.jpg"])
+def test_pre_existing_keywords_survive_every_run(writer: MetadataWriter, tmp_path: Path, name: str) -> None:
+    [path] = copy_corpus([name], tmp_path)
+    tags = ("XMP-dc:Subject", "IPTC:Keywords")
+    before = exiftool_json(path, *tags)
+    previous = None
+    for run in (["cat"], ["dog", "cat"], ["tree"]):
+        previous = writer.write(path, alt_text="a", description="d", keywords=run, previous=previous).written
+    after = exiftool_json(path, *tags)
+    for tag in tags:
+        old = before.get(tag, [])
+        old = old if isinstance(old, list) else [old]
+        new = after.get(tag, [])
+        new = new if isinstance(new, list) else [new]
+        assert new[: len(old)] == old, tag  # every person's keyword, in order
+        if old or tag == "XMP-dc:Subject":
+            assert new[len(old):] == ["tree"], tag  # and only our latest ones
+
+
+def test_digikam_tagslist_and_keyword_parent(tmp_path: Path) -> None:
+    [path] = copy_corpus(["pillow/hopper.jpg"], tmp_path)
+    subprocess.run(["exiftool", "-overwrite_original", "-XMP-digiKam:TagsList=People/Grace",
+                    "-XMP-lr:HierarchicalSubject=People|Grace", "-XMP-dc:Subject=Grace", str(path)],
+                   check=True, capture_output=True)
+    with writer_with(keyword_parent="florence") as w:
+        first = w.write(path, alt_text="a", description="d", keywords=["uniform", "portrait"])
+        w.write(path, alt_text="a", description="d", keywords=["portrait"], previous=first.written)
+    got = exiftool_json(path, "XMP-digiKam:TagsList", "XMP-lr:HierarchicalSubject", "XMP-dc:Subject")
+    assert got["XMP-digiKam:TagsList"] == ["People/Grace", "florence/portrait"]
+    assert got["XMP-lr:HierarchicalSubject"] == ["People|Grace", "florence|portrait"]
+    assert got["XMP-dc:Subject"] == ["Grace", "portrait"]
+
+
+@pytest.mark.parametrize(
+    ("mode", "name", "expected"),
+    [
+        ("always", "pillow/hopper.jpg", "sidecar"),
+        ("never", "pillow/hopper.jpg", "embedded"),
+        ("never", "pillow/hopper.gif", "error"),
+        ("auto", "pillow/hopper.bmp", "sidecar"),
+    ],
+)
+def test_sidecar_modes(tmp_path: Path, mode: str, name: str, expected: str) -> None:
+    [path] = copy_corpus([name], tmp_path)
+    before = path.read_bytes()
+    with writer_with(sidecar=mode) as w:
+        if expected == "error":
+            with pytest.raises(MetadataError) as err:
+                w.write(path, alt_text="a", description="d", keywords=["k"])
+            assert err.value.reason == 'not written: .gif files cannot hold these tags and metadata.sidecar is "never"'
+            return
+        out = w.write(path, alt_text="a", description="d", keywords=["k"])
+    sidecar = path.with_name(path.name + ".xmp")
+    assert Path(out.target) == (sidecar if expected == "sidecar" else path)
+    assert sidecar.exists() is (expected == "sidecar")
+    assert (path.read_bytes() == before) is (expected == "sidecar")
+
+
+def test_lightroom_style_sidecar_name_and_an_existing_sidecar_is_updated(tmp_path: Path) -> None:
+    [path] = copy_corpus(["exiftool/Nikon.nef"], tmp_path)
+    sidecar = tmp_path / "Nikon.xmp"
+    subprocess.run(["exiftool", "-o", str(sidecar), "-XMP-xmp:Rating=4", "-XMP-dc:Subject=raw", str(path)],
+                   check=True, capture_output=True)
+    with writer_with(sidecar_name="{stem}.xmp") as w:
+        out = w.write(path, alt_text="a", description="d", keywords=["k"])
+    assert out.target == str(sidecar)
+    got = exiftool_json(sidecar, "XMP-xmp:Rating", "XMP-dc:Subject")
+    assert got["XMP-xmp:Rating"] == 4 and got["XMP-dc:Subject"] == ["raw", "k"]
+
+
+def test_read_only_file_gets_a_sidecar(writer: MetadataWriter, tmp_path: Path) -> None:
+    [path] = copy_corpus(["pillow/hopper.jpg"], tmp_path)
+    path.chmod(0o444)
+    before = path.read_bytes()
+    if os.access(path, os.W_OK):
+        pytest.skip("running as root: permission bits do not stop writes")
+    out = writer.write(path, alt_text="a", description="d", keywords=[])
+    assert out.target == str(path) + ".xmp" and path.read_bytes() == before
+
+
+def test_unwritable_file_gets_a_sidecar_even_as_root(writer: MetadataWriter, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # Root ignores permission bits, and CI runs as root: deny write access the
+    # way a read-only mount would, for the image only (the sidecar is real).
+    import daemon.tag as tag
+
+    [path] = copy_corpus(["pillow/hopper.jpg"], tmp_path)
+    before = path.read_bytes()
+    real_access = os.access
+    monkeypatch.setattr(tag.os, "access", lambda p, mode: False if Path(p) == path else real_access(p, mode))
+    out = writer.write(path, alt_text="a read-only photo", description="d", keywords=["k"])
+    assert out.target == str(path) + ".xmp" and path.read_bytes() == before
+    assert exiftool_json(Path(out.target), "XMP-iptcCore:AltTextAccessibility")[
+        "XMP-iptcCore:AltTextAccessibility"] == "a read-only photo"
+
+
+def test_iptc_byte_limits_never_split_a_character(writer: MetadataWriter, tmp_path: Path) -> None:
+    [path] = copy_corpus(["pillow/hopper.jpg"], tmp_path)
+    long_kw = "日本語" * 10  # 90 UTF-8 bytes; IPTC keywords hold 64
+    long_desc = "Ελληνικά " * 300  # ~5,100 bytes; IPTC captions hold 2,000
+    writer.write(path, alt_text='a "quoted" \'alt\' text', description=long_desc, keywords=[long_kw])
+    got = exiftool_json(path, "IPTC:Keywords", "XMP-dc:Subject", "IPTC:Caption-Abstract",
+                        "XMP-iptcCore:AltTextAccessibility")
+    iptc_kw = got["IPTC:Keywords"][0] if isinstance(got["IPTC:Keywords"], list) else got["IPTC:Keywords"]
+    assert len(iptc_kw.encode()) <= 64 and long_kw.startswith(iptc_kw) and len(iptc_kw) == 21
+    assert got["XMP-dc:Subject"] == [long_kw]
+    assert len(got["IPTC:Caption-Abstract"].encode()) <= 2000 and long_desc.startswith(got["IPTC:Caption-Abstract"])
+    assert got["XMP-iptcCore:AltTextAccessibility"] == 'a "quoted" \'alt\' text'
