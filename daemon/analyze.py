@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,6 +28,10 @@ LARGE_ID = "florence-community/Florence-2-large"
 
 # task -> parsed result, as Florence2Processor.post_process_generation gives it
 TaskResults = dict[str, Any]
+
+
+class Interrupted(Exception):
+    """Shutdown was requested mid-batch: the results are incomplete and must not be stored."""
 
 
 class Analyzer(Protocol):
@@ -83,6 +87,8 @@ class FlorenceAnalyzer:
         self.max_new_tokens = dict(config.max_new_tokens)
         # Extra generate() arguments for every call (the benchmark forces lengths with them).
         self.generate_kwargs: dict[str, Any] = {}
+        # Polled between decoding steps: a shutdown stops a long batch within a step.
+        self.should_stop: Callable[[], bool] | None = None
         if self.device == "cpu" and not os.environ.get("OMP_NUM_THREADS"):
             torch.set_num_threads(max(1, os.cpu_count() or 1))
         if loaded is None:
@@ -154,13 +160,31 @@ class FlorenceAnalyzer:
                     input_ids=ids,
                     attention_mask=torch.ones_like(ids),
                     mm_encoder_outputs={"image": BaseModelOutputWithPooling(pooler_output=features)},
+                    stopping_criteria=self._stopping(),
                     **self._generation_args(task),
                 )
+                if self.should_stop is not None and self.should_stop():
+                    raise Interrupted(f"stopped during {task}")
                 texts = self.processor.batch_decode(out, skip_special_tokens=False)
                 for i, (txt, image) in enumerate(zip(texts, images)):
                     parsed = self.processor.post_process_generation(txt, task=task, image_size=image.size)
                     results[i][task] = clean_result(parsed[task])
         return results
+
+    def _stopping(self) -> Any:
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        flag = self.should_stop
+        if flag is None:
+            return None
+
+        class _OnShutdown(StoppingCriteria):
+            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+                import torch
+
+                return torch.full((input_ids.shape[0],), bool(flag()), dtype=torch.bool, device=input_ids.device)
+
+        return StoppingCriteriaList([_OnShutdown()])
 
     def beams(self, task: str) -> int:
         return self.num_beams if isinstance(self.num_beams, int) else self.num_beams.get(task, 3)

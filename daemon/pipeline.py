@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import select
 
 from . import index, jobs
-from .analyze import Analyzer
+from .analyze import Analyzer, Interrupted
 from .config import Config
 from .db import Database, File
 from .errors import ImageError, MetadataError
@@ -122,6 +122,8 @@ class Pipeline:
             return 0
         self._next = self._claim_and_prepare()
         if work:
+            if stop is not None and hasattr(self.analyzer, "should_stop"):
+                self.analyzer.should_stop = stop.is_set
             self._analyze(work)
         return len(claimed)
 
@@ -203,6 +205,10 @@ class Pipeline:
                 [w.decoded.image for w in work if w.decoded],
                 pixels=None if any(p is None for p in pixels) else pixels,
             )
+        except Interrupted:
+            log.info("shutdown: %d image(s) returned to the queue unfinished", len(work))
+            self._release(work)
+            return
         except Exception as exc:  # noqa: BLE001
             if len(work) > 1:
                 # Find the image that breaks the batch: retry one by one.

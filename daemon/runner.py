@@ -14,7 +14,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from .analyze import FlorenceAnalyzer
+from .analyze import Analyzer, FlorenceAnalyzer
 from .config import Config, database_url
 from .db import Database
 from .pipeline import Pipeline
@@ -25,13 +25,17 @@ log = logging.getLogger(__name__)
 
 
 @contextmanager
-def open_pipeline(config: Config) -> Iterator[Pipeline]:
-    """Database, model and exiftool, opened in the order that fails fastest."""
+def open_pipeline(config: Config, analyzer: Analyzer | None = None) -> Iterator[Pipeline]:
+    """Database, model and exiftool, opened in the order that fails fastest.
+
+    *analyzer* replaces the Florence-2 model (the load tests use a fast fake).
+    """
     db = Database(database_url(config.index.database))
     writer = MetadataWriter(config.metadata) if config.metadata.write else None
     try:
-        analyzer = FlorenceAnalyzer(config.model)
-        log.info("model: %s", analyzer.describe())
+        if analyzer is None:
+            analyzer = FlorenceAnalyzer(config.model)
+            log.info("model: %s", analyzer.describe())
         pipeline = Pipeline(config, db, analyzer, writer)
         try:
             yield pipeline
@@ -46,8 +50,9 @@ def open_pipeline(config: Config) -> Iterator[Pipeline]:
 class Daemon:
     """Watch, reconcile, process; until asked to stop."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, analyzer: Analyzer | None = None) -> None:
         self.config = config
+        self.analyzer = analyzer
         self.stop_event = threading.Event()
         self.wakeup = threading.Event()
 
@@ -69,7 +74,7 @@ class Daemon:
         log.info("watching: %s", ", ".join(str(f) for f in folders))
         log.info("index: %s", database_url(self.config.index.database))
         remove_stale_temp_files(folders)
-        with open_pipeline(self.config) as pipeline:
+        with open_pipeline(self.config, self.analyzer) as pipeline:
             pipeline.recover()
             watcher = FolderWatcher(
                 folders,

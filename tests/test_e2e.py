@@ -207,3 +207,47 @@ def test_sigkill_mid_run_and_restart_indexes_every_image_exactly_once(
         assert exif(Path(info["path"]))["XMP-iptcCore:AltTextAccessibility"] == info["caption"][:250]
         decode(info["path"])  # still a valid image
     assert not list(inbox.glob("*_exiftool_tmp")) and not list(inbox.glob("*_original"))
+
+
+def test_sigterm_during_a_long_batch_returns_it_to_the_queue_quickly(
+    daemon_env: tuple[Path, Path, Database], tmp_path: Path, tiny_model: Path
+) -> None:
+    config, inbox, db = daemon_env
+    slow = tmp_path / "slow.toml"
+    # 3 beams and 1,024 tokens a task: one batch takes far longer than a shutdown may.
+    slow.write_text(config.read_text().replace("num_beams = 1", "num_beams = 3")
+                    .replace("max_new_tokens = 16", "max_new_tokens = 1024"))
+    daemon = DaemonProcess(slow, tmp_path / "slow.log")
+    try:
+        daemon.wait_ready()
+        for f in make_variants(tmp_path, 4):
+            shutil.move(f, inbox / f.name)
+        assert wait_until(lambda: _running_jobs(db) > 0, timeout=30)
+        time.sleep(1.0)  # well inside the first batch
+        started = time.monotonic()
+        assert daemon.stop(signal.SIGTERM, timeout=30) == 0
+        assert time.monotonic() - started < 5
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.stop(signal.SIGKILL)
+    assert "returned to the queue unfinished" in daemon.log.read_text()
+    st = status(db)
+    assert st["indexed"] == 0 and st["pending"] == 4, st
+    # The next run (with short generations) finishes them, each exactly once.
+    daemon = DaemonProcess(config, tmp_path / "after.log")
+    try:
+        daemon.wait_ready()
+        assert wait_until(lambda: status(db)["indexed"] == 4 and status(db)["pending"] == 0, timeout=120)
+        assert daemon.stop(signal.SIGTERM) == 0
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.stop(signal.SIGKILL)
+    with db.transaction() as s:
+        assert s.scalar(select(func.count()).select_from(ImageRow)) == 4
+
+
+def _running_jobs(db: Database) -> int:
+    from daemon import jobs
+
+    with db.transaction() as s:
+        return jobs.counts(s).get("running", 0)
