@@ -16,6 +16,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 from pathlib import Path
 
 from watchdog.events import (
@@ -40,6 +41,14 @@ INOTIFY_ADVICE = (
     "raise the limits with: sudo sysctl fs.inotify.max_user_watches=524288 fs.inotify.max_user_instances=512 "
     "(and add them to /etc/sysctl.d/ to keep them), or set watch.polling = true"
 )
+
+
+def _identity(folder: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 def walk_candidates(root: Path, follow_symlinks: bool = False) -> Iterator[str]:
@@ -156,6 +165,9 @@ class FolderWatcher:
         self.tracker = SettleTracker(settle_seconds)
         self.polling = polling
         self.observer: BaseObserver | None = None
+        self._handler = _Handler(self)
+        self._watches: dict[Path, Any] = {}
+        self._roots: dict[Path, tuple[int, int] | None] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._settle_loop, name="settle", daemon=True)
 
@@ -175,6 +187,7 @@ class FolderWatcher:
     def start(self) -> None:
         for folder in self.folders:
             folder.mkdir(parents=True, exist_ok=True)
+            self._roots[folder] = _identity(folder)
         self.observer = self._start_observer()
         self._thread.start()
 
@@ -202,12 +215,42 @@ class FolderWatcher:
         return observer
 
     def _schedule(self, observer: BaseObserver) -> None:
-        handler = _Handler(self)
         for folder in self.folders:
-            observer.schedule(handler, str(folder), recursive=self.recursive)
+            self._watches[folder] = observer.schedule(self._handler, str(folder), recursive=self.recursive)
+
+    def _check_roots(self) -> None:
+        """A watched folder deleted and created again is a new folder: watch it anew."""
+        assert self.observer is not None
+        for folder in self.folders:
+            ident = _identity(folder)
+            if ident == self._roots.get(folder):
+                continue
+            self._roots[folder] = ident
+            if ident is None:
+                log.warning("watched folder %s is gone; it will be watched again when it comes back", folder)
+                continue
+            log.info("watched folder %s is back: watching it again", folder)
+            try:
+                self.observer.unschedule(self._watches[folder])
+            except (KeyError, OSError):
+                pass  # the old watch died with the old folder
+            try:
+                self._watches[folder] = self.observer.schedule(self._handler, str(folder), recursive=self.recursive)
+            except OSError as exc:
+                log.error("cannot watch %s again: %s", folder, exc.strerror or exc)
+                self._roots[folder] = None
+                continue
+            self.consider(str(folder), is_dir=True)
 
     def _settle_loop(self) -> None:
+        ticks = 0
         while not self._stop.wait(0.25):
+            ticks += 1
+            if ticks % 4 == 0:
+                try:
+                    self._check_roots()
+                except Exception:  # noqa: BLE001 - keep watching whatever happens
+                    log.exception("checking the watched folders failed")
             ready = self.tracker.due()
             if ready:
                 try:

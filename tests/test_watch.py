@@ -149,3 +149,16 @@ def test_falls_back_to_polling_when_inotify_is_exhausted(tmp_path: Path, monkeyp
         assert wait_until(lambda: rec.settled, timeout=10) == [str(tmp_path / "in" / "h.jpg")]
     finally:
         w.stop()
+
+
+def test_a_watched_folder_deleted_and_created_again(watched: tuple[Path, Recorder, FolderWatcher]) -> None:
+    inbox, rec, _ = watched
+    shutil.copyfile(CORPUS / "pillow/hopper.jpg", inbox / "a.jpg")
+    assert wait_until(lambda: rec.settled, timeout=10)
+    shutil.rmtree(inbox)
+    assert wait_until(lambda: str(inbox / "a.jpg") in rec.deleted or str(inbox) in rec.deleted, timeout=10)
+    time.sleep(1.5)  # the watcher notices the folder is gone
+    inbox.mkdir()
+    time.sleep(1.5)  # ... and that it is back
+    shutil.copyfile(CORPUS / "pillow/flower.jpg", inbox / "b.jpg")
+    assert wait_until(lambda: str(inbox / "b.jpg") in rec.settled, timeout=15), rec.settled
