@@ -29,13 +29,14 @@ exiftool:
 	         "(Fedora: perl-Image-ExifTool, Arch: perl-image-exiftool, macOS: brew install exiftool)"; exit 1; \
 	  fi; }
 
-# exiv2 reads the metadata back in the tests, independently of exiftool.
+# exiv2 reads the metadata back independently of exiftool; rsync is one of
+# the copy tools the reliability tests drop files with.
 test-tools:
-	@command -v exiv2 >/dev/null 2>&1 || { \
+	@command -v exiv2 >/dev/null 2>&1 && command -v rsync >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq exiv2; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq exiv2 rsync; \
 	  else \
-	    echo "the tests need exiv2: install it with 'sudo apt-get install exiv2'"; exit 1; \
+	    echo "the tests need exiv2 and rsync: sudo apt-get install exiv2 rsync"; exit 1; \
 	  fi; }
 
 run: setup

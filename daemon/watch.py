@@ -53,6 +53,8 @@ def _identity(folder: Path) -> tuple[int, int] | None:
 
 def walk_candidates(root: Path, follow_symlinks: bool = False) -> Iterator[str]:
     """Every image file under *root* (or *root* itself), skipping hidden folders."""
+    if not follow_symlinks and root.is_symlink():
+        return
     if root.is_file():
         if is_candidate(root):
             yield str(root)
@@ -174,9 +176,20 @@ class FolderWatcher:
     def inside(self, path: str) -> bool:
         return any(path == str(f) or path.startswith(str(f) + os.sep) for f in self.folders)
 
+    def _via_symlink(self, path: str) -> bool:
+        """True if *path* is, or lies under, a symbolic link inside a watched folder."""
+        p = Path(path)
+        while not any(p == f for f in self.folders) and p != p.parent:
+            if p.is_symlink():
+                return True
+            p = p.parent
+        return False
+
     def consider(self, path: str, *, is_dir: bool) -> None:
         if is_ignored_path(path, self.folders):
             return
+        if not self.follow_symlinks and self._via_symlink(path):
+            return  # links are not followed (out of the folders, or round in a loop)
         if is_dir:
             # A folder created or moved in: its files bring no events of their own.
             for p in walk_candidates(Path(path), self.follow_symlinks):

@@ -1,0 +1,266 @@
+"""The daemon under real copy tools, bad input, concurrent readers and load.
+
+The real daemon (runner.Daemon: real watchdog observer, real SQLite file,
+real exiftool) runs in a thread with the fast FakeAnalyzer: these tests
+measure everything but the model, whose real path test_e2e covers.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from sqlalchemy import func, select
+
+from daemon import index
+from daemon.config import Config, database_url
+from daemon.db import Database, File
+from daemon.db import Image as ImageRow
+from daemon.runner import Daemon
+from daemon.search import search
+
+from .conftest import CORPUS, FakeAnalyzer, make_config, wait_until
+
+
+class RunningDaemon:
+    def __init__(self, config: Config) -> None:
+        self.analyzer = FakeAnalyzer()
+        self.daemon = Daemon(config, analyzer=self.analyzer)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="test-daemon")
+        self.db = Database(database_url(config.index.database))
+        self.inbox = config.folders[0]
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.daemon.run()
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            self.error = exc
+
+    def status(self) -> dict:
+        with self.db.transaction() as s:
+            return index.status(s)
+
+    def settled(self, total: int, timeout: float = 60) -> dict:
+        """Wait until *total* files are indexed or failed and nothing is pending."""
+        def done() -> bool:
+            st = self.status()
+            return st["indexed"] + st["failed"] >= total and st["pending"] == 0
+        assert wait_until(done, timeout=timeout), self.status()
+        assert self.error is None, self.error
+        return self.status()
+
+    def images_analyzed(self) -> int:
+        return sum(self.analyzer.calls)
+
+    def stop(self) -> None:
+        self.daemon.request_stop()
+        self.thread.join(timeout=30)
+        assert not self.thread.is_alive()
+        self.db.close()
+        assert self.error is None, self.error
+
+
+@pytest.fixture
+def running(tmp_path: Path) -> Iterator[RunningDaemon]:
+    d = RunningDaemon(make_config(tmp_path, metadata={"write": True}))
+    assert wait_until(lambda: d.inbox.exists(), timeout=10)
+    time.sleep(0.5)  # observers scheduled
+    yield d
+    d.stop()
+
+
+def variants(dest: Path, n: int, size: int = 96) -> list[Path]:
+    """n distinct small JPEGs."""
+    dest.mkdir(parents=True, exist_ok=True)
+    base = Image.open(CORPUS / "pillow/hopper.jpg").convert("RGB").resize((size, size))
+    out = []
+    for i in range(n):
+        im = base.copy()
+        im.putpixel((i % size, (i // size) % size), (i % 256, (i * 7) % 256, (i * 13) % 256))
+        p = dest / f"img{i:04d}.jpg"
+        im.save(p, quality=90)
+        out.append(p)
+    return out
+
+
+def test_real_copy_tools_each_file_processed_exactly_once(running: RunningDaemon, tmp_path: Path) -> None:
+    inbox, stage = running.inbox, tmp_path / "stage"
+    srcs = variants(stage, 9)
+    subprocess.run(["cp", str(srcs[0]), str(inbox / "cp.jpg")], check=True)
+    subprocess.run(["mv", str(srcs[1]), str(inbox / "mv.jpg")], check=True)
+    subprocess.run(["rsync", str(srcs[2]), str(inbox / "rsync.jpg")], check=True)  # .rsync.jpg.XXXX, then rename
+    part = inbox / "download.jpg.crdownload"
+    shutil.copyfile(srcs[3], part)
+    time.sleep(1)
+    part.rename(inbox / "download.jpg")
+    (stage / "tree" / "2024" / "june").mkdir(parents=True)
+    shutil.move(srcs[4], stage / "tree" / "2024" / "june" / "a.jpg")
+    shutil.move(srcs[5], stage / "tree" / "2024" / "b.jpg")
+    os.rename(stage / "tree", inbox / "tree")
+    data = srcs[6].read_bytes()
+    with open(inbox / "slow.jpg", "wb") as f:  # a slow writer: 8 chunks over ~3 s
+        for i in range(8):
+            f.write(data[i * len(data) // 8:(i + 1) * len(data) // 8])
+            f.flush()
+            time.sleep(0.4)
+    st = running.settled(7)
+    assert (st["indexed"], st["failed"]) == (7, 0), st
+    assert running.images_analyzed() == 7  # nothing twice, nothing while incomplete
+
+    # An editor's atomic save over an indexed image: new content, analysed again.
+    tmp = inbox / ".cp.jpg.swp"
+    shutil.copyfile(srcs[7], tmp)
+    os.replace(tmp, inbox / "cp.jpg")
+    assert wait_until(lambda: running.images_analyzed() == 8, timeout=20)
+    st = running.settled(7)
+    with running.db.transaction() as s:
+        f = index.file_by_path(s, str(inbox / "cp.jpg"))
+        image = s.get(ImageRow, f.image_id)
+        assert image.sha256 == __import__("hashlib").sha256(srcs[7].read_bytes()).hexdigest()
+        assert s.scalar(select(func.count()).select_from(ImageRow)) == 8
+    time.sleep(2)
+    assert running.images_analyzed() == 8  # our own metadata writes never came back as work
+
+
+def _bomb_png(path: Path, side: int = 30000) -> None:
+    """A PNG whose header says side x side pixels (what a decompression bomb declares)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    raw = zlib.compress(b"\x00" * (side // 8 + 1) * 64, 9)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
+                     + chunk(b"IDAT", raw) + chunk(b"IEND", b""))
+
+
+def test_bad_input_all_at_once(running: RunningDaemon, tmp_path: Path) -> None:
+    inbox = running.inbox
+    corpus_files = sorted(p for p in CORPUS.rglob("*") if p.is_file() and p.suffix != ".md")
+    for p in corpus_files:
+        shutil.copyfile(p, inbox / f"{p.parent.name}-{p.name}")
+    (inbox / "zero.jpg").write_bytes(b"")
+    (inbox / "text.jpg").write_text("hello\n")
+    (inbox / "doc.jpg").write_bytes(b"%PDF-1.4\n1 0 obj\n<<>>\nendobj\n")
+    _bomb_png(inbox / "bomb.png")
+    odd = ["with space.jpg", "café 日本.jpg", "quote\"'s.jpg", "-leading-dash.jpg", "new\nline.jpg"]
+    for name in odd:
+        shutil.copyfile(CORPUS / "pillow/flower.jpg", inbox / name)
+    (inbox / "loop").mkdir()
+    (inbox / "loop" / "self").symlink_to(inbox)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.copyfile(CORPUS / "pillow/hopper.png", outside / "secret.png")
+    (inbox / "link-out").symlink_to(outside)
+    total = len(corpus_files) + 4 + len(odd)
+    st = running.settled(total, timeout=120)
+    reasons = {Path(f["path"]).name: f["reason"] for f in st["failures"]}
+    assert reasons["zero.jpg"] == "empty file (0 bytes)"
+    assert reasons["text.jpg"] == "not an image Pillow can read (looks like a text file)"
+    assert reasons["doc.jpg"] == "not an image Pillow can read (looks like a PDF)"
+    assert reasons["bomb.png"].startswith("refused: image too large to decode safely")
+    assert reasons["bad-truncated_jpeg.jpg"].startswith("corrupt or truncated image")
+    assert reasons["exiftool-Nikon.nef"] == "RAW file without an embedded preview image large enough to describe"
+    for name, reason in reasons.items():
+        assert reason and "Traceback" not in reason, name
+    with running.db.transaction() as s:
+        paths = {Path(p).name for p in s.scalars(select(File.path))}
+        for name in odd:
+            assert index.file_by_path(s, str(inbox / name)).state == "indexed", name
+        newline = index.file_by_path(s, str(inbox / "new\nline.jpg"))
+        assert newline.tag_state == "failed"
+        assert "line break" in newline.error
+    assert "secret.png" not in paths  # the link out of the watched folder is not followed
+    assert st["indexed"] + st["failed"] == total
+    assert running.thread.is_alive()
+
+
+def test_concurrent_readers_never_fail_a_write(running: RunningDaemon, tmp_path: Path) -> None:
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    searches = [0]
+
+    def reader() -> None:
+        db = Database(database_url(str(tmp_path / "index.db")))
+        try:
+            while not stop.is_set():
+                with db.transaction() as s:
+                    search(s, "picture")
+                    index.status(s)
+                searches[0] += 1
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+        finally:
+            db.close()
+
+    threads = [threading.Thread(target=reader, name=f"reader{i}") for i in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        for p in variants(tmp_path / "stage", 60):
+            shutil.move(p, running.inbox / p.name)
+        st = running.settled(60, timeout=120)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert errors == []
+    assert (st["indexed"], st["failed"]) == (60, 0)
+    assert searches[0] > 10
+
+
+def test_a_file_deleted_before_its_turn(tmp_path: Path) -> None:
+    from daemon.pipeline import Pipeline
+    from daemon.tag import MetadataWriter
+
+    config = make_config(tmp_path)
+    db = Database(database_url(config.index.database))
+    with MetadataWriter() as writer:
+        pipeline = Pipeline(config, db, FakeAnalyzer(), writer)
+        inbox = config.folders[0]
+        paths = variants(inbox, 3)
+        pipeline.offer(paths)
+        paths[1].unlink()
+        pipeline.drain()
+        pipeline.close()
+    with db.transaction() as s:
+        st = index.status(s)
+        assert (st["indexed"], st["failed"], st["pending"]) == (2, 0, 0)
+        assert index.file_by_path(s, str(paths[1])) is None
+    db.close()
+
+
+@pytest.mark.slow
+def test_load_2000_images_at_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    stage = tmp_path / "stage"
+    files = variants(stage, 2000, size=64)
+    d = RunningDaemon(make_config(tmp_path, model={"batch_size": 16}))
+    try:
+        assert wait_until(lambda: d.inbox.exists(), timeout=10)
+        time.sleep(0.5)
+        rss_start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        started = time.monotonic()
+        for p in files:
+            os.rename(p, d.inbox / p.name)
+        st = d.settled(2000, timeout=600)
+        seconds = time.monotonic() - started
+        rss_growth_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_start) / 1024
+    finally:
+        d.stop()
+    assert (st["indexed"], st["failed"]) == (2000, 0)
+    rate = 2000 / seconds
+    with capsys.disabled():
+        print(f"\nload: 2000 images, watch -> hash -> index -> exiftool: {seconds:.1f} s, {rate:.1f} images/s, "
+              f"peak RSS grew {rss_growth_mib:.0f} MiB")
+    assert rss_growth_mib < 300  # the backlog lives in the database, not in memory
