@@ -63,6 +63,9 @@ def store_results(
         image = Image(sha256=sha256, width=width, height=height, format=fmt)
         session.add(image)
         session.flush()
+        # A new image has no results yet: no need to look for rows to update.
+        session.add_all(Result(image_id=image.id, task=t, model=model, result=json.dumps(v)) for t, v in results.items())
+        return image
     for task, value in results.items():
         row = session.scalars(
             select(Result).where(Result.image_id == image.id, Result.task == task, Result.model == model)
@@ -143,13 +146,15 @@ def mark_deleted(session: Session, path: str) -> bool:
     return bool(files)
 
 
-def record_tag(session: Session, file_id: int, *, written: dict[str, Any], target: str, sha256: str,
+def record_tag(session: Session, file_id: int, *, written: dict[str, Any], target: str, sha256: str | None,
                fp: Fingerprint) -> None:
+    """Record what we wrote; *sha256* is the file's new hash (None: its bytes did not change)."""
     f = session.get(File, file_id)
     if f is None:
         return
     f.written, f.metadata_target, f.tag_state = json.dumps(written), target, "done"
-    f.sha256 = sha256
+    if sha256 is not None:
+        f.sha256 = sha256
     f.inode, f.size, f.mtime_ns = fp.inode, fp.size, fp.mtime_ns
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -22,7 +23,7 @@ from typing import Any
 from sqlalchemy import select
 
 from . import index, jobs
-from .analyze import Analyzer, Interrupted
+from .analyze import Analyzer, Interrupted, Summary, summarize
 from .config import Config
 from .db import Database, File
 from .errors import ImageError, MetadataError
@@ -55,10 +56,34 @@ class Pipeline:
         self.owner = jobs.owner_id()
         self._next: tuple[list[tuple[int, str]], list[Future[_Work | None]]] | None = None
         self._decoders = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="decode")
+        # Metadata is written by one thread of its own, so exiftool works while
+        # the next batch is stored; the bound keeps the backlog in the database.
+        self._tags: queue.Queue[int | TagRequest | None] = queue.Queue(maxsize=64)
+        self._tagger = threading.Thread(target=self._tag_worker, name="tag", daemon=True)
+        self._tagger.start()
 
     def close(self) -> None:
         self.release_prefetched()
         self._decoders.shutdown(wait=True)
+        self._tags.put(None)  # after the queued writes: a file left pending is redone at start-up
+        self._tagger.join()
+
+    def _queue_tag(self, item: int | TagRequest) -> None:
+        self._tags.put(item)
+
+    def _tag_worker(self) -> None:
+        while (item := self._tags.get()) is not None:
+            try:
+                self._tag(item)
+            except Exception:  # noqa: BLE001 - one file's metadata must not stop the others
+                log.exception("metadata write failed unexpectedly (%s)", item)
+            finally:
+                self._tags.task_done()
+        self._tags.task_done()
+
+    def wait_for_metadata(self) -> None:
+        """Block until every queued metadata write is done."""
+        self._tags.join()
 
     # --- feeding the queue ----------------------------------------------------
 
@@ -157,6 +182,7 @@ class Pipeline:
             total = max(total, done + self.pending())
             if progress:
                 progress(done, total)
+        self.wait_for_metadata()
         return done
 
     def _prepare(self, job_id: int, path: str) -> _Work | None:
@@ -186,7 +212,7 @@ class Pipeline:
                     file_id = f.id
                     log.info("known image, no model run: %s", path)
             if known and needs_tag:
-                self._tag(file_id)
+                self._queue_tag(file_id)
             if known:
                 return None
             decoded = decode(path)
@@ -220,9 +246,12 @@ class Pipeline:
             self._fail(work[0].job_id, work[0].path, f"the model failed on this image: {exc}")
             return
         model = self.analyzer.model_id
-        for w, res in zip(work, results):
-            assert w.decoded is not None
-            with self.db.transaction(write=True) as s:
+        requests: list[TagRequest] = []
+        # One transaction for the batch: every file's results and its job's
+        # completion land together, or none of them do.
+        with self.db.transaction(write=True) as s:
+            for w, res in zip(work, results):
+                assert w.decoded is not None
                 image = index.store_results(
                     s, sha256=w.sha256, width=w.decoded.width, height=w.decoded.height,
                     fmt=w.decoded.format, model=model, results=res,
@@ -230,10 +259,12 @@ class Pipeline:
                 f = index.link_file(s, w.path, image, w.sha256, w.fp, model)
                 f.tag_state = "pending" if self._tag_enabled() else "off"
                 jobs.finish(s, w.job_id)
-                file_id = f.id
+                requests.append(tag_request(f, summarize(res)))
+        for w in work:
             log.info("indexed %s", w.path)
-            if self._tag_enabled():
-                self._tag(file_id)
+        if self._tag_enabled():
+            for request in requests:
+                self._queue_tag(request)
 
     def _fail(self, job_id: int, path: str, reason: str) -> None:
         with self.db.transaction(write=True) as s:
@@ -250,39 +281,63 @@ class Pipeline:
     def _tag_enabled(self) -> bool:
         return self.writer is not None and self.config.metadata.write
 
-    def _tag(self, file_id: int) -> bool:
-        """Write the index's description of *file_id* into the file; record what we wrote."""
+    def _tag(self, item: int | TagRequest) -> bool:
+        """Write the index's description of a file into it; record what we wrote."""
         if self.writer is None:
             return False
-        return tag_file(self.db, self.writer, file_id, self.analyzer.model_id) is not None
+        if isinstance(item, TagRequest):
+            return write_tags(self.db, self.writer, item) is not None
+        return tag_file(self.db, self.writer, item, self.analyzer.model_id) is not None
+
+
+@dataclass
+class TagRequest:
+    """Everything a metadata write needs, taken from the index in one go."""
+
+    file_id: int
+    path: str
+    recorded: tuple[int | None, int | None, int | None]  # the fingerprint we read the file at
+    fields: dict[str, Any]
+
+
+def tag_request(f: File, summary: Summary) -> TagRequest:
+    return TagRequest(
+        file_id=f.id,
+        path=f.path,
+        recorded=(f.inode, f.size, f.mtime_ns),
+        fields={
+            "alt_text": summary.caption,
+            "description": summary.description or summary.caption,
+            "keywords": summary.labels or [],
+            "previous": json.loads(f.written) if f.written else None,
+        },
+    )
 
 
 def tag_file(db: Database, writer: MetadataWriter, file_id: int, model: str | None, *,
              dry_run: bool = False, check_settled: bool = True) -> Outcome | None:
-    """Write what the index says of *file_id* into the file (or sidecar) and record it.
-
-    Returns the outcome, or None when nothing was written (a failure is
-    recorded on the file with its reason). *dry_run* only reports.
-    """
+    """Write what the index says of *file_id* into the file (or sidecar) and record it."""
     with db.transaction() as s:
         f = s.get(File, file_id)
         if f is None or f.image_id is None:
             return None
-        path = f.path
-        recorded = (f.inode, f.size, f.mtime_ns)
-        summary = index.summary_for_file(s, f, model)
-        previous = json.loads(f.written) if f.written else None
-    fields: dict[str, Any] = {
-        "alt_text": summary.caption,
-        "description": summary.description or summary.caption,
-        "keywords": summary.labels or [],
-        "previous": previous,
-    }
+        request = tag_request(f, index.summary_for_file(s, f, model))
+    return write_tags(db, writer, request, dry_run=dry_run, check_settled=check_settled)
+
+
+def write_tags(db: Database, writer: MetadataWriter, request: TagRequest, *,
+               dry_run: bool = False, check_settled: bool = True) -> Outcome | None:
+    """Carry out *request* and record what was written.
+
+    Returns the outcome, or None when nothing was written (a failure is
+    recorded on the file with its reason). *dry_run* only reports.
+    """
+    path, fields, file_id = request.path, request.fields, request.file_id
     try:
         if dry_run:
             return writer.write(path, **fields, dry_run=True)
         now_fp = Fingerprint.of(path)
-        if check_settled and (now_fp.inode, now_fp.size, now_fp.mtime_ns) != recorded:
+        if check_settled and (now_fp.inode, now_fp.size, now_fp.mtime_ns) != request.recorded:
             # Either our own write finished but a crash lost its record (the
             # file then holds exactly what we would write), or the file is
             # still being written: tagging it now could corrupt it, and its
@@ -293,7 +348,7 @@ def tag_file(db: Database, writer: MetadataWriter, file_id: int, model: str | No
             log.info("%s already holds our metadata (write interrupted before it was recorded)", path)
         outcome = writer.write(path, **fields)
         fp = Fingerprint.of(path)
-        sha = sha256_file(path)
+        sha = sha256_file(path) if outcome.changed and outcome.target == path else None
     except (MetadataError, ImageError, OSError) as exc:
         reason = getattr(exc, "reason", None) or str(exc)
         log.error("%s: metadata not written: %s", path, reason)

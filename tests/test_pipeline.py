@@ -182,6 +182,7 @@ def test_crash_between_our_write_and_its_record_does_not_rerun_the_model(
         raise Killed  # the process dies after exiftool renamed the file into place
 
     monkeypatch.setattr(index, "record_tag", die)
+    monkeypatch.setattr(env.pipeline, "_queue_tag", env.pipeline._tag)  # in this thread, so the "kill" lands here
     with pytest.raises(Killed):
         env.run()
     monkeypatch.undo()
