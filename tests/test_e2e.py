@@ -175,7 +175,7 @@ def test_sigkill_mid_run_and_restart_indexes_every_image_exactly_once(
     config, inbox, db = daemon_env
     staging = tmp_path / "staging"
     staging.mkdir()
-    files = make_variants(staging, 24)
+    files = make_variants(staging, 100)
     for f in files:
         shutil.move(f, inbox / f.name)
     for round_ in range(3):
@@ -190,7 +190,7 @@ def test_sigkill_mid_run_and_restart_indexes_every_image_exactly_once(
     try:
         daemon.wait_ready()
         assert wait_until(lambda: status(db)["indexed"] == len(files) and status(db)["pending"] == 0,
-                          timeout=240), status(db)
+                          timeout=400), status(db)
         time.sleep(1.5)
         assert daemon.stop(signal.SIGTERM) == 0
     finally:
