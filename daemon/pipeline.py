@@ -59,14 +59,22 @@ class Pipeline:
         # Metadata is written by one thread of its own, so exiftool works while
         # the next batch is stored; the bound keeps the backlog in the database.
         self._tags: queue.Queue[int | TagRequest | None] = queue.Queue(maxsize=64)
-        self._tagger = threading.Thread(target=self._tag_worker, name="tag", daemon=True)
-        self._tagger.start()
+        self._busy_paths: set[str] = set()  # never two writes to one file at once
+        self._busy = threading.Condition()
+        self._taggers = [
+            threading.Thread(target=self._tag_worker, name=f"tag{i}", daemon=True)
+            for i in range(writer.processes if writer is not None else 1)
+        ]
+        for t in self._taggers:
+            t.start()
 
     def close(self) -> None:
         self.release_prefetched()
         self._decoders.shutdown(wait=True)
-        self._tags.put(None)  # after the queued writes: a file left pending is redone at start-up
-        self._tagger.join()
+        for _ in self._taggers:  # after the queued writes; a file left pending is redone at start-up
+            self._tags.put(None)
+        for t in self._taggers:
+            t.join()
 
     def _queue_tag(self, item: int | TagRequest) -> None:
         self._tags.put(item)
@@ -285,9 +293,21 @@ class Pipeline:
         """Write the index's description of a file into it; record what we wrote."""
         if self.writer is None:
             return False
-        if isinstance(item, TagRequest):
+        if not isinstance(item, TagRequest):
+            with self.db.transaction() as s:
+                f = s.get(File, item)
+                if f is None or f.image_id is None:
+                    return False
+                item = tag_request(f, index.summary_for_file(s, f, self.analyzer.model_id))
+        with self._busy:
+            self._busy.wait_for(lambda: item.path not in self._busy_paths)
+            self._busy_paths.add(item.path)
+        try:
             return write_tags(self.db, self.writer, item) is not None
-        return tag_file(self.db, self.writer, item, self.analyzer.model_id) is not None
+        finally:
+            with self._busy:
+                self._busy_paths.discard(item.path)
+                self._busy.notify_all()
 
 
 @dataclass

@@ -9,6 +9,7 @@ threads are joined, and the process exits 0.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -31,7 +32,8 @@ def open_pipeline(config: Config, analyzer: Analyzer | None = None) -> Iterator[
     *analyzer* replaces the Florence-2 model (the load tests use a fast fake).
     """
     db = Database(database_url(config.index.database))
-    writer = MetadataWriter(config.metadata) if config.metadata.write else None
+    # Two exiftool processes let metadata writes use both cores of a small machine.
+    writer = MetadataWriter(config.metadata, processes=min(2, os.cpu_count() or 1)) if config.metadata.write else None
     try:
         if analyzer is None:
             analyzer = FlorenceAnalyzer(config.model)

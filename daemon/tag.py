@@ -16,8 +16,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import re
-import threading
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,16 +111,25 @@ def sidecar_path(path: str | Path, pattern: str) -> Path:
 
 
 class MetadataWriter:
-    """A long-lived exiftool process that writes our fields into files."""
+    """Long-lived exiftool processes (``-stay_open``) that read and write our fields.
 
-    def __init__(self, config: MetadataConfig | None = None) -> None:
+    *processes* > 1 lets that many threads write at once, each through its
+    own exiftool; every call still handles one file.
+    """
+
+    def __init__(self, config: MetadataConfig | None = None, processes: int = 1) -> None:
         import exiftool
 
         self.config = config or MetadataConfig()
-        self._lock = threading.Lock()  # one exiftool process: one request at a time
+        self.processes = max(1, processes)
+        self._pool: queue.Queue[Any] = queue.Queue()
+        self._all: list[Any] = []
         try:
-            self._et = exiftool.ExifToolHelper(common_args=["-G1", "-charset", "filename=utf8"])
-            self._et.run()
+            for _ in range(self.processes):
+                et = exiftool.ExifToolHelper(common_args=["-G1", "-charset", "filename=utf8"])
+                et.run()
+                self._all.append(et)
+                self._pool.put(et)
         except FileNotFoundError:
             raise MetadataError(
                 "exiftool", "exiftool is not installed: install Debian's libimage-exiftool-perl "
@@ -128,9 +137,11 @@ class MetadataWriter:
             ) from None
 
     def close(self) -> None:
-        with self._lock:
-            if self._et.running:
-                self._et.terminate()
+        for _ in self._all:
+            et = self._pool.get()  # waits for a call in progress to finish
+            if et.running:
+                et.terminate()
+        self._all.clear()
 
     def __enter__(self) -> MetadataWriter:
         return self
@@ -313,13 +324,15 @@ class MetadataWriter:
         for a in args:
             if "\n" in a or "\r" in a:  # defence in depth: sanitize() already removed them
                 raise MetadataError(path, "refusing to pass a line break to exiftool")
-        with self._lock:
-            try:
-                return self._et.execute(*args)
-            except exiftool.exceptions.ExifToolExecuteError as exc:
-                raise MetadataError(path, _exiftool_reason(exc.stderr or exc.stdout or str(exc))) from None
-            except (exiftool.exceptions.ExifToolException, OSError) as exc:
-                raise MetadataError(path, f"exiftool failed: {exc}") from None
+        et = self._pool.get()  # one request at a time per exiftool process
+        try:
+            return et.execute(*args)
+        except exiftool.exceptions.ExifToolExecuteError as exc:
+            raise MetadataError(path, _exiftool_reason(exc.stderr or exc.stdout or str(exc))) from None
+        except (exiftool.exceptions.ExifToolException, OSError) as exc:
+            raise MetadataError(path, f"exiftool failed: {exc}") from None
+        finally:
+            self._pool.put(et)
 
 
 def _check_name(path: str | Path) -> None:
