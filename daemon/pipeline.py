@@ -56,8 +56,9 @@ class Pipeline:
         self.owner = jobs.owner_id()
         self._next: tuple[list[tuple[int, str]], list[Future[_Work | None]]] | None = None
         self._decoders = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="decode")
-        # Metadata is written by one thread of its own, so exiftool works while
-        # the next batch is stored; the bound keeps the backlog in the database.
+        # Metadata is written by threads of its own (one per exiftool process),
+        # so exiftool works while the next batch is stored; the bound keeps the
+        # backlog in the database.
         self._tags: queue.Queue[int | TagRequest | None] = queue.Queue(maxsize=64)
         self._busy_paths: set[str] = set()  # never two writes to one file at once
         self._busy = threading.Condition()
