@@ -77,14 +77,16 @@ def store_results(
     return image
 
 
-def link_file(session: Session, path: str, image: Image, sha256: str, fp: Fingerprint, model: str | None) -> File:
+def link_file(session: Session, path: str, image: Image, sha256: str, fp: Fingerprint, model: str | None,
+              summary: Summary | None = None) -> File:
     """Map *path* to *image* (new path, moved file, copy) and refresh its search text.
 
     A file whose bytes equal a file we already tagged (a move or copy of
     our output) inherits what we wrote there, so our own text is never
     mistaken for a person's.
     """
-    f = file_by_path(session, path)
+    with session.no_autoflush:
+        f = file_by_path(session, path)
     if f is None:
         f = File(path=path, tag_state="none")
         session.add(f)
@@ -105,8 +107,9 @@ def link_file(session: Session, path: str, image: Image, sha256: str, fp: Finger
         ).first()
         if twin is not None:
             f.written, f.tag_state, f.metadata_target = twin.written, "done", path
-    _, results = results_for(session, image.id, model)
-    set_document(session, f, summarize(results))
+    if summary is None:  # the caller may have the results at hand already
+        summary = summarize(results_for(session, image.id, model)[1])
+    set_document(session, f, summary)
     return f
 
 

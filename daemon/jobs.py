@@ -57,11 +57,10 @@ def claim(session: Session, limit: int, owner: str | None = None) -> list[Job]:
 
 def finish(session: Session, job_id: int) -> None:
     """Done: delete the job, unless its file changed meanwhile (then queue it again)."""
-    job = session.get(Job, job_id)
-    if job is not None and job.dirty:
-        job.state, job.dirty, job.owner, job.attempts, job.not_before = "pending", False, None, 0, 0.0
-    else:
-        session.execute(delete(Job).where(Job.id == job_id))
+    deleted = session.execute(delete(Job).where(Job.id == job_id, Job.dirty.is_(False)))
+    if not deleted.rowcount:  # type: ignore[attr-defined]
+        session.execute(update(Job).where(Job.id == job_id).values(
+            state="pending", dirty=False, owner=None, attempts=0, not_before=0.0))
 
 
 def fail(session: Session, job_id: int, reason: str, max_attempts: int) -> bool:

@@ -265,10 +265,11 @@ class Pipeline:
                     s, sha256=w.sha256, width=w.decoded.width, height=w.decoded.height,
                     fmt=w.decoded.format, model=model, results=res,
                 )
-                f = index.link_file(s, w.path, image, w.sha256, w.fp, model)
+                summary = summarize(res)
+                f = index.link_file(s, w.path, image, w.sha256, w.fp, model, summary)
                 f.tag_state = "pending" if self._tag_enabled() else "off"
                 jobs.finish(s, w.job_id)
-                requests.append(tag_request(f, summarize(res)))
+                requests.append(tag_request(f, summary))
         for w in work:
             log.info("indexed %s", w.path)
         if self._tag_enabled():
