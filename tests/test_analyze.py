@@ -144,7 +144,9 @@ def test_out_of_memory_halves_the_batch(analyzer: FlorenceAnalyzer, corpus: Path
     import torch
 
     images = [decode(corpus / n).image for n in IMAGES]
-    expected = analyzer.analyze(images)
+    # The halving ends in batches of one; compare with batch-1 results (on CUDA
+    # batched kernels round differently, docs/performance.md).
+    expected = [analyzer.analyze([im])[0] for im in images]
     real = analyzer._analyze
     sizes: list[int] = []
 
