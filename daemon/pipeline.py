@@ -370,7 +370,9 @@ def write_tags(db: Database, writer: MetadataWriter, request: TagRequest, *,
             log.info("%s already holds our metadata (write interrupted before it was recorded)", path)
         outcome = writer.write(path, **fields)
         fp = Fingerprint.of(path)
-        sha = sha256_file(path) if outcome.changed and outcome.target == path else None
+        # Rehash only when the file is not the one the index last read: our
+        # write just replaced it, or an interrupted write of ours did earlier.
+        sha = sha256_file(path) if (fp.inode, fp.size, fp.mtime_ns) != request.recorded else None
     except (MetadataError, ImageError, OSError) as exc:
         reason = getattr(exc, "reason", None) or str(exc)
         log.error("%s: metadata not written: %s", path, reason)

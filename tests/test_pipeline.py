@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 from daemon import index, jobs
 from daemon.config import Config, database_url
 from daemon.db import Database, File, Image, Result
+from daemon.imaging import sha256_file
 from daemon.pipeline import Pipeline
 from daemon.search import search
 from daemon.tag import MetadataWriter
@@ -197,6 +198,8 @@ def test_crash_between_our_write_and_its_record_does_not_rerun_the_model(
         f = index.file_by_path(s, str(path))
         assert f.tag_state == "done" and json.loads(f.written)["tags"]
         assert s.scalar(select(func.count()).select_from(Image)) == 1
+        # The index knows the tagged bytes, so a copy of this file is recognised too.
+        assert f.sha256 == sha256_file(path)
 
 
 def test_deleting_a_folder_does_not_touch_lookalike_paths(env: Env) -> None:
