@@ -296,11 +296,10 @@ class Pipeline:
         if self.writer is None:
             return False
         if not isinstance(item, TagRequest):
-            with self.db.transaction() as s:
-                f = s.get(File, item)
-                if f is None or f.image_id is None:
-                    return False
-                item = tag_request(f, index.summary_for_file(s, f, self.analyzer.model_id))
+            loaded = load_tag_request(self.db, item, self.analyzer.model_id)
+            if loaded is None:
+                return False
+            item = loaded
         with self._busy:
             self._busy.wait_for(lambda: item.path not in self._busy_paths)
             self._busy_paths.add(item.path)
@@ -336,14 +335,21 @@ def tag_request(f: File, summary: Summary) -> TagRequest:
     )
 
 
-def tag_file(db: Database, writer: MetadataWriter, file_id: int, model: str | None, *,
-             dry_run: bool = False, check_settled: bool = True) -> Outcome | None:
-    """Write what the index says of *file_id* into the file (or sidecar) and record it."""
+def load_tag_request(db: Database, file_id: int, model: str | None) -> TagRequest | None:
+    """What the index says should be in *file_id*'s metadata (None: not an indexed image)."""
     with db.transaction() as s:
         f = s.get(File, file_id)
         if f is None or f.image_id is None:
             return None
-        request = tag_request(f, index.summary_for_file(s, f, model))
+        return tag_request(f, index.summary_for_file(s, f, model))
+
+
+def tag_file(db: Database, writer: MetadataWriter, file_id: int, model: str | None, *,
+             dry_run: bool = False, check_settled: bool = True) -> Outcome | None:
+    """Write what the index says of *file_id* into the file (or sidecar) and record it."""
+    request = load_tag_request(db, file_id, model)
+    if request is None:
+        return None
     return write_tags(db, writer, request, dry_run=dry_run, check_settled=check_settled)
 
 
