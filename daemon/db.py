@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from sqlalchemy import (
@@ -41,6 +42,12 @@ BUSY_TIMEOUT_S = 30
 
 def now() -> float:
     return time.time()
+
+
+def chunks(items: list[str], size: int = 500) -> Iterator[list[str]]:
+    """Slices short enough for one ``IN (...)`` (SQLite limits bound parameters)."""
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
 
 
 class Base(DeclarativeBase):
@@ -178,6 +185,11 @@ class Database:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = _create_engine(url)
+        # Threads of this process that write take turns here: SQLite's busy
+        # handler sleeps in growing steps while it waits for the lock, which
+        # stalled the pipeline's threads more than the writes themselves did.
+        # Other processes still meet the busy timeout.
+        self._write_lock = threading.RLock()
         self.migrate()
 
     @contextmanager
@@ -187,7 +199,7 @@ class Database:
         ``write=True`` takes SQLite's write lock at BEGIN, so a writer waits
         for another (busy timeout) rather than failing on its first write.
         """
-        with Session(self.engine, expire_on_commit=False) as session:
+        with self._write_lock if write else nullcontext(), Session(self.engine, expire_on_commit=False) as session:
             session.connection(execution_options={"florence_write": write})
             try:
                 yield session

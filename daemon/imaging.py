@@ -74,6 +74,10 @@ class Fingerprint:
         st = os.stat(path)
         return cls(st.st_ino, st.st_size, st.st_mtime_ns)
 
+    @property
+    def stat(self) -> tuple[int, int, int]:
+        return (self.inode, self.size, self.mtime_ns)
+
 
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()

@@ -7,13 +7,14 @@ commit themselves: the caller decides what belongs to one transaction.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, func, or_, select
 from sqlalchemy.orm import Session
 
 from .analyze import Summary, TaskResults, summarize
-from .db import Document, File, Image, Job, Result
+from .db import Document, File, Image, Job, Result, chunks
 from .imaging import Fingerprint
 
 
@@ -21,14 +22,16 @@ def file_by_path(session: Session, path: str) -> File | None:
     return session.scalars(select(File).where(File.path == path)).first()
 
 
-def is_unchanged(session: Session, path: str, fp: Fingerprint) -> bool:
-    """True if *path* is indexed and still exactly as we last saw or wrote it."""
-    f = file_by_path(session, path)
-    return (
-        f is not None
-        and f.state in ("indexed", "failed")
-        and (f.inode, f.size, f.mtime_ns) == (fp.inode, fp.size, fp.mtime_ns)
-    )
+def unchanged(session: Session, fingerprints: dict[str, Fingerprint]) -> set[str]:
+    """The paths that are indexed (or failed) and still exactly as we last saw or wrote them."""
+    same: set[str] = set()
+    for chunk in chunks(list(fingerprints)):
+        rows = session.execute(
+            select(File.path, File.inode, File.size, File.mtime_ns)
+            .where(File.path.in_(chunk), File.state.in_(("indexed", "failed")))
+        )
+        same.update(path for path, *stat in rows if tuple(stat) == fingerprints[path].stat)
+    return same
 
 
 def image_for_hash(session: Session, sha256: str) -> Image | None:
@@ -55,69 +58,113 @@ def results_for(session: Session, image_id: int, model: str | None = None) -> tu
     return chosen, {r.task: json.loads(r.result) for r in rows if r.model == chosen}
 
 
-def store_results(
-    session: Session, *, sha256: str, width: int, height: int, fmt: str, model: str, results: TaskResults
-) -> Image:
-    image = session.scalars(select(Image).where(Image.sha256 == sha256)).first()
-    if image is None:
-        image = Image(sha256=sha256, width=width, height=height, format=fmt)
-        session.add(image)
-        session.flush()
-        # A new image has no results yet: no need to look for rows to update.
-        session.add_all(Result(image_id=image.id, task=t, model=model, result=json.dumps(v)) for t, v in results.items())
-        return image
-    for task, value in results.items():
-        row = session.scalars(
-            select(Result).where(Result.image_id == image.id, Result.task == task, Result.model == model)
-        ).first()
-        if row is None:
-            session.add(Result(image_id=image.id, task=task, model=model, result=json.dumps(value)))
+@dataclass
+class Analysed:
+    """One file of a batch the model has described, ready to be stored."""
+
+    path: str
+    sha256: str
+    fp: Fingerprint
+    width: int
+    height: int
+    format: str
+    results: TaskResults
+    summary: Summary
+
+
+def store_batch(session: Session, model: str, batch: list[Analysed]) -> list[File]:
+    """Store a batch's results and link its files, with a few statements for the whole batch.
+
+    The daemon's hot path: statements per file, not the work in them, were
+    what limited it.
+    """
+    shas = list(dict.fromkeys(a.sha256 for a in batch))
+    images = {i.sha256: i for i in session.scalars(select(Image).where(Image.sha256.in_(shas)))}
+    new = {a.sha256: Image(sha256=a.sha256, width=a.width, height=a.height, format=a.format)
+           for a in batch if a.sha256 not in images}
+    session.add_all(new.values())
+    session.flush()
+    stored: set[str] = set()
+    for a in batch:
+        if a.sha256 in stored:
+            continue  # two copies of one picture in the batch
+        stored.add(a.sha256)
+        if a.sha256 in new:  # a new image has no results yet: nothing to update
+            image_id = new[a.sha256].id
+            session.add_all(Result(image_id=image_id, task=t, model=model, result=json.dumps(v))
+                            for t, v in a.results.items())
         else:
-            row.result = json.dumps(value)
-    return image
+            _replace_results(session, images[a.sha256].id, model, a.results)
+    images.update(new)
+    return link_files(session, [(a.path, images[a.sha256], a.sha256, a.fp, a.summary) for a in batch], model)
+
+
+def _replace_results(session: Session, image_id: int, model: str, results: TaskResults) -> None:
+    rows = {r.task: r for r in session.scalars(select(Result).where(Result.image_id == image_id, Result.model == model))}
+    for task, value in results.items():
+        if task in rows:
+            rows[task].result = json.dumps(value)
+        else:
+            session.add(Result(image_id=image_id, task=task, model=model, result=json.dumps(value)))
+
+
+Link = tuple[str, Image, str, Fingerprint, "Summary | None"]  # path, image, file's sha256, fingerprint, summary
 
 
 def link_file(session: Session, path: str, image: Image, sha256: str, fp: Fingerprint, model: str | None,
               summary: Summary | None = None) -> File:
-    """Map *path* to *image* (new path, moved file, copy) and refresh its search text.
+    """Map *path* to *image* (new path, moved file, copy) and refresh its search text."""
+    return link_files(session, [(path, image, sha256, fp, summary)], model)[0]
+
+
+def link_files(session: Session, links: list[Link], model: str | None) -> list[File]:
+    """Map each path to its image and refresh its search text; see link_file.
 
     A file whose bytes equal a file we already tagged (a move or copy of
     our output) inherits what we wrote there, so our own text is never
-    mistaken for a person's.
+    mistaken for a person's. A summary of None is made from the index.
     """
     with session.no_autoflush:
-        f = file_by_path(session, path)
-    if f is None:
-        f = File(path=path, tag_state="none")
-        session.add(f)
-    if f.image_id != image.id:
-        f.written = None  # what we wrote belongs to the old content
-    if f.sha256 != sha256:
-        f.tag_state = "none"
-    f.image_id, f.sha256 = image.id, sha256
-    f.inode, f.size, f.mtime_ns = fp.inode, fp.size, fp.mtime_ns
-    f.state, f.error = "indexed", None
+        known = {f.path: f for f in session.scalars(select(File).where(File.path.in_([ln[0] for ln in links])))}
+    files: list[File] = []
+    for path, image, sha256, fp, _summary in links:
+        f = known.get(path)
+        if f is None:
+            f = known[path] = File(path=path, tag_state="none")
+            session.add(f)
+        if f.image_id != image.id:
+            f.written = None  # what we wrote belongs to the old content
+        if f.sha256 != sha256:
+            f.tag_state = "none"
+        f.image_id, f.sha256 = image.id, sha256
+        f.inode, f.size, f.mtime_ns = fp.inode, fp.size, fp.mtime_ns
+        f.state, f.error = "indexed", None
+        files.append(f)
     session.flush()
-    if f.tag_state != "done":
-        twin = session.scalars(
-            select(File).where(
-                File.sha256 == sha256, File.id != f.id, File.tag_state == "done",
-                File.written.is_not(None), File.metadata_target == File.path,
-            )
-        ).first()
-        if twin is not None:
+    untagged = {f.sha256 for f in files if f.tag_state != "done"}
+    twins: dict[str, File] = {}
+    if untagged:
+        for twin in session.scalars(select(File).where(
+            File.sha256.in_(untagged), File.tag_state == "done",
+            File.written.is_not(None), File.metadata_target == File.path,
+        )):
+            twins.setdefault(twin.sha256 or "", twin)
+    docs = {d.file_id: d for d in session.scalars(select(Document).where(Document.file_id.in_([f.id for f in files])))}
+    for f, (path, image, sha256, _fp, summary) in zip(files, links):
+        twin = twins.get(sha256)
+        if f.tag_state != "done" and twin is not None and twin.id != f.id:
             f.written, f.tag_state, f.metadata_target = twin.written, "done", path
-    if summary is None:  # the caller may have the results at hand already
-        summary = summarize(results_for(session, image.id, model)[1])
-    set_document(session, f, summary)
-    return f
+        if summary is None:  # the caller may have the results at hand already
+            summary = summarize(results_for(session, image.id, model)[1])
+        doc = docs.get(f.id)
+        if doc is None:
+            doc = docs[f.id] = Document(file_id=f.id)
+            session.add(doc)
+        _fill_document(doc, f, summary)
+    return files
 
 
-def set_document(session: Session, f: File, summary: Summary) -> None:
-    doc = session.get(Document, f.id)
-    if doc is None:
-        doc = Document(file_id=f.id)
-        session.add(doc)
+def _fill_document(doc: Document, f: File, summary: Summary) -> None:
     doc.path = f.path
     doc.caption, doc.description, doc.ocr = summary.caption, summary.description, summary.ocr
     doc.labels = " ".join(summary.labels or [])

@@ -9,6 +9,7 @@ the batch and the daemon go on.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -21,11 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from . import index, jobs
 from .analyze import Analyzer, Interrupted, Summary, summarize
 from .config import Config
-from .db import Database, File
+from .db import Database, File, Image
 from .errors import ImageError, MetadataError
 from .imaging import Decoded, Fingerprint, decode, is_candidate, sha256_file
 from .tag import MetadataWriter, Outcome
@@ -33,6 +35,7 @@ from .tag import MetadataWriter, Outcome
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
+TAG_GROUP = 16  # metadata writes that share one exiftool read
 
 
 @dataclass
@@ -81,14 +84,23 @@ class Pipeline:
         self._tags.put(item)
 
     def _tag_worker(self) -> None:
-        while (item := self._tags.get()) is not None:
+        running = True
+        while running:
+            # Whatever is queued, up to a batch: its files are read in one exiftool command.
+            group = [self._tags.get()]
+            while len(group) < TAG_GROUP and group[-1] is not None:
+                try:
+                    group.append(self._tags.get_nowait())
+                except queue.Empty:
+                    break
+            running = group[-1] is not None
             try:
-                self._tag(item)
+                self._tag_group([item for item in group if item is not None])
             except Exception:  # noqa: BLE001 - one file's metadata must not stop the others
-                log.exception("metadata write failed unexpectedly (%s)", item)
+                log.exception("metadata write failed unexpectedly (%s)", group)
             finally:
-                self._tags.task_done()
-        self._tags.task_done()
+                for _ in group:
+                    self._tags.task_done()
 
     def wait_for_metadata(self) -> None:
         """Block until every queued metadata write is done."""
@@ -98,18 +110,18 @@ class Pipeline:
 
     def offer(self, paths: Iterable[str | Path]) -> int:
         """Queue the paths that are new or changed since we last saw or wrote them."""
-        fresh: list[str] = []
+        seen: dict[str, Fingerprint] = {}
+        for p in paths:
+            path = os.path.abspath(p)
+            if not is_candidate(path):
+                continue
+            try:
+                seen[path] = Fingerprint.of(path)
+            except OSError:
+                continue  # gone already; the delete event handles it
         with self.db.transaction() as s:
-            for p in paths:
-                path = os.path.abspath(p)
-                if not is_candidate(path):
-                    continue
-                try:
-                    fp = Fingerprint.of(path)
-                except OSError:
-                    continue  # gone already; the delete event handles it
-                if not index.is_unchanged(s, path, fp):
-                    fresh.append(path)
+            same = index.unchanged(s, seen)
+        fresh = [path for path in seen if path not in same]
         if fresh:
             with self.db.transaction(write=True) as s:
                 jobs.enqueue(s, fresh)
@@ -129,8 +141,8 @@ class Pipeline:
             log.info("requeued %d job(s) interrupted by a previous shutdown", n)
         with self.db.transaction() as s:
             pending = list(s.scalars(select(File.id).where(File.state == "indexed", File.tag_state == "pending")))
-        for file_id in pending:
-            self._tag(file_id)
+        for i in range(0, len(pending), TAG_GROUP):
+            self._tag_group(list(pending[i:i + TAG_GROUP]))
 
     # --- processing -------------------------------------------------------------
 
@@ -204,25 +216,9 @@ class Pipeline:
                 return None
             fp = Fingerprint.of(path)
             sha = sha256_file(path)
-            with self.db.transaction(write=True) as s:
-                image = index.image_for_hash(s, sha)
-                known = image is not None and index.has_results(
-                    s, image.id, self.analyzer.model_id, self.analyzer.tasks
-                )
-                needs_tag = False
-                if image is not None and known:
-                    f = index.link_file(s, path, image, sha, fp, self.analyzer.model_id)
-                    needs_tag = self._tag_enabled() and f.tag_state != "done"
-                    if needs_tag:
-                        f.tag_state = "pending"
-                    elif not self._tag_enabled():
-                        f.tag_state = "off"
-                    jobs.finish(s, job_id)
-                    file_id = f.id
-                    log.info("known image, no model run: %s", path)
-            if known and needs_tag:
-                self._queue_tag(file_id)
-            if known:
+            with self.db.transaction() as s:  # most files are new: look before taking the write lock
+                maybe_known = self._known(s, sha) is not None
+            if maybe_known and self._link_known(job_id, path, fp, sha):
                 return None
             decoded = decode(path)
             return _Work(job_id, path, fp, sha, decoded, self.analyzer.preprocess(decoded.image))
@@ -232,6 +228,32 @@ class Pipeline:
             log.exception("unexpected error preparing %s", path)
             self._fail(job_id, path, f"unexpected error: {exc}")
         return None
+
+    def _known(self, s: Session, sha: str) -> Image | None:
+        """The image with this content, if the model has already described it."""
+        image = index.image_for_hash(s, sha)
+        if image is None or not index.has_results(s, image.id, self.analyzer.model_id, self.analyzer.tasks):
+            return None
+        return image
+
+    def _link_known(self, job_id: int, path: str, fp: Fingerprint, sha: str) -> bool:
+        """Record *path* as a copy of an image already analysed; False if it is not (any more)."""
+        with self.db.transaction(write=True) as s:
+            image = self._known(s, sha)
+            if image is None:
+                return False
+            f = index.link_file(s, path, image, sha, fp, self.analyzer.model_id)
+            needs_tag = self._tag_enabled() and f.tag_state != "done"
+            if needs_tag:
+                f.tag_state = "pending"
+            elif not self._tag_enabled():
+                f.tag_state = "off"
+            jobs.finish(s, job_id)
+            file_id = f.id
+        log.info("known image, no model run: %s", path)
+        if needs_tag:
+            self._queue_tag(file_id)
+        return True
 
     def _analyze(self, work: list[_Work]) -> None:
         try:
@@ -255,21 +277,19 @@ class Pipeline:
             self._fail(work[0].job_id, work[0].path, f"the model failed on this image: {exc}")
             return
         model = self.analyzer.model_id
-        requests: list[TagRequest] = []
+        batch = [
+            index.Analysed(w.path, w.sha256, w.fp, w.decoded.width, w.decoded.height, w.decoded.format, res,
+                           summarize(res))
+            for w, res in zip(work, results) if w.decoded is not None
+        ]
         # One transaction for the batch: every file's results and its job's
         # completion land together, or none of them do.
         with self.db.transaction(write=True) as s:
-            for w, res in zip(work, results):
-                assert w.decoded is not None
-                image = index.store_results(
-                    s, sha256=w.sha256, width=w.decoded.width, height=w.decoded.height,
-                    fmt=w.decoded.format, model=model, results=res,
-                )
-                summary = summarize(res)
-                f = index.link_file(s, w.path, image, w.sha256, w.fp, model, summary)
+            files = index.store_batch(s, model, batch)
+            for f in files:
                 f.tag_state = "pending" if self._tag_enabled() else "off"
-                jobs.finish(s, w.job_id)
-                requests.append(tag_request(f, summary))
+            jobs.finish(s, *(w.job_id for w in work))
+            requests = [tag_request(f, a.summary) for f, a in zip(files, batch)]
         for w in work:
             log.info("indexed %s", w.path)
         if self._tag_enabled():
@@ -293,22 +313,43 @@ class Pipeline:
 
     def _tag(self, item: int | TagRequest) -> bool:
         """Write the index's description of a file into it; record what we wrote."""
-        if self.writer is None:
-            return False
-        if not isinstance(item, TagRequest):
-            loaded = load_tag_request(self.db, item, self.analyzer.model_id)
-            if loaded is None:
-                return False
-            item = loaded
-        with self._busy:
-            self._busy.wait_for(lambda: item.path not in self._busy_paths)
-            self._busy_paths.add(item.path)
+        return self._tag_group([item]) == 1
+
+    def _tag_group(self, items: list[int | TagRequest]) -> int:
+        """Write several files' metadata, reading them first in one go; returns how many were written."""
+        if self.writer is None or not items:
+            return 0
+        requests = [r for r in (
+            item if isinstance(item, TagRequest) else load_tag_request(self.db, item, self.analyzer.model_id)
+            for item in items
+        ) if r is not None]
+        paths = {r.path for r in requests}
+        with self._busy:  # all at once, so that two threads never wait on each other's paths
+            self._busy.wait_for(lambda: not paths & self._busy_paths)
+            self._busy_paths |= paths
         try:
-            return write_tags(self.db, self.writer, item) is not None
+            current = self.writer.read_many(list(filter(None, map(self._target, requests))))
+            records: list[Callable[[Session], None]] = []
+            for r in requests:
+                target = self._target(r)
+                write_tags(self.db, self.writer, r, current=current.get(target) if target else None,
+                           records=records)
+            if records:
+                with self.db.transaction(write=True) as s:
+                    for record in records:
+                        record(s)
+            return len(records)
         finally:
             with self._busy:
-                self._busy_paths.discard(item.path)
+                self._busy_paths -= paths
                 self._busy.notify_all()
+
+    def _target(self, request: TagRequest) -> Path | None:
+        assert self.writer is not None
+        try:
+            return self.writer.target_for(request.path)
+        except MetadataError:
+            return None  # write_tags records the reason
 
 
 @dataclass
@@ -354,11 +395,17 @@ def tag_file(db: Database, writer: MetadataWriter, file_id: int, model: str | No
 
 
 def write_tags(db: Database, writer: MetadataWriter, request: TagRequest, *,
-               dry_run: bool = False, check_settled: bool = True) -> Outcome | None:
+               dry_run: bool = False, check_settled: bool = True,
+               current: dict[str, Any] | None = None,
+               records: list[Callable[[Session], None]] | None = None) -> Outcome | None:
     """Carry out *request* and record what was written.
 
     Returns the outcome, or None when nothing was written (a failure is
     recorded on the file with its reason). *dry_run* only reports.
+    *current* is what the target held when read just now (used only if the
+    file is still as the index last saw it). With *records*, what was
+    written is recorded by the caller (several files in one transaction); a
+    crash before that commit is recognised at restart like any interrupted write.
     """
     path, fields, file_id = request.path, request.fields, request.file_id
     try:
@@ -370,11 +417,12 @@ def write_tags(db: Database, writer: MetadataWriter, request: TagRequest, *,
             # file then holds exactly what we would write), or the file is
             # still being written: tagging it now could corrupt it, and its
             # next event brings it back.
+            current = None  # read before the change: read again
             if writer.write(path, **fields, dry_run=True).changed:
                 log.info("%s changed since it was read; metadata write postponed", path)
                 return None
             log.info("%s already holds our metadata (write interrupted before it was recorded)", path)
-        outcome = writer.write(path, **fields)
+        outcome = writer.write(path, **fields, current=current)
         fp = Fingerprint.of(path)
         # Rehash only when the file is not the one the index last read: our
         # write just replaced it, or an interrupted write of ours did earlier.
@@ -386,8 +434,13 @@ def write_tags(db: Database, writer: MetadataWriter, request: TagRequest, *,
             with db.transaction(write=True) as s:
                 index.record_tag_failure(s, file_id, f"metadata not written: {reason}")
         return None
-    with db.transaction(write=True) as s:
-        index.record_tag(s, file_id, written=outcome.written, target=outcome.target, sha256=sha, fp=fp)
+    record = functools.partial(index.record_tag, file_id=file_id, written=outcome.written, target=outcome.target,
+                               sha256=sha, fp=fp)
+    if records is not None:
+        records.append(record)
+    else:
+        with db.transaction(write=True) as s:
+            record(s)
     if outcome.kept:
         log.info("%s: kept what a person wrote in %s", path, ", ".join(outcome.kept))
     return outcome

@@ -157,16 +157,25 @@ class MetadataWriter:
         if not os.path.exists(path):
             return {}
         args = ["-j", "-struct", *[f"-{k}" for k in READ_KEYS], str(path)]
-        data = json.loads(self._execute(path, args) or "[{}]")[0]
-        out: dict[str, Any] = {}
-        for key in READ_KEYS:
-            value = data.get(key)
-            if value is None or value == "":
-                continue
-            if key in LIST_KEYS:
-                out[key] = [str(v) for v in (value if isinstance(value, list) else [value])]
-            else:
-                out[key] = str(value)
+        return _our_fields(json.loads(self._execute(path, args) or "[{}]")[0])
+
+    def read_many(self, paths: list[Path]) -> dict[Path, dict[str, Any]]:
+        """Like read() for several files in one exiftool command; a file it could not read is left out.
+
+        One command for many files costs exiftool about half as much per
+        file as a command each.
+        """
+        names = [p for p in dict.fromkeys(paths) if "\n" not in str(p) and "\r" not in str(p)]
+        out: dict[Path, dict[str, Any]] = {p: {} for p in names if not p.exists()}
+        names = [p for p in names if p not in out]
+        if names:
+            args = ["-j", "-struct", *[f"-{k}" for k in READ_KEYS], *map(str, names)]
+            try:
+                data = json.loads(self._execute(names[0], args) or "[]")
+            except (MetadataError, ValueError):
+                return out  # one bad file fails the command: each is read again on its own
+            by_name = {str(p): p for p in names}
+            out.update((by_name[d["SourceFile"]], _our_fields(d)) for d in data if d.get("SourceFile") in by_name)
         return out
 
     # --- writing --------------------------------------------------------------
@@ -201,12 +210,14 @@ class MetadataWriter:
         keywords: list[str],
         previous: dict[str, Any] | None = None,
         dry_run: bool = False,
+        current: dict[str, Any] | None = None,
     ) -> Outcome:
         """Write our fields into *path* (or its sidecar), keeping a person's work.
 
         *previous* is what the index says we wrote last time: values still
         equal to it are ours to replace. With *dry_run* nothing is written:
-        the outcome says what would change.
+        the outcome says what would change. *current* is the target's
+        fields if the caller has just read them (read_many).
         """
         _check_name(path)
         cfg = self.config
@@ -217,7 +228,8 @@ class MetadataWriter:
         ):
             raise MetadataError(path, f"cannot write metadata: neither the file nor a sidecar in {target.parent} is writable")
         ext = Path(path).suffix.lower()
-        current = self.read(target)
+        if current is None:
+            current = self.read(target)
         prev_tags: dict[str, Any] = (previous or {}).get("tags", {})
         prev_keywords: list[str] = (previous or {}).get("keywords", [])
         outcome = Outcome(target=str(target), written={"tags": {}, "keywords": []}, before=current)
@@ -333,6 +345,20 @@ class MetadataWriter:
             raise MetadataError(path, f"exiftool failed: {exc}") from None
         finally:
             self._pool.put(et)
+
+
+def _our_fields(data: dict[str, Any]) -> dict[str, Any]:
+    """Our fields from one exiftool JSON record (lists for keyword tags)."""
+    out: dict[str, Any] = {}
+    for key in READ_KEYS:
+        value = data.get(key)
+        if value is None or value == "":
+            continue
+        if key in LIST_KEYS:
+            out[key] = [str(v) for v in (value if isinstance(value, list) else [value])]
+        else:
+            out[key] = str(value)
+    return out
 
 
 def _check_name(path: str | Path) -> None:

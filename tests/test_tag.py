@@ -321,3 +321,42 @@ def test_iptc_byte_limits_never_split_a_character(writer: MetadataWriter, tmp_pa
     assert got["XMP-dc:Subject"] == [long_kw]
     assert len(got["IPTC:Caption-Abstract"].encode()) <= 2000 and long_desc.startswith(got["IPTC:Caption-Abstract"])
     assert got["XMP-iptcCore:AltTextAccessibility"] == 'a "quoted" \'alt\' text'
+
+
+def test_read_many_reads_what_read_reads(writer: MetadataWriter, tmp_path: Path) -> None:
+    names = ["exiftool/MWG.jpg", "pillow/hopper.jpg", "pillow/hopper.png", "exiftool/XMP.jpg"]
+    paths = copy_corpus(names, tmp_path)
+    writer.write(paths[1], alt_text="a small test image", description=NON_LATIN, keywords=["日本", "square"])
+    gone = tmp_path / "gone.xmp"
+    got = writer.read_many([*paths, gone])
+    assert got == {**{p: writer.read(p) for p in paths}, gone: {}}
+    assert got[paths[0]]["XMP-dc:Subject"] == ["RIGHT1of2-XMP-Keywords", "RIGHT2of2-XMP-Keywords"]
+    assert got[paths[1]]["XMP-dc:Description"] == NON_LATIN
+
+
+def test_read_many_leaves_out_what_it_could_not_read(writer: MetadataWriter, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    good, vanishing = copy_corpus(["exiftool/MWG.jpg", "pillow/hopper.jpg"], tmp_path)
+    text = tmp_path / "text.jpg"
+    text.write_text("not a jpeg")
+    assert writer.read_many([good, text]) == {good: writer.read(good), text: {}}  # exiftool reads it as empty
+    execute = writer._execute
+
+    def deleted_meanwhile(path: object, args: list[str]) -> str:
+        vanishing.unlink()  # after read_many saw it exist: exiftool fails the whole command
+        return execute(path, args)
+
+    monkeypatch.setattr(writer, "_execute", deleted_meanwhile)
+    assert writer.read_many([good, vanishing]) == {}  # each is then read on its own, with its own error
+    monkeypatch.undo()
+    with pytest.raises(MetadataError):
+        writer.write(text, alt_text="a", description="b", keywords=["c"], current={})
+
+
+def test_a_fresh_read_is_not_needed_when_the_caller_read_the_file(writer: MetadataWriter, tmp_path: Path) -> None:
+    [path] = copy_corpus(["exiftool/MWG.jpg"], tmp_path)
+    current = writer.read_many([path])[path]
+    out = writer.write(path, alt_text="alt", description="ours", keywords=["square"], current=current)
+    assert out.before == current
+    assert exiftool_json(path, "XMP-dc:Subject")["XMP-dc:Subject"] == [
+        "RIGHT1of2-XMP-Keywords", "RIGHT2of2-XMP-Keywords", "square"]
