@@ -47,6 +47,7 @@ test: setup test-tools
 
 bench: setup
 	$(PY) bench/throughput.py
+	$(PY) bench/search.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache *.egg-info

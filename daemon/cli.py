@@ -47,11 +47,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("scan", "Process files or folders once (new or changed images only) and exit.",
             "florence-watch scan ~/Pictures/2024")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
-    p = add("search", "Full-text search over captions, descriptions, OCR text, object labels and paths.",
-            'florence-watch search "red car" --limit 5')
-    p.add_argument("query", help='words that must all match; "quoted phrases" match in order')
+    p = add("search", "Full-text search over captions, descriptions, OCR text, object labels and paths.\n\n"
+            '  red car            every word, in any field\n'
+            '  "red car"          a phrase\n'
+            '  caption:"red car"  in one field: caption: desc: text: (OCR) label: path:\n'
+            '  -dog               must not match\n'
+            '  cat OR dog         either',
+            'florence-watch search \'label:dog -caption:sofa\' --folder ~/Pictures/2024 --since 2024-06-01')
+    p.add_argument("query", nargs="?", default="", help="what to look for (see above); may be empty with a filter")
+    _search_filters(p)
     p.add_argument("--limit", type=int, default=20, help="at most this many results (default 20)")
-    p.add_argument("--json", action="store_true", help="print JSON: [{path, caption, score}, ...]")
+    p.add_argument("--json", action="store_true", help="print JSON: [{path, caption, score, snippet}, ...]")
     p = add("show", "Show everything the index knows about one file.", "florence-watch show ~/Pictures/Inbox/cat.jpg")
     p.add_argument("path", help="an image file")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -65,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("install-service", "Write the systemd user unit and print the commands that enable it.",
         "florence-watch --config ~/florence-watch/config.toml install-service")
     return parser
+
+
+def _search_filters(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--folder", metavar="DIR", help="only files in this folder or below")
+    p.add_argument("--since", metavar="DATE", help="only files modified on or after DATE (YYYY-MM-DD, or 7d)")
+    p.add_argument("--has-text", action="store_true", help="only images with OCR text")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -143,18 +155,25 @@ def _db(config: Config) -> Any:
 
 
 def cmd_search(args: argparse.Namespace, config: Config, config_file: Path | None) -> int:
-    from .search import search
+    from .search import parse, search
 
+    query = parse(args.query, folder=args.folder, since=args.since, has_text=args.has_text)
+    if not query.terms and not (query.folder or query.since or query.has_text):
+        raise FlorenceWatchError("nothing to search for: give words, or a filter such as --folder")
     with _db(config).transaction() as s:
-        hits = search(s, args.query, limit=args.limit)
+        hits = search(s, query, limit=args.limit)
     if args.json:
-        print(json.dumps([{"path": h.path, "caption": h.caption, "score": h.score} for h in hits],
-                         ensure_ascii=False, indent=2))
+        print(json.dumps([{"path": h.path, "caption": h.caption, "score": h.score, "snippet": h.snippet_marked()}
+                          for h in hits], ensure_ascii=False, indent=2))
     elif not hits:
         print("no matches", file=sys.stderr)
     else:
+        bold = ("\x1b[1m", "\x1b[0m") if sys.stdout.isatty() else ("[", "]")
         for h in hits:
-            print(f"{h.path}\n    {h.caption}")
+            print(h.path)
+            if h.snippet and h.snippet != h.caption:
+                print(f"    {h.snippet_marked(*bold)}")
+            print(f"    {h.caption}")
     return 0
 
 

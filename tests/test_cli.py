@@ -90,7 +90,14 @@ def test_scan_then_status_show_search_json(tmp_path: Path, tiny_model: Path) -> 
     word = show["caption"].split()[0]
     hits = json.loads(run_cli("--config", str(cfg), "search", word, "--json").stdout)
     assert hits and hits[0]["path"] == str(files[0])
-    assert set(hits[0]) == {"path", "caption", "score"} and hits[0]["caption"] == show["caption"]
+    assert set(hits[0]) == {"path", "caption", "score", "snippet"} and hits[0]["caption"] == show["caption"]
+    assert "[" in hits[0]["snippet"] and "]" in hits[0]["snippet"]  # the matched word is marked
+    listed = run_cli("--config", str(cfg), "search", word, "--folder", str(tmp_path / "inbox")).stdout.splitlines()
+    assert listed[0] == str(files[0]) and listed[-1] == f"    {show['caption']}"
+    elsewhere = run_cli("--config", str(cfg), "search", word, "--folder", str(tmp_path / "elsewhere"))
+    assert elsewhere.stdout == "" and elsewhere.stderr.strip() == "no matches"
+    bad = run_cli("--config", str(cfg), "search", word, "--since", "yesterday")
+    assert bad.returncode == 1 and bad.stderr.startswith("error: --since 'yesterday': not a date")
 
     text = run_cli("--config", str(cfg), "show", str(files[0])).stdout
     assert text.splitlines()[0] == f"path         {files[0]}"

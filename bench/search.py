@@ -1,0 +1,111 @@
+"""Search speed on a large generated index.
+
+Builds an index of ``--images`` files (default 100,000) with captions,
+descriptions, OCR text and labels drawn from a vocabulary with a Zipf-like
+spread (a few words in most documents, most words in a few), through the
+real schema and FTS5 triggers, then times each query of the search grammar
+as ``florence-watch search`` runs it: best of five, plus the first (cold) run.
+
+    python bench/search.py                 # ~1 min to build on 2 CPU cores
+    python bench/search.py --images 20000 --keep /tmp/idx.db
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sqlalchemy import insert  # noqa: E402
+
+from daemon.db import Database, Document, File  # noqa: E402
+from daemon.search import parse, search  # noqa: E402
+
+COMMON = ["a", "the", "of", "with", "on", "in", "photo", "picture", "image", "view"]
+NOUNS = [f"{w}{i}" if i else w for i in range(40) for w in (
+    "car", "dog", "cat", "tree", "house", "person", "street", "sky", "sofa", "receipt", "bicycle", "beach",
+    "mountain", "table", "window", "flower", "bird", "boat", "road", "sign")]
+ADJ = ["red", "blue", "green", "small", "large", "old", "new", "bright", "dark", "wooden"]
+
+QUERIES = [
+    ("common word", "photo", {}),
+    ("two words", "red car", {}),
+    ("phrase", '"red car"', {}),
+    ("field", "label:dog", {}),
+    ("field phrase + negation", 'caption:"small house" -label:tree', {}),
+    ("OR", "cat OR dog", {}),
+    ("rare word", "bicycle37", {}),
+    ("OCR text", "text:invoice", {}),
+    ("words + folder + since + has-text", "car", {"folder": "/photos/2024", "since": "2024-06-01",
+                                                  "has_text": True}),
+    ("filters only (newest first)", "", {"folder": "/photos/2023"}),
+    ("negation only", "-car", {}),
+    ("no match", "zebra", {}),
+]
+
+
+def build(db: Database, n: int, seed: int = 1) -> None:
+    rng = random.Random(seed)
+    weights = [1 / (i + 1) for i in range(len(NOUNS))]
+    t0 = time.time()
+    chunk = 5000
+    for start in range(0, n, chunk):
+        files, docs = [], []
+        for i in range(start, min(n, start + chunk)):
+            year = 2020 + i % 6
+            path = f"/photos/{year}/{i // 1000:03d}/img{i:06d}.jpg"
+            nouns = rng.choices(NOUNS, weights, k=4)
+            adj = rng.choice(ADJ)
+            caption = f"{rng.choice(COMMON)} {adj} {nouns[0]} {rng.choice(COMMON)} {nouns[1]}"
+            description = (f"A {adj} {nouns[0]} next to a {rng.choice(ADJ)} {nouns[1]} "
+                           f"{rng.choice(COMMON)} {nouns[2]} and {nouns[3]}.")
+            ocr = "invoice total 12.50" if i % 37 == 0 else ("stop" if i % 11 == 0 else "")
+            mtime = t0 - (n - i) * 600  # ten minutes apart, the newest last
+            files.append({"id": i + 1, "path": path, "state": "indexed", "tag_state": "done",
+                          "mtime_ns": int(mtime * 1e9), "updated_at": mtime})
+            docs.append({"file_id": i + 1, "path": path, "caption": caption, "description": description,
+                         "ocr": ocr, "labels": " ".join(dict.fromkeys(nouns))})
+        with db.transaction(write=True) as s:
+            s.execute(insert(File), files)
+            s.execute(insert(Document), docs)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=100_000)
+    ap.add_argument("--limit", type=int, default=20)
+    ap.add_argument("--keep", metavar="DB", help="build the index here and keep it (default: a temp file)")
+    args = ap.parse_args()
+
+    folder = tempfile.mkdtemp(prefix="florence-search-bench-")
+    path = args.keep or os.path.join(folder, "index.db")
+    db = Database(f"sqlite:///{path}")
+    t = time.perf_counter()
+    build(db, args.images)
+    print(f"built an index of {args.images:,} images in {time.perf_counter() - t:.1f} s "
+          f"({os.path.getsize(path) / 2**20:.0f} MiB)")
+    print(f"{'query':<36} {'hits':>5} {'cold ms':>8} {'best ms':>8}")
+    worst = 0.0
+    for name, text, filters in QUERIES:
+        query = parse(text, **filters)
+        times = []
+        for _ in range(6):
+            start = time.perf_counter()
+            with db.transaction() as s:
+                hits = search(s, query, limit=args.limit)
+            times.append((time.perf_counter() - start) * 1000)
+        worst = max(worst, max(times))
+        print(f"{name:<36} {len(hits):>5} {times[0]:>8.1f} {min(times[1:]):>8.1f}   {text!r}")
+    print(f"slowest single query: {worst:.0f} ms")
+    db.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
