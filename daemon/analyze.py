@@ -212,12 +212,15 @@ def auto_batch_size(device: str, num_beams: int) -> int:
     return int(max(1, min(64, (free * 0.8) // per_image)))
 
 
-def naive_generate(analyzer: FlorenceAnalyzer, image: Image.Image, task: str) -> Any:
-    """The per-image, per-task loop every Florence-2 guide writes (pixels each time)."""
+def naive_generate(analyzer: FlorenceAnalyzer, image: Image.Image, task: str, prompt: str | None = None) -> Any:
+    """The per-image, per-task loop every Florence-2 guide writes (pixels each time).
+
+    *prompt* is the task token with its input (text or ``<loc_N>`` region), for tasks that take one.
+    """
     import torch
 
     with torch.inference_mode():
-        inputs = analyzer.processor(text=[task], images=[image], return_tensors="pt").to(analyzer.device)
+        inputs = analyzer.processor(text=[prompt or task], images=[image], return_tensors="pt").to(analyzer.device)
         inputs["pixel_values"] = inputs["pixel_values"].to(analyzer.dtype)
         out = analyzer.model.generate(**inputs, **analyzer._generation_args(task))
     text = analyzer.processor.batch_decode(out, skip_special_tokens=False)[0]

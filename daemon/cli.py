@@ -68,9 +68,34 @@ def build_parser() -> argparse.ArgumentParser:
             "(after changing the [metadata] settings).", "florence-watch retag ~/Pictures/Inbox --dry-run")
     p.add_argument("paths", nargs="*", metavar="PATH", help="files or folders (default: every indexed file)")
     p.add_argument("--dry-run", action="store_true", help="only print, per file, what would change")
+    p = add("ask", "Run any Florence-2 task on one image, now (the index is not changed).\n\n" + _task_table(),
+            'florence-watch ask photo.jpg ground "a red car" --draw found.png')
+    p.add_argument("image", help="an image file")
+    p.add_argument("task", help="a task: an alias below or the raw token, e.g. objects or '<OD>'")
+    p.add_argument("text", nargs="?", help="the TEXT a task takes (grounding, segmentation, open-vocabulary)")
+    p.add_argument("--box", metavar="X1,Y1,X2,Y2", help="the region a region task takes, in pixels")
+    p.add_argument("--json", action="store_true", help="print JSON: {image, task, text, box, result}")
+    p.add_argument("--draw", metavar="OUT.png", help="also save a copy of the image with the regions drawn on it")
+    p = add("find", "Find where something is: search the index for it, then ground the phrase in the best matches.",
+            'florence-watch find "a red car" --folder ~/Pictures/2024 --draw-dir /tmp/found')
+    p.add_argument("phrase", help="what to look for, in words")
+    p.add_argument("--folder", metavar="DIR", help="only files in this folder or below")
+    p.add_argument("--limit", type=int, default=5, help="ground the phrase in this many images (default 5)")
+    p.add_argument("--json", action="store_true", help="print JSON: [{path, caption, boxes: [{label, box}]}]")
+    p.add_argument("--draw-dir", metavar="DIR", help="save a copy of each image with the boxes drawn on it here")
     add("install-service", "Write the systemd user unit and print the commands that enable it.",
         "florence-watch --config ~/florence-watch/config.toml install-service")
     return parser
+
+
+def _task_table() -> str:
+    from .tasks import TASKS
+
+    lines = ["tasks (alias, token, input, what it gives):"]
+    for t in TASKS:
+        takes = {"text": "TEXT", "region": "--box"}.get(t.takes, "")
+        lines.append(f"  {t.aliases[0]:<22} {t.token:<36} {takes:<6} {t.about}")
+    return "\n".join(lines)
 
 
 def _search_filters(p: argparse.ArgumentParser) -> None:
@@ -135,6 +160,96 @@ def cmd_scan(args: argparse.Namespace, config: Config, config_file: Path | None)
 
         st = index.status(s)
     print(f"indexed {st['indexed']}, failed {st['failed']}, pending {st['pending']}")
+    return 0
+
+
+def cmd_ask(args: argparse.Namespace, config: Config, config_file: Path | None) -> int:
+    from .analyze import FlorenceAnalyzer
+    from .imaging import decode
+    from .tasks import ask, check_input, parse_box, task_named
+
+    task = task_named(args.task)
+    box = parse_box(args.box) if args.box else None
+    decoded = decode(args.image)
+    check_input(task, decoded.image.size, args.text, box)  # before the slow model load
+    result = ask(FlorenceAnalyzer(config.model), decoded.image, task, args.text, box)
+    if args.json:
+        print(json.dumps({"image": os.path.abspath(args.image), "task": task.token, "text": args.text,
+                          "box": list(box) if box else None, "result": result}, ensure_ascii=False, indent=2))
+    else:
+        _print_result(result, task.token)
+    if args.draw:
+        _save_drawing(decoded.image, result, task.token, Path(args.draw))
+    return 0
+
+
+def _print_result(result: Any, task: str) -> None:
+    from .draw import shapes
+
+    if isinstance(result, str):
+        print(result)
+        return
+    found = shapes(result, task)
+    if not found:
+        print("(nothing found)", file=sys.stderr)
+    for shape in found:
+        coords = ",".join(f"{v:.0f}" for v in shape.points)
+        print(f"{shape.label or '(region)'}\t{shape.kind} {coords}")
+
+
+def _save_drawing(image: Any, result: Any, task: str, out: Path) -> None:
+    from .draw import draw, shapes
+
+    found = shapes(result, task)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        draw(image, found).save(out)
+    except (OSError, ValueError) as exc:  # ValueError: Pillow does not know the extension
+        raise FlorenceWatchError(f"{out}: cannot save the drawing: {exc}") from None
+    print(f"drew {len(found)} region(s) on {out}", file=sys.stderr)
+
+
+def cmd_find(args: argparse.Namespace, config: Config, config_file: Path | None) -> int:
+    from .analyze import FlorenceAnalyzer
+    from .errors import ImageError
+    from .imaging import decode
+    from .search import Query, Term, parse, search
+    from .tasks import ask, task_named
+
+    # Any of the words may match; bm25 puts the images that mention most of them first.
+    words = parse(args.phrase, folder=args.folder)
+    query = Query(terms=tuple(Term(t.text, t.column, either=True) for t in words.terms if not t.negated),
+                  folder=words.folder)
+    if not query.terms:
+        raise FlorenceWatchError("find needs a phrase with words in it, e.g. \"a red car\"")
+    with _db(config).transaction() as s:
+        hits = search(s, query, limit=args.limit)
+    if not hits:
+        print(f"no indexed image mentions {args.phrase!r}", file=sys.stderr)
+        return 0
+    analyzer = FlorenceAnalyzer(config.model)
+    task = task_named("ground")
+    found: list[dict[str, Any]] = []
+    for rank, hit in enumerate(hits, 1):
+        try:
+            decoded = decode(hit.path)
+        except ImageError as exc:
+            print(f"skipped {exc}", file=sys.stderr)  # moved or changed since it was indexed
+            continue
+        result = ask(analyzer, decoded.image, task, args.phrase)
+        boxes = [{"label": lbl, "box": box} for lbl, box in zip(result.get("labels", []), result.get("bboxes", []))]
+        found.append({"path": hit.path, "caption": hit.caption, "boxes": boxes})
+        if args.draw_dir:
+            # Ranked names: the order of the matches, and no clash between photo.jpg and photo.png.
+            out = Path(args.draw_dir) / f"{rank:02d}-{Path(hit.path).name}.png"
+            _save_drawing(decoded.image, result, task.token, out)
+        if not args.json:
+            print(hit.path)
+            print(f"    {hit.caption}")
+            for b in boxes:
+                print(f"    {b['label'] or args.phrase}\tbox {','.join(f'{v:.0f}' for v in b['box'])}")
+    if args.json:
+        print(json.dumps(found, ensure_ascii=False, indent=2))
     return 0
 
 
@@ -297,6 +412,8 @@ COMMANDS = {
     "run": cmd_run,
     "scan": cmd_scan,
     "search": cmd_search,
+    "ask": cmd_ask,
+    "find": cmd_find,
     "show": cmd_show,
     "status": cmd_status,
     "retag": cmd_retag,
