@@ -83,6 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=5, help="ground the phrase in this many images (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON: [{path, caption, boxes: [{label, box}]}]")
     p.add_argument("--draw-dir", metavar="DIR", help="save a copy of each image with the boxes drawn on it here")
+    p = add("export", "Export the index's detections and captions for training data: a COCO dataset or JSON lines.",
+            "florence-watch export --format coco --task objects dataset.json")
+    p.add_argument("out", metavar="OUT", help="the file to write")
+    p.add_argument("--format", choices=("coco", "jsonl"), default="coco", help="coco (default) or jsonl")
+    p.add_argument("--task", default="<OD>", help="whose regions: <OD> (default), <DENSE_REGION_CAPTION>, "
+                   "<REGION_PROPOSAL> or <OCR_WITH_REGION> (aliases work)")
+    p.add_argument("--folder", metavar="DIR", help="only files in this folder or below")
     add("install-service", "Write the systemd user unit and print the commands that enable it.",
         "florence-watch --config ~/florence-watch/config.toml install-service")
     return parser
@@ -253,6 +260,19 @@ def cmd_find(args: argparse.Namespace, config: Config, config_file: Path | None)
     return 0
 
 
+def cmd_export(args: argparse.Namespace, config: Config, config_file: Path | None) -> int:
+    from .export import check_task, export
+    from .tasks import task_named
+
+    task = task_named(args.task)
+    check_task(task)
+    folder = os.path.abspath(os.path.expanduser(args.folder)) if args.folder else None
+    with _db(config).transaction() as s:
+        n = export(s, args.format, Path(args.out), task.token, folder)
+    print(f"wrote {n} image(s) to {args.out}", file=sys.stderr)
+    return 0
+
+
 def _progress_bar() -> Any:
     def show(done: int, total: int) -> None:
         width = 30
@@ -414,6 +434,7 @@ COMMANDS = {
     "search": cmd_search,
     "ask": cmd_ask,
     "find": cmd_find,
+    "export": cmd_export,
     "show": cmd_show,
     "status": cmd_status,
     "retag": cmd_retag,

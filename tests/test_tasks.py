@@ -17,6 +17,7 @@ from daemon.tasks import TASKS, ask, parse_box, prompt_for, region_tokens, task_
 
 from .conftest import CORPUS, copy_corpus, write_config
 from .test_cli import run_cli
+from .test_export import validate_coco
 
 # What each kind of task's parsed result looks like.
 SHAPES = {
@@ -184,3 +185,8 @@ def test_find_grounds_the_phrase_in_the_best_matches(tmp_path: Path, tiny_model:
                                                        for i, f in enumerate(found, 1)]
     none = run_cli("--config", str(cfg), "find", "zebra crossing", "--folder", str(tmp_path / "inbox"))
     assert none.returncode == 0 and "no indexed image mentions 'zebra crossing'" in none.stderr
+
+    # The same index, exported: the tiny model's real result shapes become a valid COCO file.
+    proc = run_cli("--config", str(cfg), "export", "--format", "coco", "--task", "objects", str(tmp_path / "c.json"))
+    assert proc.returncode == 0 and proc.stderr.strip() == f"wrote 2 image(s) to {tmp_path / 'c.json'}"
+    validate_coco(json.loads((tmp_path / "c.json").read_text(encoding="utf-8")))
