@@ -30,13 +30,16 @@ exiftool:
 	  fi; }
 
 # exiv2 reads the metadata back independently of exiftool; rsync is one of
-# the copy tools the reliability tests drop files with.
+# the copy tools the reliability tests drop files with; Chromium and its
+# driver run the web page's browser test (Selenium drives them).
+TEST_PACKAGES := exiv2 rsync chromium chromium-driver
 test-tools:
-	@command -v exiv2 >/dev/null 2>&1 && command -v rsync >/dev/null 2>&1 || { \
+	@command -v exiv2 >/dev/null 2>&1 && command -v rsync >/dev/null 2>&1 \
+	  && command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq exiv2 rsync; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(TEST_PACKAGES); \
 	  else \
-	    echo "the tests need exiv2 and rsync: sudo apt-get install exiv2 rsync"; exit 1; \
+	    echo "the tests need: sudo apt-get install $(TEST_PACKAGES)"; exit 1; \
 	  fi; }
 
 run: setup

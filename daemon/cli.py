@@ -90,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default="<OD>", help="whose regions: <OD> (default), <DENSE_REGION_CAPTION>, "
                    "<REGION_PROPOSAL> or <OCR_WITH_REGION> (aliases work)")
     p.add_argument("--folder", metavar="DIR", help="only files in this folder or below")
+    p = add("serve", "Serve the index as a web page on this computer: search, thumbnails, and each image "
+            "with its objects and text drawn over it.", "florence-watch serve --port 8765")
+    p.add_argument("--host", help="address to listen on (default serve.host: 127.0.0.1, this computer only)")
+    p.add_argument("--port", type=int, help="port (default serve.port: 8765)")
     add("install-service", "Write the systemd user unit and print the commands that enable it.",
         "florence-watch --config ~/florence-watch/config.toml install-service")
     return parser
@@ -273,6 +277,20 @@ def cmd_export(args: argparse.Namespace, config: Config, config_file: Path | Non
     return 0
 
 
+def cmd_serve(args: argparse.Namespace, config: Config, config_file: Path | None) -> int:
+    from .serve import make_server, url_of
+
+    server = make_server(config, _db(config), args.host, args.port)
+    print(f"serving the index at {url_of(server)} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
 def _progress_bar() -> Any:
     def show(done: int, total: int) -> None:
         width = 30
@@ -435,6 +453,7 @@ COMMANDS = {
     "ask": cmd_ask,
     "find": cmd_find,
     "export": cmd_export,
+    "serve": cmd_serve,
     "show": cmd_show,
     "status": cmd_status,
     "retag": cmd_retag,

@@ -101,12 +101,26 @@ class MetadataConfig:
     alt_text_max: int = 250
 
 
+def default_thumbnails() -> str:
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return str(cache / "florence-watch" / "thumbnails")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    # Loopback only by default: the page shows every indexed photo to whoever can reach it.
+    host: str = "127.0.0.1"
+    port: int = 8765
+    thumbnails: str = field(default_factory=default_thumbnails)  # made once, kept here
+
+
 @dataclass(frozen=True)
 class Config:
     watch: WatchConfig = field(default_factory=WatchConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     metadata: MetadataConfig = field(default_factory=MetadataConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
     source: str = "<defaults>"
 
     @property
@@ -166,6 +180,7 @@ _SECTIONS: dict[str, type] = {
     "model": ModelConfig,
     "index": IndexConfig,
     "metadata": MetadataConfig,
+    "serve": ServeConfig,
 }
 
 
@@ -261,6 +276,8 @@ def _validate(section: str, obj: Any, source: str) -> None:
                 raise ConfigError(source, "model.num_beams", f"unknown task {task!r}")
             if n < 1:
                 raise ConfigError(source, "model.num_beams", "must be at least 1")
+    if section == "serve" and not 0 <= obj.port <= 65535:
+        raise ConfigError(source, "serve.port", "must be between 0 and 65535 (0: any free port)")
     if section == "index" and obj.max_attempts < 1:
         raise ConfigError(source, "index.max_attempts", "must be at least 1")
     if section == "metadata":

@@ -19,7 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session
@@ -80,7 +80,7 @@ class Hit:
     caption: str
     score: float
     snippet: str = ""  # matched words between MARK_START and MARK_END
-    extra: dict[str, object] = field(default_factory=dict)
+    file_id: int = 0
 
     def snippet_marked(self, start: str = "[", end: str = "]") -> str:
         return self.snippet.replace(MARK_START, start).replace(MARK_END, end)
@@ -129,10 +129,13 @@ def parse_date(value: str) -> float:
         ) from None
 
 
-def search(session: Session, query: str | Query, limit: int = 20) -> list[Hit]:
-    """Indexed files matching *query*, best first (newest first when nothing is to be ranked)."""
+def search(session: Session, query: str | Query, limit: int = 20, everything: bool = False) -> list[Hit]:
+    """Indexed files matching *query*, best first (newest first when nothing is to be ranked).
+
+    An empty query finds nothing, unless *everything* (the web page's first view: the newest images).
+    """
     q = parse(query) if isinstance(query, str) else query
-    if not q.terms and not (q.folder or q.since is not None or q.has_text):
+    if not q.terms and not (q.folder or q.since is not None or q.has_text or everything):
         return []
     where = ["f.state = 'indexed'"]
     params: dict[str, object] = {"limit": limit}
@@ -150,7 +153,7 @@ def search(session: Session, query: str | Query, limit: int = 20) -> list[Hit]:
     if q.positive:
         params["match"] = q.positive
         sql = (
-            "SELECT d.path, d.caption, bm25(documents_fts) AS rank, "
+            "SELECT d.path, d.caption, bm25(documents_fts) AS rank, d.file_id, "
             f"snippet(documents_fts, -1, char(2), char(3), '…', 12) "
             "FROM documents_fts JOIN documents d ON d.file_id = documents_fts.rowid "
             "JOIN files f ON f.id = d.file_id "
@@ -158,12 +161,12 @@ def search(session: Session, query: str | Query, limit: int = 20) -> list[Hit]:
         )
     else:  # only filters or exclusions: nothing to rank by
         sql = (
-            "SELECT d.path, d.caption, 0.0, d.caption FROM documents d JOIN files f ON f.id = d.file_id "
+            "SELECT d.path, d.caption, 0.0, d.file_id, d.caption FROM documents d JOIN files f ON f.id = d.file_id "
             f"WHERE {' AND '.join(where)} ORDER BY f.mtime_ns DESC, d.path LIMIT :limit"
         )
     rows = session.execute(text(sql), params).all()
     # bm25 is lower-is-better and negative; people expect higher-is-better.
-    return [Hit(path=p, caption=c or "", score=round(-r, 4), snippet=s or "") for p, c, r, s in rows]
+    return [Hit(path=p, caption=c or "", score=round(-r, 4), snippet=s or "", file_id=i) for p, c, r, i, s in rows]
 
 
 def fts_query(query: str) -> str:
