@@ -311,10 +311,6 @@ class Pipeline:
     def _tag_enabled(self) -> bool:
         return self.writer is not None and self.config.metadata.write
 
-    def _tag(self, item: int | TagRequest) -> bool:
-        """Write the index's description of a file into it; record what we wrote."""
-        return self._tag_group([item]) == 1
-
     def _tag_group(self, items: list[int | TagRequest]) -> int:
         """Write several files' metadata, reading them first in one go; returns how many were written."""
         if self.writer is None or not items:

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from daemon.analyze import FlorenceAnalyzer
-from daemon.config import ModelConfig
+from daemon.config import ModelConfig, database_url, load_config
+from daemon.db import Database, File
 from daemon.draw import Shape, colour, draw, shapes
 from daemon.errors import FlorenceWatchError
+from daemon.index import results_for
+from daemon.serve import make_server, serve_in_thread, url_of
 from daemon.tasks import TASKS, ask, parse_box, prompt_for, region_tokens, task_named
 
 from .conftest import CORPUS, copy_corpus, write_config
@@ -190,3 +195,25 @@ def test_find_grounds_the_phrase_in_the_best_matches(tmp_path: Path, tiny_model:
     proc = run_cli("--config", str(cfg), "export", "--format", "coco", "--task", "objects", str(tmp_path / "c.json"))
     assert proc.returncode == 0 and proc.stderr.strip() == f"wrote 2 image(s) to {tmp_path / 'c.json'}"
     validate_coco(json.loads((tmp_path / "c.json").read_text(encoding="utf-8")))
+
+    # And served: the web page draws the tiny model's own regions.
+    config = load_config(cfg)
+    db = Database(database_url(config.index.database))
+    server = make_server(replace(config, serve=replace(config.serve, thumbnails=str(tmp_path / "thumbs"))), db, port=0)
+    thread = serve_in_thread(server)
+    try:
+        with db.transaction() as s:
+            f = s.query(File).filter(File.path == str(files[0])).one()
+            _model, results = results_for(s, f.image_id)
+        drawn_regions = sum(len(shapes(results.get(t), t)) for t in ("<OD>", "<OCR_WITH_REGION>"))
+        with urllib.request.urlopen(url_of(server) + f"image/{f.id}", timeout=30) as r:
+            page = r.read().decode()
+        assert page.count("<polygon") == drawn_regions
+        assert drawn_regions >= 1  # the tiny model (fixed seed) finds one region here
+        with urllib.request.urlopen(url_of(server) + f"thumb/{f.id}", timeout=30) as r:
+            assert r.headers["Content-Type"] == "image/jpeg"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+        db.close()
