@@ -22,10 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sqlalchemy import insert  # noqa: E402
+from sqlalchemy import insert
 
-from daemon.db import Database, Document, File  # noqa: E402
-from daemon.search import parse, search  # noqa: E402
+from daemon.db import Database, Document, File
+from daemon.search import parse, search
 
 COMMON = ["a", "the", "of", "with", "on", "in", "photo", "picture", "image", "view"]
 NOUNS = [f"{w}{i}" if i else w for i in range(40) for w in (

@@ -33,7 +33,7 @@ def check_task(task: Task) -> None:
         )
 
 
-def _entries(session: Session, task: str, folder: str | None) -> Iterator[tuple[File, Image, dict[str, Any]]]:
+def _entries(session: Session, folder: str | None) -> Iterator[tuple[File, Image, dict[str, Any]]]:
     rows = session.execute(
         select(File, Image).join(Image, File.image_id == Image.id).where(File.state == "indexed").order_by(File.path)
     )
@@ -54,7 +54,7 @@ def to_coco(session: Session, task: str = "<OD>", folder: str | None = None) -> 
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
     categories: dict[str, int] = {}
-    for image_id, (f, image, results) in enumerate(_entries(session, task, folder), 1):
+    for image_id, (f, image, results) in enumerate(_entries(session, folder), 1):
         images.append({"id": image_id, "file_name": f.path, "width": image.width, "height": image.height,
                        "caption": summarize(results).caption})
         for s in shapes(results.get(task), task):
@@ -79,7 +79,7 @@ def to_coco(session: Session, task: str = "<OD>", folder: str | None = None) -> 
 def write_jsonl(session: Session, out: TextIO, task: str = "<OD>", folder: str | None = None) -> int:
     """One JSON object per indexed file; returns how many were written."""
     n = 0
-    for f, image, results in _entries(session, task, folder):
+    for f, image, results in _entries(session, folder):
         summary = summarize(results)
         regions = [{"label": s.label, "bbox": list(s.points) if s.kind == "box" else _corners(s),
                     **({"polygon": list(s.points)} if s.kind == "polygon" else {})}

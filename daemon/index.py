@@ -144,11 +144,11 @@ def link_files(session: Session, links: list[Link], model: str | None) -> list[F
     untagged = {f.sha256 for f in files if f.tag_state != "done"}
     twins: dict[str, File] = {}
     if untagged:
-        for twin in session.scalars(select(File).where(
+        for found in session.scalars(select(File).where(
             File.sha256.in_(untagged), File.tag_state == "done",
             File.written.is_not(None), File.metadata_target == File.path,
         )):
-            twins.setdefault(twin.sha256 or "", twin)
+            twins.setdefault(found.sha256 or "", found)
     docs = {d.file_id: d for d in session.scalars(select(Document).where(Document.file_id.in_([f.id for f in files])))}
     for f, (path, image, sha256, _fp, summary) in zip(files, links):
         twin = twins.get(sha256)

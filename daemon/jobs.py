@@ -12,8 +12,9 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Iterable
+from typing import cast
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Table, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from .db import Job, chunks, now
@@ -61,7 +62,7 @@ def finish(session: Session, *job_ids: int) -> None:
     """Done: delete the jobs, except those whose file changed meanwhile (queued again)."""
     # Plain table statements: the ORM's bulk-statement bookkeeping cost more
     # than the SQL, and the session holds no jobs it would need to update.
-    jobs = Job.__table__
+    jobs = cast(Table, Job.__table__)
     session.execute(delete(jobs).where(jobs.c.id.in_(job_ids), jobs.c.dirty.is_(False)))
     session.execute(update(jobs).where(jobs.c.id.in_(job_ids)).values(
         state="pending", dirty=False, owner=None, attempts=0, not_before=0.0))

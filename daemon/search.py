@@ -119,11 +119,11 @@ def _has_token(value: str) -> bool:
 def parse_date(value: str) -> float:
     """``2024-06-01``, ``2024-06-01T12:00`` (local time), or ``7d`` (days ago) as epoch seconds."""
     value = value.strip()
-    if m := re.fullmatch(r"(\d+)d", value):
-        return (dt.datetime.now() - dt.timedelta(days=int(m.group(1)))).timestamp()
     try:
+        if m := re.fullmatch(r"(\d+)d", value):
+            return (dt.datetime.now() - dt.timedelta(days=int(m.group(1)))).timestamp()
         return dt.datetime.fromisoformat(value).timestamp()
-    except ValueError:
+    except (ValueError, OverflowError, OSError):  # not a date, or one out of range
         raise FlorenceWatchError(
             f"--since {value!r}: not a date; use YYYY-MM-DD, YYYY-MM-DDTHH:MM, or a number of days like 7d"
         ) from None

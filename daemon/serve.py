@@ -21,7 +21,6 @@ import threading
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -323,4 +322,5 @@ def serve_in_thread(server: ThreadingHTTPServer) -> threading.Thread:
 
 def url_of(server: ThreadingHTTPServer, **query: str) -> str:
     host, port = server.server_address[:2]
+    host = host.decode() if isinstance(host, bytes) else host
     return f"http://{host}:{port}/" + (f"?{urlencode(query)}" if query else "")

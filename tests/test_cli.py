@@ -23,7 +23,7 @@ def test_every_command_has_help_with_an_example(command: str, capsys: pytest.Cap
         main([command, "--help"])
     assert exit_.value.code == 0
     out = capsys.readouterr().out
-    assert f"example: florence-watch" in out and command in out
+    assert "example: florence-watch" in out and command in out
 
 
 def test_top_level_help_lists_every_command() -> None:

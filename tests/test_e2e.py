@@ -19,9 +19,8 @@ from sqlalchemy import func, select
 
 from daemon import index
 from daemon.config import database_url
-from daemon.db import Database, File
+from daemon.db import Database, File, Result
 from daemon.db import Image as ImageRow
-from daemon.db import Result
 from daemon.imaging import decode
 
 from .conftest import CORPUS, REPO, wait_until, write_config

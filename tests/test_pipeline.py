@@ -183,7 +183,8 @@ def test_crash_between_our_write_and_its_record_does_not_rerun_the_model(
         raise Killed  # the process dies after exiftool renamed the file into place
 
     monkeypatch.setattr(index, "record_tag", die)
-    monkeypatch.setattr(env.pipeline, "_queue_tag", env.pipeline._tag)  # in this thread, so the "kill" lands here
+    # In this thread, so that the "kill" lands here.
+    monkeypatch.setattr(env.pipeline, "_queue_tag", lambda item: env.pipeline._tag_group([item]))
     with pytest.raises(Killed):
         env.run()
     monkeypatch.undo()

@@ -54,8 +54,9 @@ def test_filters_parse_and_bad_dates_are_explained(tmp_path: Path) -> None:
     assert q.since == dt.datetime(2024, 6, 1).timestamp()
     assert q.has_text
     assert abs(parse("", since="7d").since - (time.time() - 7 * 86400)) < 5
-    with pytest.raises(FlorenceWatchError, match="--since 'last tuesday': not a date"):
-        parse("car", since="last tuesday")
+    for bad in ("last tuesday", "99999999999d", "0001-01-01", "2024-13-01"):
+        with pytest.raises(FlorenceWatchError, match=f"--since '{bad}': not a date"):
+            parse("car", since=bad)
 
 
 @pytest.fixture

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import json
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
