@@ -7,10 +7,13 @@ measure everything but the model, whose real path test_e2e covers.
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import shutil
 import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -27,7 +30,7 @@ from daemon.db import Image as ImageRow
 from daemon.runner import Daemon
 from daemon.search import search
 
-from .conftest import CORPUS, FakeAnalyzer, make_config, wait_until
+from .conftest import CORPUS, REPO, FakeAnalyzer, make_config, wait_until
 
 
 class RunningDaemon:
@@ -265,3 +268,96 @@ def test_load_2000_images_at_once(tmp_path: Path, capsys: pytest.CaptureFixture[
         print(f"\nload: 2000 images, watch -> hash -> index -> exiftool: {seconds:.1f} s, {rate:.1f} images/s, "
               f"peak RSS grew {rss_growth_mib:.0f} MiB")
     assert rss_growth_mib < 300  # the backlog lives in the database, not in memory
+
+
+# Run as an unprivileged user: permission bits mean nothing to root, and CI is root.
+# The interpreter may live under root's home (pyenv), which the user cannot
+# enter: everything is imported first, then the process gives up root.
+_AS_USER_SCRIPT = """
+import json, os, sys
+sys.path.insert(0, sys.argv[2])
+import exiftool, PIL.Image, PIL.ImageChops, sqlalchemy.dialects.sqlite.pysqlite
+PIL.Image.init()  # every image plugin
+from daemon.config import database_url, parse_config
+from daemon.db import Database
+from daemon import index
+from daemon.pipeline import Pipeline
+from daemon.tag import MetadataWriter
+from daemon.watch import walk_candidates
+from tests.conftest import FakeAnalyzer
+
+uid = int(sys.argv[3])
+if os.getuid() == 0:
+    os.setgroups([])
+    os.setgid(uid)
+    os.setuid(uid)
+assert os.getuid() == uid
+before = set(sys.modules)
+root = sys.argv[1]
+config = parse_config({"watch": {"folders": [root + "/inbox"]}, "index": {"database": root + "/db/index.db",
+                       "max_attempts": 1}})
+db = Database(database_url(config.index.database))
+with MetadataWriter(config.metadata) as writer:
+    pipeline = Pipeline(config, db, FakeAnalyzer(), writer)
+    pipeline.offer(walk_candidates(config.folders[0]))
+    pipeline.drain()
+    pipeline.close()
+with db.transaction() as s:
+    st = index.status(s)
+    st["tag_states"] = {f: (index.file_info(s, f) or {}).get("metadata", {}).get("state") for f in sys.argv[4:]}
+late = sorted(set(sys.modules) - before)
+print(json.dumps({**st, "imported_late": late}))
+"""
+
+
+def test_permissions_as_an_unprivileged_user(tmp_path: Path) -> None:
+    """Unreadable file, read-only file, read-only folder: each gets a sidecar or a reason; the rest is indexed."""
+    if os.getuid() == 0:
+        uid = 65534  # nobody
+        root = Path(tempfile.mkdtemp(prefix="fw-perm-", dir="/tmp"))  # pytest's tmp_path is root-only (0700)
+    else:
+        uid, root = os.getuid(), tmp_path
+    try:
+        os.chmod(root, 0o755)
+        inbox = root / "inbox"
+        for d in (inbox / "ro", root / "db"):
+            d.mkdir(parents=True)
+        src = CORPUS / "pillow/hopper.jpg"
+        paths = {name: inbox / name for name in ("ok.jpg", "unreadable.jpg", "locked.jpg", "ro/photo.jpg")}
+        for name, p in paths.items():
+            shutil.copyfile(src, p)
+            # Different bytes per file, so that each is its own image.
+            with p.open("ab") as fh:
+                fh.write(name.encode())
+        if os.getuid() == 0:  # the user owns the inbox, the database folder and one file
+            for p in (inbox, root / "db", paths["ok.jpg"]):
+                os.chown(p, uid, -1)
+        paths["unreadable.jpg"].chmod(0o000)
+        paths["locked.jpg"].chmod(0o444)  # the folder is writable: a sidecar beside it
+        paths["ro/photo.jpg"].chmod(0o444)
+        (inbox / "ro").chmod(0o555)  # neither the file nor a sidecar can be written
+        locked_before = paths["locked.jpg"].read_bytes()
+
+        proc = subprocess.run([sys.executable, "-c", _AS_USER_SCRIPT, str(root), str(REPO), str(uid),
+                               *[str(p) for p in paths.values()]],
+                              capture_output=True, text=True, timeout=300, cwd=root)
+        assert proc.returncode == 0, proc.stderr
+        st = json.loads(proc.stdout.strip().splitlines()[-1])
+        # Nothing loaded after giving up root: a checkout the user cannot read would fail there.
+        assert st["imported_late"] == []
+        assert st["indexed"] == 3 and st["pending"] == 0
+        assert st["failures"] == [{"path": str(paths["unreadable.jpg"]),
+                                   "reason": "permission denied: the daemon's user cannot read this file"}]
+        assert st["metadata_failures"] == [{"path": str(paths["ro/photo.jpg"]), "reason": (
+            f"metadata not written: cannot write metadata: neither the file nor a sidecar in {inbox / 'ro'} "
+            "is writable")}]
+        tags = st["tag_states"]
+        assert (tags[str(paths["ok.jpg"])], tags[str(paths["locked.jpg"])]) == ("done", "done")
+        assert paths["locked.jpg"].read_bytes() == locked_before
+        assert (inbox / "locked.jpg.xmp").exists()
+        assert not (inbox / "ok.jpg.xmp").exists()  # written into the file itself
+    finally:
+        if (root / "inbox" / "ro").exists():
+            (root / "inbox" / "ro").chmod(0o755)
+        if root != tmp_path:
+            shutil.rmtree(root, ignore_errors=True)
