@@ -311,7 +311,7 @@ def cmd_search(args: argparse.Namespace, config: Config, config_file: Path | Non
     from .search import parse, search
 
     query = parse(args.query, folder=args.folder, since=args.since, has_text=args.has_text)
-    if not query.terms and not (query.folder or query.since or query.has_text):
+    if query.empty:
         raise FlorenceWatchError("nothing to search for: give words, or a filter such as --folder")
     with _db(config).transaction() as s:
         hits = search(s, query, limit=args.limit)

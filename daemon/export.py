@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from . import __version__
@@ -34,18 +34,17 @@ def check_task(task: Task) -> None:
 
 
 def _entries(session: Session, folder: str | None) -> Iterator[tuple[File, Image, dict[str, Any]]]:
-    rows = session.execute(
-        select(File, Image).join(Image, File.image_id == Image.id).where(File.state == "indexed").order_by(File.path)
-    )
-    prefix = folder.rstrip("/") + "/" if folder else None
-    for f, image in rows:
-        if prefix and not (f.path + "/").startswith(prefix):
-            continue
+    query = select(File, Image).join(Image, File.image_id == Image.id).where(File.state == "indexed")
+    if folder:
+        folder = folder.rstrip("/")
+        query = query.where(or_(File.path == folder, File.path.startswith(folder + "/", autoescape=True)))
+    for f, image in session.execute(query.order_by(File.path)):
         yield f, image, results_for(session, image.id)[1]
 
 
 def _coco_box(s: Shape) -> list[float]:
-    xs, ys = [p[0] for p in s.polygon()], [p[1] for p in s.polygon()]
+    corners = s.polygon()
+    xs, ys = [p[0] for p in corners], [p[1] for p in corners]
     return [round(min(xs), 2), round(min(ys), 2), round(max(xs) - min(xs), 2), round(max(ys) - min(ys), 2)]
 
 

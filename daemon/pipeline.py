@@ -324,10 +324,10 @@ class Pipeline:
             self._busy.wait_for(lambda: not paths & self._busy_paths)
             self._busy_paths |= paths
         try:
-            current = self.writer.read_many(list(filter(None, map(self._target, requests))))
+            targets = [self._target(r) for r in requests]
+            current = self.writer.read_many([t for t in targets if t is not None])
             records: list[Callable[[Session], None]] = []
-            for r in requests:
-                target = self._target(r)
+            for r, target in zip(requests, targets):
                 write_tags(self.db, self.writer, r, current=current.get(target) if target else None,
                            records=records)
             if records:
@@ -408,7 +408,7 @@ def write_tags(db: Database, writer: MetadataWriter, request: TagRequest, *,
         if dry_run:
             return writer.write(path, **fields, dry_run=True)
         now_fp = Fingerprint.of(path)
-        if check_settled and (now_fp.inode, now_fp.size, now_fp.mtime_ns) != request.recorded:
+        if check_settled and now_fp.stat != request.recorded:
             # Either our own write finished but a crash lost its record (the
             # file then holds exactly what we would write), or the file is
             # still being written: tagging it now could corrupt it, and its
@@ -422,7 +422,7 @@ def write_tags(db: Database, writer: MetadataWriter, request: TagRequest, *,
         fp = Fingerprint.of(path)
         # Rehash only when the file is not the one the index last read: our
         # write just replaced it, or an interrupted write of ours did earlier.
-        sha = sha256_file(path) if (fp.inode, fp.size, fp.mtime_ns) != request.recorded else None
+        sha = sha256_file(path) if fp.stat != request.recorded else None
     except (MetadataError, ImageError, OSError) as exc:
         reason = getattr(exc, "reason", None) or str(exc)
         log.error("%s: metadata not written: %s", path, reason)

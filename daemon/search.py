@@ -60,6 +60,11 @@ class Query:
     has_text: bool = False
 
     @property
+    def empty(self) -> bool:
+        """No words and no filters: nothing to search for."""
+        return not self.terms and not (self.folder or self.since is not None or self.has_text)
+
+    @property
     def positive(self) -> str:
         """The FTS5 MATCH expression of the terms that must match ('' if none)."""
         out = ""
@@ -135,7 +140,7 @@ def search(session: Session, query: str | Query, limit: int = 20, everything: bo
     An empty query finds nothing, unless *everything* (the web page's first view: the newest images).
     """
     q = parse(query) if isinstance(query, str) else query
-    if not q.terms and not (q.folder or q.since is not None or q.has_text or everything):
+    if q.empty and not everything:
         return []
     where = ["f.state = 'indexed'"]
     params: dict[str, object] = {"limit": limit}

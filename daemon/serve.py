@@ -21,6 +21,7 @@ import threading
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from io import BytesIO
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -147,8 +148,9 @@ class WebApp:
         for layer, found in layers.items():
             svg.append(f'<g class="layer" data-layer="{layer}">')
             for sh in found:
-                pts = " ".join(f"{x:.1f},{y:.1f}" for x, y in sh.polygon())
-                x0, y0 = min(p[0] for p in sh.polygon()), min(p[1] for p in sh.polygon())
+                corners = sh.polygon()
+                pts = " ".join(f"{x:.1f},{y:.1f}" for x, y in corners)
+                x0, y0 = min(p[0] for p in corners), min(p[1] for p in corners)
                 c = colour(sh.label)
                 svg.append(f'<g class="shape"><title>{e(sh.label)}</title>'
                            f'<polygon points="{pts}" stroke="{c}"/>')
@@ -188,28 +190,27 @@ class WebApp:
         """A JPEG of the decoded image (orientation applied, as the model saw it), made once and cached."""
         key = f.sha256 or image.sha256
         cached = self.thumbs / key[:2] / f"{key}-{size}.jpg"
-        if not cached.exists():
-            try:
-                decoded = decode(f.path)
-            except ImageError as exc:
-                return self.not_found(f"cannot read the image: {exc.reason}")
-            pic = decoded.image
-            pic.thumbnail((size, size))
-            try:
-                cached.parent.mkdir(parents=True, exist_ok=True)
-                # Write beside, then rename: two requests for one thumbnail never see half a file.
-                fd, tmp = tempfile.mkstemp(dir=cached.parent, suffix=".tmp")
-                with os.fdopen(fd, "wb") as out:
-                    pic.save(out, "JPEG", quality=85)
-                os.replace(tmp, cached)
-            except OSError as exc:
-                log.warning("cannot cache a thumbnail in %s: %s", cached.parent, exc)
-                from io import BytesIO
-
-                buf = BytesIO()
-                pic.save(buf, "JPEG", quality=85)
-                return Response(HTTPStatus.OK, buf.getvalue(), "image/jpeg")
-        return Response(HTTPStatus.OK, cached.read_bytes(), "image/jpeg", cache=True)
+        if cached.exists():
+            return Response(HTTPStatus.OK, cached.read_bytes(), "image/jpeg", cache=True)
+        try:
+            pic = decode(f.path).image
+        except ImageError as exc:
+            return self.not_found(f"cannot read the image: {exc.reason}")
+        pic.thumbnail((size, size))
+        buf = BytesIO()
+        pic.save(buf, "JPEG", quality=85)
+        data = buf.getvalue()
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            # Write beside, then rename: two requests for one thumbnail never see half a file.
+            fd, tmp = tempfile.mkstemp(dir=cached.parent, suffix=".tmp")
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+            os.replace(tmp, cached)
+        except OSError as exc:  # still served, made again next time
+            log.warning("cannot cache a thumbnail in %s: %s", cached.parent, exc)
+            return Response(HTTPStatus.OK, data, "image/jpeg")
+        return Response(HTTPStatus.OK, data, "image/jpeg", cache=True)
 
     def not_found(self, why: str) -> Response:
         body = f'<p><a href="/">&larr; search</a></p><h1>Not found</h1><p>{html.escape(why)}</p>'
