@@ -187,3 +187,12 @@ def test_retag_dry_run_then_for_real_without_the_model(tmp_path: Path, capsys: p
     data = json.loads(capsys.readouterr().out)
     assert data["in_file"]["XMP-dc:Subject"] == ["ExifTool", "Test", "XMP", "bright thing"]
     assert data["metadata"]["written"]["keywords"] == ["bright thing"]
+
+
+def test_search_with_nothing_to_search_for_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = str(tmp_path / "index.db")
+    for query in ([], ['"'], ["--"]):
+        assert main(["--database", db, "search", *query]) == 1
+        assert capsys.readouterr().err == "error: nothing to search for: give words, or a filter such as --folder\n"
+    assert main(["--database", db, "search", "--has-text"]) == 0  # a filter alone is a search
+    assert capsys.readouterr().err == "no matches\n"
