@@ -13,34 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .tasks import DEFAULT_TASKS, default_max_new_tokens, inputless
 
 CONFIG_ENV = "FLORENCE_WATCH_CONFIG"
-
-# Florence-2 tasks that take no text input: the ones the daemon can run on
-# every image unattended.
-INPUTLESS_TASKS = (
-    "<CAPTION>",
-    "<DETAILED_CAPTION>",
-    "<MORE_DETAILED_CAPTION>",
-    "<OD>",
-    "<DENSE_REGION_CAPTION>",
-    "<REGION_PROPOSAL>",
-    "<OCR>",
-    "<OCR_WITH_REGION>",
-)
-DEFAULT_TASKS = ("<CAPTION>", "<MORE_DETAILED_CAPTION>", "<OD>", "<OCR_WITH_REGION>")
-# Short for captions, long for text and regions (each box costs 4 tokens).
-DEFAULT_MAX_NEW_TOKENS = {
-    "<CAPTION>": 64,
-    "<DETAILED_CAPTION>": 256,
-    "<MORE_DETAILED_CAPTION>": 256,
-    "<OD>": 512,
-    "<DENSE_REGION_CAPTION>": 512,
-    "<REGION_PROPOSAL>": 512,
-    "<OCR>": 512,
-    "<OCR_WITH_REGION>": 1024,
-}
-
 
 def xdg_data_home() -> Path:
     return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
@@ -67,14 +42,14 @@ class ModelConfig:
     tasks: tuple[str, ...] = DEFAULT_TASKS
     batch_size: int = 0  # 0 or "auto": 4 on a CPU, sized from free memory on a GPU
     num_beams: int | dict[str, int] = 3  # a number for all tasks, or a table per task
-    max_new_tokens: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_MAX_NEW_TOKENS))
+    max_new_tokens: dict[str, int] = field(default_factory=default_max_new_tokens)
 
     def __post_init__(self) -> None:
         # One number means the same limit for every task.
         if isinstance(self.max_new_tokens, int):
-            object.__setattr__(self, "max_new_tokens", dict.fromkeys(DEFAULT_MAX_NEW_TOKENS, self.max_new_tokens))
+            object.__setattr__(self, "max_new_tokens", dict.fromkeys(default_max_new_tokens(), self.max_new_tokens))
         else:  # a partial table keeps the defaults of the tasks it does not name
-            object.__setattr__(self, "max_new_tokens", {**DEFAULT_MAX_NEW_TOKENS, **self.max_new_tokens})
+            object.__setattr__(self, "max_new_tokens", {**default_max_new_tokens(), **self.max_new_tokens})
 
 
 @dataclass(frozen=True)
@@ -206,7 +181,7 @@ def _parse_section(section: str, cls: type, values: dict[str, Any], source: str)
         if dotted == "model.batch_size" and value == "auto":
             value = 0
         if dotted == "model.num_beams" and isinstance(value, dict):
-            kwargs[key] = _check(dotted, value, dict.fromkeys(INPUTLESS_TASKS, defaults.num_beams), source)
+            kwargs[key] = _check(dotted, value, dict.fromkeys(inputless(), defaults.num_beams), source)
             continue
         kwargs[key] = _check(dotted, value, getattr(defaults, key), source)
     obj = cls(**kwargs)
@@ -253,18 +228,19 @@ def _validate(section: str, obj: Any, source: str) -> None:
     if section == "watch" and obj.settle_seconds < 0:
         raise ConfigError(source, "watch.settle_seconds", "must be 0 or more")
     if section == "model":
+        allowed = inputless()
         if obj.device not in ("auto", "cpu", "cuda") and not obj.device.startswith("cuda:"):
             raise ConfigError(source, "model.device", f"must be auto, cuda or cpu, not {obj.device!r}")
         if obj.dtype not in ("auto", "float32", "float16", "bfloat16"):
             raise ConfigError(source, "model.dtype", f"must be auto, float32, float16 or bfloat16, not {obj.dtype!r}")
         for task in obj.tasks:
-            if task not in INPUTLESS_TASKS:
+            if task not in allowed:
                 raise ConfigError(
                     source, "model.tasks", f"{task!r} is not a Florence-2 task without input "
-                    f"(choose from {', '.join(INPUTLESS_TASKS)})"
+                    f"(choose from {', '.join(allowed)})"
                 )
         for task, n in obj.max_new_tokens.items():
-            if task not in INPUTLESS_TASKS:
+            if task not in allowed:
                 raise ConfigError(source, "model.max_new_tokens", f"unknown task {task!r}")
             if n < 1:
                 raise ConfigError(source, "model.max_new_tokens", f"{task} must be at least 1")
@@ -272,7 +248,7 @@ def _validate(section: str, obj: Any, source: str) -> None:
             raise ConfigError(source, "model.batch_size", 'must be "auto" or at least 1')
         beams = obj.num_beams if isinstance(obj.num_beams, dict) else {"": obj.num_beams}
         for task, n in beams.items():
-            if task and task not in INPUTLESS_TASKS:
+            if task and task not in allowed:
                 raise ConfigError(source, "model.num_beams", f"unknown task {task!r}")
             if n < 1:
                 raise ConfigError(source, "model.num_beams", "must be at least 1")

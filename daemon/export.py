@@ -12,32 +12,29 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from sqlalchemy import or_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from . import __version__
-from .analyze import summarize
+from .results import summarize
 from .db import File, Image
 from .draw import Shape, shapes
 from .errors import FlorenceWatchError
+from .files import under
 from .index import results_for
-from .tasks import Task
-
-REGION_TASKS = ("<OD>", "<DENSE_REGION_CAPTION>", "<REGION_PROPOSAL>", "<OCR_WITH_REGION>")
-
+from .tasks import Task, region_tasks
 
 def check_task(task: Task) -> None:
-    if task.token not in REGION_TASKS:
+    if task.token not in region_tasks():
         raise FlorenceWatchError(
-            f"{task.token} is not a task the daemon runs with regions; export one of: {', '.join(REGION_TASKS)}"
+            f"{task.token} is not a task the daemon runs with regions; export one of: {', '.join(region_tasks())}"
         )
 
 
 def _entries(session: Session, folder: str | None) -> Iterator[tuple[File, Image, dict[str, Any]]]:
     query = select(File, Image).join(Image, File.image_id == Image.id).where(File.state == "indexed")
     if folder:
-        folder = folder.rstrip("/")
-        query = query.where(or_(File.path == folder, File.path.startswith(folder + "/", autoescape=True)))
+        query = query.where(under(File.path, folder))
     for f, image in session.execute(query.order_by(File.path)):
         yield f, image, results_for(session, image.id)[1]
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError
+from .files import is_raw
 
 try:  # HEIC/HEIF (iPhone photos); Pillow reads AVIF itself
     from pillow_heif import register_heif_opener
@@ -26,41 +27,9 @@ try:  # HEIC/HEIF (iPhone photos); Pillow reads AVIF itself
 except ImportError:  # pragma: no cover - pillow-heif is a dependency; tolerate its absence
     pass
 
-RAW_EXTENSIONS = frozenset({".nef", ".nrw", ".cr2", ".cr3", ".crw", ".dng", ".arw", ".srf", ".sr2", ".orf",
-                            ".rw2", ".raf", ".pef", ".srw", ".x3f", ".3fr", ".iiq", ".erf", ".kdc", ".mrw"})
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".tif", ".tiff", ".heic", ".heif",
-                              ".avif", ".gif", ".bmp", ".mpo"}) | RAW_EXTENSIONS
-
-# Names that are never images of their own: partial downloads, editor and
-# exiftool temp files, sidecars, exiftool backups.
-_IGNORED_SUFFIXES = (".part", ".crdownload", ".partial", ".tmp", ".download", ".xmp", "_exiftool_tmp", "_original")
-
 # Refuse decompression bombs outright rather than warn: a 30000x30000 PNG
 # would take gigabytes. 100 megapixels covers any camera sold today.
 MAX_PIXELS = 100_000_000
-
-
-def is_candidate(path: str | Path) -> bool:
-    """True for a file name the daemon should look at (not whether it decodes)."""
-    name = os.path.basename(str(path))
-    if not name or name.startswith("."):
-        return False
-    lower = name.lower()
-    if lower.endswith(_IGNORED_SUFFIXES):
-        return False
-    return os.path.splitext(lower)[1] in IMAGE_EXTENSIONS
-
-
-def is_ignored_path(path: str | Path, roots: list[Path]) -> bool:
-    """True if any folder between a watched root and *path* is hidden (.git, .thumbnails, ...)."""
-    p = Path(path)
-    for root in roots:
-        try:
-            rel = p.relative_to(root)
-        except ValueError:
-            continue
-        return any(part.startswith(".") for part in rel.parts[:-1])
-    return False
 
 
 @dataclass(frozen=True)
@@ -115,7 +84,7 @@ class Decoded:
 def decode(path: str | Path) -> Decoded:
     """Fully decode *path* to RGB, or raise ImageError naming the reason."""
     path = str(path)
-    if os.path.splitext(path.lower())[1] in RAW_EXTENSIONS:
+    if is_raw(path):
         return _decode_raw(path)
     try:
         with open(path, "rb") as f:

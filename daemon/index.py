@@ -10,11 +10,12 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, or_, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from .analyze import Summary, TaskResults, summarize
+from .results import Summary, TaskResults, summarize
 from .db import Document, File, Image, Job, Result, chunks
+from .files import under
 from .imaging import Fingerprint
 
 
@@ -185,13 +186,12 @@ def record_failure(session: Session, path: str, reason: str) -> None:
 
 def mark_deleted(session: Session, path: str) -> bool:
     """A file (or every file under a folder) is gone: keep its image, drop it from search."""
-    prefix = path.rstrip("/") + "/"
-    files = list(session.scalars(select(File).where(or_(File.path == path, File.path.startswith(prefix, autoescape=True)))))
+    files = list(session.scalars(select(File).where(under(File.path, path))))
     for f in files:
         f.state, f.inode, f.size, f.mtime_ns = "deleted", None, None, None
         session.execute(delete(Document).where(Document.file_id == f.id))
     session.execute(
-        delete(Job).where(or_(Job.path == path, Job.path.startswith(prefix, autoescape=True)), Job.state != "running")
+        delete(Job).where(under(Job.path, path), Job.state != "running")
     )
     return bool(files)
 

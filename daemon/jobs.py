@@ -119,7 +119,3 @@ def counts(session: Session) -> dict[str, int]:
     rows = session.execute(select(Job.state, func.count()).group_by(Job.state)).all()
     return {state: n for state, n in rows}
 
-
-def next_due(session: Session) -> float | None:
-    """When the earliest pending job becomes due (None: queue empty)."""
-    return session.scalar(select(func.min(Job.not_before)).where(Job.state == "pending"))

@@ -25,11 +25,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from . import index, jobs
-from .analyze import Analyzer, Interrupted, Summary, summarize
+from .analyze import Analyzer, Interrupted
+from .results import Summary, summarize
 from .config import Config
 from .db import Database, File, Image
 from .errors import ImageError, MetadataError
-from .imaging import Decoded, Fingerprint, decode, is_candidate, sha256_file
+from .files import is_candidate, is_under
+from .imaging import Decoded, Fingerprint, decode, sha256_file
 from .tag import MetadataWriter, Outcome
 
 log = logging.getLogger(__name__)
@@ -449,6 +451,6 @@ def retag(db: Database, writer: MetadataWriter, paths: Iterable[str | Path] = ()
     with db.transaction() as s:
         files = [(f.id, f.path) for f in s.scalars(select(File).where(File.state == "indexed").order_by(File.path))]
     for file_id, path in files:
-        if roots and not any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots):
+        if roots and not any(is_under(path, r) for r in roots):
             continue
         yield path, tag_file(db, writer, file_id, None, dry_run=dry_run, check_settled=False)

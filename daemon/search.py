@@ -25,6 +25,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from .errors import FlorenceWatchError
+from .files import folder_prefix
 
 # Field prefix -> FTS5 column.
 FIELDS = {
@@ -148,8 +149,8 @@ def search(session: Session, query: str | Query, limit: int = 20, everything: bo
         where.append("d.file_id NOT IN (SELECT rowid FROM documents_fts WHERE documents_fts MATCH :negative)")
         params["negative"] = q.negative
     if q.folder:
-        where.append("(f.path = :folder OR substr(f.path, 1, length(:prefix)) = :prefix)")
-        params["folder"], params["prefix"] = q.folder, q.folder + "/"
+        where.append("(f.path = :folder OR substr(f.path, 1, length(:prefix)) = :prefix)")  # files.is_under
+        params["folder"], params["prefix"] = folder_prefix(q.folder)
     if q.since is not None:
         where.append("f.mtime_ns >= :since_ns")
         params["since_ns"] = int(q.since * 1e9)

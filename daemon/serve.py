@@ -25,7 +25,7 @@ from io import BytesIO
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from .analyze import summarize
+from .results import summarize
 from .config import Config, expand
 from .db import Database, File, Image
 from .draw import Shape, colour, shapes
@@ -33,15 +33,13 @@ from .errors import FlorenceWatchError, ImageError
 from .imaging import decode
 from .index import results_for
 from .search import MARK_END, MARK_START, parse, search
+from .tasks import layers as task_layers
 
 log = logging.getLogger(__name__)
 
 THUMB_PX = 320
 VIEW_PX = 1600  # the picture on an image's page: big enough for a screen, small enough to send
 PAGE_SIZE = 60
-# Which task's regions go in which toggleable layer.
-LAYERS = {"<OD>": "objects", "<DENSE_REGION_CAPTION>": "objects", "<OCR_WITH_REGION>": "text",
-          "<REGION_PROPOSAL>": "proposals"}
 _ROUTE = re.compile(r"^/(image|thumb|view)/(\d{1,12})$")
 
 
@@ -138,7 +136,7 @@ class WebApp:
         e = html.escape
         layers: dict[str, list[Shape]] = {}
         for task, result in results.items():
-            layer = LAYERS.get(task)
+            layer = task_layers().get(task)
             if layer:
                 layers.setdefault(layer, []).extend(shapes(result, task))
         w, h = image.width, image.height

@@ -25,6 +25,7 @@ from typing import Any
 
 from .config import MetadataConfig
 from .errors import MetadataError
+from .files import EXIF_EXTENSIONS, IIM_EXTENSIONS, SIDECAR_ONLY_EXTENSIONS
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +47,6 @@ TAGS_LIST = ("XMP-digiKam:TagsList", "XMP-digiKam:TagsList")
 LIST_KEYS = frozenset([r for _, r in KEYWORDS] + [TAGS_LIST[1]])
 READ_KEYS = [ALT[1]] + [r for _, r in DESCRIPTIONS] + [r for _, r in KEYWORDS] + [TAGS_LIST[1]]
 
-# Formats whose files cannot (or should not) hold the tags: RAW files are
-# the photographer's negatives, GIF and BMP have no room for XMP that apps read.
-SIDECAR_EXTENSIONS = frozenset({".nef", ".nrw", ".cr2", ".cr3", ".crw", ".dng", ".arw", ".srf", ".sr2", ".orf",
-                                ".rw2", ".raf", ".pef", ".srw", ".x3f", ".3fr", ".iiq", ".erf", ".kdc", ".mrw",
-                                ".gif", ".bmp"})
-IIM_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".tif", ".tiff"})  # IPTC-IIM is only read there
-EXIF_EXTENSIONS = IIM_EXTENSIONS | {".png", ".webp", ".heic", ".heif", ".avif", ".mpo"}
 
 IPTC_CAPTION_BYTES = 2000
 IPTC_KEYWORD_BYTES = 64
@@ -190,7 +184,7 @@ class MetadataWriter:
         if mode == "always":
             return sidecar_path(p, self.config.sidecar_name)
         reason = None
-        if p.suffix.lower() in SIDECAR_EXTENSIONS:
+        if p.suffix.lower() in SIDECAR_ONLY_EXTENSIONS:
             reason = f"{p.suffix.lower()} files cannot hold these tags"
         elif not os.access(p, os.W_OK) or not os.access(p.parent, os.W_OK):
             # exiftool writes a temp file beside the image and renames it.

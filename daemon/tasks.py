@@ -1,34 +1,42 @@
-"""Every Florence-2 task on demand: names, inputs, regions, and one call.
+"""The Florence-2 task catalogue, and every task on demand.
 
-The daemon runs a fixed set of tasks on every image; ``ask`` and ``find``
-run any task once, on one image, with the text or region it takes.
+``TASKS`` is the one list of tasks: what each takes, its aliases, how many
+tokens it needs by default, and which layer of the web page draws its
+regions. Config validation, export and the page derive their lists from it
+(the functions below read it each time, so a task added here is known
+everywhere). The daemon runs a fixed set of input-less tasks on every
+image; ``ask`` and ``find`` run any task once, with the text or region it takes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
-from PIL import Image
+from typing import TYPE_CHECKING, Any
 
 from .errors import FlorenceWatchError
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 
 @dataclass(frozen=True)
 class Task:
     token: str
-    takes: str  # "" (nothing), "text" or "region"
+    takes: str  # "" (nothing: the daemon can run it on every image), "text" or "region"
     aliases: tuple[str, ...]
     about: str
+    max_new_tokens: int = 256  # the default limit; captions need few, regions many (4 tokens a box)
+    layer: str = ""  # the web page layer its regions are drawn in; "" if it gives no regions
 
 
 TASKS = [
-    Task("<CAPTION>", "", ("caption",), "a one-line caption"),
+    Task("<CAPTION>", "", ("caption",), "a one-line caption", 64),
     Task("<DETAILED_CAPTION>", "", ("detailed-caption", "detailed"), "a longer caption"),
     Task("<MORE_DETAILED_CAPTION>", "", ("more-detailed-caption", "description", "describe"), "a paragraph"),
-    Task("<OD>", "", ("objects", "od", "detect"), "objects with boxes"),
-    Task("<DENSE_REGION_CAPTION>", "", ("dense-regions", "dense"), "regions with a caption each"),
-    Task("<REGION_PROPOSAL>", "", ("proposals", "region-proposal"), "boxes around anything object-like"),
+    Task("<OD>", "", ("objects", "od", "detect"), "objects with boxes", 512, "objects"),
+    Task("<DENSE_REGION_CAPTION>", "", ("dense-regions", "dense"), "regions with a caption each", 512, "objects"),
+    Task("<REGION_PROPOSAL>", "", ("proposals", "region-proposal"), "boxes around anything object-like", 512,
+         "proposals"),
     Task("<CAPTION_TO_PHRASE_GROUNDING>", "text", ("ground", "grounding"), "where each phrase of TEXT is"),
     Task("<REFERRING_EXPRESSION_SEGMENTATION>", "text", ("segment", "referring-segmentation"),
          "a mask (polygon) of what TEXT refers to"),
@@ -40,15 +48,36 @@ TASKS = [
     Task("<REGION_TO_DESCRIPTION>", "region", ("region-description", "describe-region"),
          "a description of the region in --box"),
     Task("<REGION_TO_OCR>", "region", ("region-ocr", "read-region"), "the text in --box"),
-    Task("<OCR>", "", ("ocr", "text"), "the text in the image"),
-    Task("<OCR_WITH_REGION>", "", ("ocr-regions", "text-regions"), "each line of text with its quadrilateral"),
+    Task("<OCR>", "", ("ocr", "text"), "the text in the image", 512),
+    Task("<OCR_WITH_REGION>", "", ("ocr-regions", "text-regions"), "each line of text with its quadrilateral", 1024,
+         "text"),
 ]
-_BY_NAME = {name.lower(): t for t in TASKS for name in (t.token, t.token.strip("<>"), *t.aliases)}
+DEFAULT_TASKS = ("<CAPTION>", "<MORE_DETAILED_CAPTION>", "<OD>", "<OCR_WITH_REGION>")
+
+
+def inputless() -> tuple[str, ...]:
+    """Tasks that take no input: the ones the daemon may run on every image unattended."""
+    return tuple(t.token for t in TASKS if not t.takes)
+
+
+def default_max_new_tokens() -> dict[str, int]:
+    return {t.token: t.max_new_tokens for t in TASKS if not t.takes}
+
+
+def region_tasks() -> tuple[str, ...]:
+    """Input-less tasks that give regions: what export writes as annotations."""
+    return tuple(t.token for t in TASKS if t.layer and not t.takes)
+
+
+def layers() -> dict[str, str]:
+    """Task token -> the web page layer that draws its regions."""
+    return {t.token: t.layer for t in TASKS if t.layer}
 
 
 def task_named(name: str) -> Task:
     """The task for a raw token (``<OD>``), its bare name (``OD``) or an alias (``objects``)."""
-    task = _BY_NAME.get(name.strip().lower())
+    wanted = name.strip().lower()
+    task = next((t for t in TASKS if wanted in {n.lower() for n in (t.token, t.token.strip("<>"), *t.aliases)}), None)
     if task is None:
         names = ", ".join(f"{t.aliases[0]} ({t.token})" for t in TASKS)
         raise FlorenceWatchError(f"unknown task {name!r}; the tasks are: {names}")

@@ -33,7 +33,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from .imaging import is_candidate, is_ignored_path
+from .files import is_candidate, is_ignored_path, is_under
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ class FolderWatcher:
         self._thread = threading.Thread(target=self._settle_loop, name="settle", daemon=True)
 
     def inside(self, path: str) -> bool:
-        return any(path == str(f) or path.startswith(str(f) + os.sep) for f in self.folders)
+        return any(is_under(path, f) for f in self.folders)
 
     def _via_symlink(self, path: str) -> bool:
         """True if *path* is, or lies under, a symbolic link inside a watched folder."""

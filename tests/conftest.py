@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from daemon.analyze import TaskResults
+from daemon.results import TaskResults
 from daemon.config import Config, parse_config
 
 REPO = Path(__file__).resolve().parents[1]

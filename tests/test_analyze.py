@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from daemon.analyze import FlorenceAnalyzer, clean_text, naive_generate, resolve_model_name, summarize
-from daemon.config import DEFAULT_TASKS, ModelConfig
+from daemon.analyze import FlorenceAnalyzer, naive_generate, resolve_model_name
+from daemon.results import clean_text, summarize
+from daemon.config import ModelConfig
+from daemon.tasks import DEFAULT_TASKS
 from daemon.errors import ModelUnavailableError
 from daemon.imaging import decode
 

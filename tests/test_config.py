@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config import DEFAULT_TASKS, Config, database_url, find_config_file, load_config
+from daemon.config import Config, database_url, find_config_file, load_config
+from daemon.tasks import DEFAULT_TASKS
 from daemon.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]

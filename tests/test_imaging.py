@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from daemon.errors import ImageError
-from daemon.imaging import Fingerprint, decode, is_candidate, is_ignored_path, sha256_file
+from daemon.files import is_candidate, is_ignored_path
+from daemon.imaging import Fingerprint, decode, sha256_file
 
 GOOD = [
     "pillow/hopper.jpg", "pillow/hopper.png", "pillow/hopper.webp", "pillow/hopper.tif", "pillow/hopper.gif",

@@ -1,0 +1,81 @@
+"""Which files count: the format table, candidate names, and "is this under that folder".
+
+One place for rules that several stages need: the watcher and the pipeline
+decide what to look at, decoding treats RAW files apart, the metadata side
+decides file or sidecar, and the index, search, export and retag all limit
+themselves to a folder.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import ColumnElement, or_
+
+# RAW files: the photographer's negatives. Decoded from their embedded
+# preview, and never written to (a sidecar holds our tags).
+RAW_EXTENSIONS = frozenset({".nef", ".nrw", ".cr2", ".cr3", ".crw", ".dng", ".arw", ".srf", ".sr2", ".orf",
+                            ".rw2", ".raf", ".pef", ".srw", ".x3f", ".3fr", ".iiq", ".erf", ".kdc", ".mrw"})
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".tif", ".tiff", ".heic", ".heif",
+                              ".avif", ".gif", ".bmp", ".mpo"}) | RAW_EXTENSIONS
+# Formats whose files cannot (or should not) hold the tags: RAW files, and
+# GIF and BMP, which have no room for XMP that apps read.
+SIDECAR_ONLY_EXTENSIONS = RAW_EXTENSIONS | {".gif", ".bmp"}
+IIM_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".tif", ".tiff"})  # IPTC-IIM is only read there
+EXIF_EXTENSIONS = IIM_EXTENSIONS | {".png", ".webp", ".heic", ".heif", ".avif", ".mpo"}
+
+# Names that are never images of their own: partial downloads, editor and
+# exiftool temp files, sidecars, exiftool backups.
+_IGNORED_SUFFIXES = (".part", ".crdownload", ".partial", ".tmp", ".download", ".xmp", "_exiftool_tmp", "_original")
+
+
+def extension(path: str | Path) -> str:
+    """The lower-case extension with its dot (``.jpg``)."""
+    return os.path.splitext(str(path).lower())[1]
+
+
+def is_raw(path: str | Path) -> bool:
+    return extension(path) in RAW_EXTENSIONS
+
+
+def is_candidate(path: str | Path) -> bool:
+    """True for a file name the daemon should look at (not whether it decodes)."""
+    name = os.path.basename(str(path))
+    if not name or name.startswith("."):
+        return False
+    if name.lower().endswith(_IGNORED_SUFFIXES):
+        return False
+    return extension(name) in IMAGE_EXTENSIONS
+
+
+def is_ignored_path(path: str | Path, roots: list[Path]) -> bool:
+    """True if any folder between a watched root and *path* is hidden (.git, .thumbnails, ...)."""
+    p = Path(path)
+    for root in roots:
+        try:
+            rel = p.relative_to(root)
+        except ValueError:
+            continue
+        return any(part.startswith(".") for part in rel.parts[:-1])
+    return False
+
+
+def folder_prefix(folder: str | Path) -> tuple[str, str]:
+    """A folder as a path without a trailing slash, and the prefix every path below it starts with."""
+    folder = str(folder).rstrip("/") or "/"
+    return folder, folder.rstrip("/") + "/"
+
+
+def is_under(path: str | Path, folder: str | Path) -> bool:
+    """True if *path* is *folder* or lies below it (by name: ``/a/bc`` is not under ``/a/b``)."""
+    folder, prefix = folder_prefix(folder)
+    path = str(path)
+    return path == folder or path.startswith(prefix)
+
+
+def under(column: Any, folder: str | Path) -> ColumnElement[bool]:
+    """SQL for :func:`is_under`: *column* (a path column) is *folder* or below it."""
+    folder, prefix = folder_prefix(folder)
+    return or_(column == folder, column.startswith(prefix, autoescape=True))
