@@ -13,7 +13,7 @@ from daemon.tasks import DEFAULT_TASKS
 from daemon.errors import ModelUnavailableError
 from daemon.imaging import decode
 
-from .conftest import REAL_FILES
+from daemon.testing.helpers import REAL_FILES
 
 IMAGES = ["pillow/hopper.jpg", "pillow/flower.jpg", "exiftool/IPTC.jpg"]
 

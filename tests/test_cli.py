@@ -14,7 +14,7 @@ import pytest
 from daemon.cli import COMMANDS, build_parser, main
 from daemon.service import UNIT_NAME, install, render_unit
 
-from .conftest import REPO, copy_corpus, write_config
+from daemon.testing.helpers import REPO, copy_corpus, write_config
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
@@ -144,7 +144,7 @@ def test_retag_dry_run_then_for_real_without_the_model(tmp_path: Path, capsys: p
     from daemon.tag import MetadataWriter
     from daemon.watch import walk_candidates
 
-    from .conftest import FakeAnalyzer
+    from daemon.testing.helpers import FakeAnalyzer
 
     inbox = tmp_path / "inbox"
     [path] = copy_corpus(["exiftool/XMP.jpg"], inbox)

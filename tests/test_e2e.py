@@ -23,7 +23,7 @@ from daemon.db import Database, File, Result
 from daemon.db import Image as ImageRow
 from daemon.imaging import decode
 
-from .conftest import CORPUS, REPO, wait_until, write_config
+from daemon.testing.helpers import CORPUS, REPO, read_tags, wait_until, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -67,16 +67,6 @@ def status(db: Database) -> dict:
         return index.status(s)
 
 
-def exif(path: Path) -> dict:
-    out = subprocess.run(["exiftool", "-j", "-G1", "-XMP-iptcCore:AltTextAccessibility", "-XMP-dc:Description",
-                          "-XMP-dc:Subject", "-XMP-lr:HierarchicalSubject", str(path)],
-                         capture_output=True, text=True, check=True).stdout
-    data = json.loads(out)[0]
-    for key in ("XMP-dc:Subject", "XMP-lr:HierarchicalSubject"):
-        if key in data and not isinstance(data[key], list):
-            data[key] = [data[key]]
-    return data
-
 
 def test_dropped_images_end_up_indexed_tagged_and_searchable(daemon_env: tuple[Path, Path, Database],
                                                              tmp_path: Path) -> None:
@@ -107,14 +97,14 @@ def test_dropped_images_end_up_indexed_tagged_and_searchable(daemon_env: tuple[P
             assert info is not None and info["state"] == "indexed"
             assert info["metadata"]["state"] == "done", info
             target = Path(info["metadata"]["target"])
-            meta = exif(target)
+            meta = read_tags(target)
             assert meta["XMP-iptcCore:AltTextAccessibility"] == info["caption"][:250]
             if path.name not in ("MWG.jpg", "IPTC.jpg"):  # these carry a person's description, which stays
                 assert meta["XMP-dc:Description"] == info["description"]
             for kw in info["keywords"]:
                 assert kw in meta["XMP-dc:Subject"] and kw in meta["XMP-lr:HierarchicalSubject"]
             assert decode(path).image.tobytes() == pixels_before[path]  # pixels never change
-        assert exif(inbox / "MWG.jpg")["XMP-dc:Description"] == "WRONG-XMP-Description"
+        assert read_tags(inbox / "MWG.jpg")["XMP-dc:Description"] == "WRONG-XMP-Description"
         assert (inbox / "hopper.gif.xmp").exists()
         # Our own writes came back as events and were recognised: one model run per image.
         time.sleep(2)
@@ -203,7 +193,7 @@ def test_sigkill_mid_run_and_restart_indexes_every_image_exactly_once(
         assert s.scalar(select(func.count()).select_from(Result)) == len(files) * 4
         infos = [index.file_info(s, f.path) for f in rows]
     for info in infos:
-        assert exif(Path(info["path"]))["XMP-iptcCore:AltTextAccessibility"] == info["caption"][:250]
+        assert read_tags(Path(info["path"]))["XMP-iptcCore:AltTextAccessibility"] == info["caption"][:250]
         decode(info["path"])  # still a valid image
     assert not list(inbox.glob("*_exiftool_tmp")) and not list(inbox.glob("*_original"))
 

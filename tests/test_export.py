@@ -16,7 +16,7 @@ from daemon.pipeline import Pipeline
 from daemon.tasks import task_named
 from daemon.watch import walk_candidates
 
-from .conftest import FakeAnalyzer, copy_corpus, make_config
+from daemon.testing.helpers import FakeAnalyzer, copy_corpus, make_config
 
 
 def validate_coco(data: dict[str, Any]) -> None:

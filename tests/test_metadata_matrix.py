@@ -5,7 +5,6 @@ Debian's exiv2 0.27 cannot read), and the decoded pixels never change."""
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import shutil
 import subprocess
@@ -20,7 +19,7 @@ from daemon.errors import ImageError
 from daemon.imaging import decode
 from daemon.tag import MetadataWriter
 
-from .conftest import CORPUS, copy_corpus
+from daemon.testing.helpers import CORPUS, copy_corpus, read_tags
 
 ALT = "Alt café – 日本語 – Ελληνικά"
 DESC = "Description: a café in Tōkyō – 日本語 – Ελληνικά"
@@ -84,13 +83,6 @@ def libheif_xmp(path: Path) -> dict[str, str]:
     }
 
 
-def exiftool(path: Path) -> dict:
-    out = subprocess.run(["exiftool", "-j", "-G1", "-struct", "-XMP-iptcCore:AltTextAccessibility",
-                          "-XMP-dc:Description", "-XMP-dc:Subject", "-XMP-lr:HierarchicalSubject",
-                          "-IPTC:Keywords", "-IPTC:Caption-Abstract", "-IFD0:ImageDescription", str(path)],
-                         capture_output=True, text=True, check=True).stdout
-    return json.loads(out)[0]
-
 
 @pytest.mark.parametrize("name", sorted(MATRIX))
 def test_format_matrix(writer: MetadataWriter, tmp_path: Path, name: str) -> None:
@@ -103,7 +95,7 @@ def test_format_matrix(writer: MetadataWriter, tmp_path: Path, name: str) -> Non
     if where == "sidecar":
         assert path.read_bytes() == original
 
-    got = exiftool(target)
+    got = read_tags(target)
     assert got["XMP-iptcCore:AltTextAccessibility"] == ALT
     if name != "exiftool/IPTC.jpg":  # IPTC.jpg has a person's caption, kept
         assert got["XMP-dc:Description"] == DESC

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from daemon.search import search
 from daemon.tag import MetadataWriter
 from daemon.watch import walk_candidates
 
-from .conftest import FakeAnalyzer, copy_corpus, make_config
+from daemon.testing.helpers import FakeAnalyzer, copy_corpus, make_config, read_tags
 
 
 class Env:
@@ -55,11 +54,6 @@ def env(tmp_path: Path) -> Iterator[Env]:
     e.close()
 
 
-def exif(path: Path, *tags: str) -> dict:
-    out = subprocess.run(["exiftool", "-j", "-G1", *[f"-{t}" for t in tags], str(path)],
-                         capture_output=True, text=True, check=True).stdout
-    return json.loads(out)[0]
-
 
 def test_images_are_indexed_tagged_and_searchable(env: Env) -> None:
     files = copy_corpus(["pillow/hopper.jpg", "pillow/flower.jpg", "exiftool/Nikon.nef", "pillow/hopper.gif"],
@@ -73,7 +67,7 @@ def test_images_are_indexed_tagged_and_searchable(env: Env) -> None:
         info = index.file_info(s, str(files[0]))
     assert info is not None
     assert info["caption"].startswith("a ") and info["model"] == "fake-florence"
-    got = exif(files[0], "XMP-iptcCore:AltTextAccessibility", "XMP-dc:Description", "XMP-dc:Subject")
+    got = read_tags(files[0], "XMP-iptcCore:AltTextAccessibility", "XMP-dc:Description", "XMP-dc:Subject")
     assert got["XMP-iptcCore:AltTextAccessibility"] == info["caption"]
     assert got["XMP-dc:Description"] == info["description"]
     subject = got["XMP-dc:Subject"]
@@ -112,7 +106,7 @@ def test_copies_and_moves_never_rerun_the_model(env: Env) -> None:
     assert states == {"flower.jpg": ("deleted", "done"), "copy.jpg": ("indexed", "done"),
                       "moved.jpg": ("indexed", "done"), "original-again.jpg": ("indexed", "done")}
     alt = "XMP-iptcCore:AltTextAccessibility"
-    values = {exif(env.inbox / n, alt)[alt] for n in ("copy.jpg", "moved.jpg", "original-again.jpg")}
+    values = {read_tags(env.inbox / n, alt)[alt] for n in ("copy.jpg", "moved.jpg", "original-again.jpg")}
     assert len(values) == 1  # the untagged copy was tagged from the index
 
 

@@ -30,7 +30,7 @@ from daemon.db import Image as ImageRow
 from daemon.runner import Daemon
 from daemon.search import search
 
-from .conftest import CORPUS, REPO, FakeAnalyzer, make_config, wait_until
+from daemon.testing.helpers import CORPUS, REPO, FakeAnalyzer, make_config, wait_until
 
 
 class RunningDaemon:
@@ -284,7 +284,7 @@ from daemon import index
 from daemon.pipeline import Pipeline
 from daemon.tag import MetadataWriter
 from daemon.watch import walk_candidates
-from tests.conftest import FakeAnalyzer
+from daemon.testing.helpers import FakeAnalyzer
 
 uid = int(sys.argv[3])
 if os.getuid() == 0:

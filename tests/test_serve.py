@@ -18,7 +18,7 @@ from daemon.pipeline import Pipeline
 from daemon.serve import make_server, serve_in_thread, url_of
 from daemon.watch import walk_candidates
 
-from .conftest import FakeAnalyzer, copy_corpus, make_config
+from daemon.testing.helpers import FakeAnalyzer, copy_corpus, make_config
 
 HOSTILE = '<script>alert("x")</script> & "quotes"'
 
@@ -215,7 +215,7 @@ def test_serve_command_listens_on_loopback_and_answers(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from .conftest import write_config
+    from daemon.testing.helpers import write_config
     from .test_cli import REPO
 
     cfg = write_config(tmp_path, tmp_path / "no-model")  # serving needs no model

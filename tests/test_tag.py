@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ from daemon.errors import MetadataError
 from daemon.imaging import decode
 from daemon.tag import MetadataWriter, cut_bytes, cut_words, remove_stale_temp_files, sanitize
 
-from .conftest import copy_corpus
+from daemon.testing.helpers import copy_corpus, read_tags
 
 NON_LATIN = "café – 日本語 – Ελληνικά"
 
@@ -26,12 +25,6 @@ def writer() -> Iterator[MetadataWriter]:
     yield w
     w.close()
 
-
-def exiftool_json(path: Path, *tags: str) -> dict:
-    """Read back with a separate exiftool process, not the writer's own."""
-    out = subprocess.run(["exiftool", "-j", "-G1", "-struct", *[f"-{t}" for t in tags], str(path)],
-                         capture_output=True, text=True, check=True).stdout
-    return json.loads(out)[0]
 
 
 def pixels(path: Path) -> str:
@@ -61,7 +54,7 @@ def test_fields_round_trip_per_format(writer: MetadataWriter, tmp_path: Path, na
     out = writer.write(path, alt_text=f"alt {NON_LATIN}", description=f"desc {NON_LATIN}", keywords=["dog", "日本"])
     target = Path(out.target)
     assert target == (path if embedded else path.with_name(path.name + ".xmp"))
-    got = exiftool_json(target, "XMP-iptcCore:AltTextAccessibility", "XMP-dc:Description", "XMP-dc:Subject",
+    got = read_tags(target, "XMP-iptcCore:AltTextAccessibility", "XMP-dc:Description", "XMP-dc:Subject",
                         "XMP-lr:HierarchicalSubject", "IPTC:Keywords", "IPTC:Caption-Abstract")
     assert got["XMP-iptcCore:AltTextAccessibility"] == f"alt {NON_LATIN}"
     assert got["XMP-dc:Description"] == f"desc {NON_LATIN}"
@@ -82,7 +75,7 @@ def test_fields_round_trip_per_format(writer: MetadataWriter, tmp_path: Path, na
 def test_a_persons_description_and_keywords_survive(writer: MetadataWriter, tmp_path: Path) -> None:
     [path] = copy_corpus(["exiftool/MWG.jpg"], tmp_path)
     out = writer.write(path, alt_text="a small test image", description="ours", keywords=["square"])
-    got = exiftool_json(path, "XMP-dc:Description", "IFD0:ImageDescription", "IPTC:Caption-Abstract",
+    got = read_tags(path, "XMP-dc:Description", "IFD0:ImageDescription", "IPTC:Caption-Abstract",
                         "XMP-dc:Subject", "IPTC:Keywords", "XMP-lr:HierarchicalSubject",
                         "XMP-iptcCore:AltTextAccessibility")
     assert got["XMP-dc:Description"] == "WRONG-XMP-Description"
@@ -106,7 +99,7 @@ def test_retag_replaces_only_our_own_values(writer: MetadataWriter, tmp_path: Pa
                    capture_output=True)
     second = writer.write(path, alt_text="second alt", description="second", keywords=["dog"],
                           previous=first.written)
-    got = exiftool_json(path, "XMP-dc:Subject", "IPTC:Keywords", "XMP-iptcCore:AltTextAccessibility",
+    got = read_tags(path, "XMP-dc:Subject", "IPTC:Keywords", "XMP-iptcCore:AltTextAccessibility",
                         "IPTC:Caption-Abstract")
     assert got["XMP-dc:Subject"] == ["holiday", "dog"]
     assert got["IPTC:Keywords"] == ["ExifTool", "Test", "IPTC", "dog"]
@@ -122,7 +115,7 @@ def test_alt_text_a_person_edited_is_kept(writer: MetadataWriter, tmp_path: Path
                     str(path)], check=True, capture_output=True)
     out = writer.write(path, alt_text="new model text", description="new description", keywords=[],
                        previous=first.written)
-    got = exiftool_json(path, "XMP-iptcCore:AltTextAccessibility", "XMP-dc:Description")
+    got = read_tags(path, "XMP-iptcCore:AltTextAccessibility", "XMP-dc:Description")
     assert got == {"SourceFile": str(path), "XMP-iptcCore:AltTextAccessibility": "Grace Hopper, portrait",
                    "XMP-dc:Description": "new description"}
     assert out.kept == ["XMP-iptcCore:AltTextAccessibility"]
@@ -130,10 +123,10 @@ def test_alt_text_a_person_edited_is_kept(writer: MetadataWriter, tmp_path: Path
 
 def test_newline_injection_cannot_erase_tags(writer: MetadataWriter, tmp_path: Path) -> None:
     [path] = copy_corpus(["exiftool/IPTC.jpg"], tmp_path)
-    before = exiftool_json(path, "IPTC:all")
+    before = read_tags(path, "IPTC:all")
     writer.write(path, alt_text="caption\n-all=", description="x\r\n-IPTC:all=\n-o\n/tmp/evil.jpg",
                  keywords=["k\n-all="])
-    after = exiftool_json(path, "IPTC:all", "XMP-iptcCore:AltTextAccessibility", "XMP-dc:Subject")
+    after = read_tags(path, "IPTC:all", "XMP-iptcCore:AltTextAccessibility", "XMP-dc:Subject")
     for key, value in before.items():
         if key not in ("SourceFile", "IPTC:Keywords", "IPTC:CodedCharacterSet"):
             assert after[key] == value, key
@@ -163,7 +156,7 @@ def test_limits_and_sanitising() -> None:
 def test_alt_text_is_capped_at_250_characters(writer: MetadataWriter, tmp_path: Path) -> None:
     [path] = copy_corpus(["pillow/hopper.jpg"], tmp_path)
     writer.write(path, alt_text=" ".join(["portrait"] * 60), description="d", keywords=[])
-    alt = exiftool_json(path, "XMP-iptcCore:AltTextAccessibility")["XMP-iptcCore:AltTextAccessibility"]
+    alt = read_tags(path, "XMP-iptcCore:AltTextAccessibility")["XMP-iptcCore:AltTextAccessibility"]
     assert len(alt) <= 250 and alt.endswith("portrait")
 
 
@@ -184,7 +177,7 @@ def test_camera_boilerplate_is_not_a_persons_description(writer: MetadataWriter,
     subprocess.run(["exiftool", "-overwrite_original", f"-EXIF:ImageDescription={boilerplate}", str(path)],
                    check=True, capture_output=True)
     writer.write(path, alt_text="a", description="A portrait of a woman in uniform.", keywords=[])
-    assert exiftool_json(path, "IFD0:ImageDescription")["IFD0:ImageDescription"] == "A portrait of a woman in uniform."
+    assert read_tags(path, "IFD0:ImageDescription")["IFD0:ImageDescription"] == "A portrait of a woman in uniform."
 
 
 def writer_with(**config: object) -> MetadataWriter:
@@ -197,7 +190,7 @@ def test_policy_overwrite_and_off(tmp_path: Path) -> None:
     [path] = copy_corpus(["exiftool/MWG.jpg"], tmp_path)
     with writer_with(description="overwrite", alt_text="off", keywords="off") as w:
         w.write(path, alt_text="ours", description="A new description", keywords=["square"])
-    got = exiftool_json(path, "XMP-dc:Description", "IFD0:ImageDescription", "IPTC:Caption-Abstract",
+    got = read_tags(path, "XMP-dc:Description", "IFD0:ImageDescription", "IPTC:Caption-Abstract",
                         "XMP-iptcCore:AltTextAccessibility", "XMP-dc:Subject")
     assert got["XMP-dc:Description"] == got["IFD0:ImageDescription"] == got["IPTC:Caption-Abstract"] == (
         "A new description")
@@ -209,7 +202,7 @@ def test_keyword_policy_overwrite_makes_the_list_ours(tmp_path: Path) -> None:
     [path] = copy_corpus(["exiftool/XMP.jpg"], tmp_path)
     with writer_with(keywords="overwrite") as w:
         w.write(path, alt_text="a", description="", keywords=["dog"])
-    got = exiftool_json(path, "XMP-dc:Subject", "XMP-lr:HierarchicalSubject")
+    got = read_tags(path, "XMP-dc:Subject", "XMP-lr:HierarchicalSubject")
     assert got["XMP-dc:Subject"] == ["dog"] and got["XMP-lr:HierarchicalSubject"] == ["dog"]
 
 
@@ -217,11 +210,11 @@ def test_keyword_policy_overwrite_makes_the_list_ours(tmp_path: Path) -> None:
 def test_pre_existing_keywords_survive_every_run(writer: MetadataWriter, tmp_path: Path, name: str) -> None:
     [path] = copy_corpus([name], tmp_path)
     tags = ("XMP-dc:Subject", "IPTC:Keywords")
-    before = exiftool_json(path, *tags)
+    before = read_tags(path, *tags)
     previous = None
     for run in (["cat"], ["dog", "cat"], ["tree"]):
         previous = writer.write(path, alt_text="a", description="d", keywords=run, previous=previous).written
-    after = exiftool_json(path, *tags)
+    after = read_tags(path, *tags)
     for tag in tags:
         old = before.get(tag, [])
         old = old if isinstance(old, list) else [old]
@@ -240,7 +233,7 @@ def test_digikam_tagslist_and_keyword_parent(tmp_path: Path) -> None:
     with writer_with(keyword_parent="florence") as w:
         first = w.write(path, alt_text="a", description="d", keywords=["uniform", "portrait"])
         w.write(path, alt_text="a", description="d", keywords=["portrait"], previous=first.written)
-    got = exiftool_json(path, "XMP-digiKam:TagsList", "XMP-lr:HierarchicalSubject", "XMP-dc:Subject")
+    got = read_tags(path, "XMP-digiKam:TagsList", "XMP-lr:HierarchicalSubject", "XMP-dc:Subject")
     assert got["XMP-digiKam:TagsList"] == ["People/Grace", "florence/portrait"]
     assert got["XMP-lr:HierarchicalSubject"] == ["People|Grace", "florence|portrait"]
     assert got["XMP-dc:Subject"] == ["Grace", "portrait"]
@@ -279,7 +272,7 @@ def test_lightroom_style_sidecar_name_and_an_existing_sidecar_is_updated(tmp_pat
     with writer_with(sidecar_name="{stem}.xmp") as w:
         out = w.write(path, alt_text="a", description="d", keywords=["k"])
     assert out.target == str(sidecar)
-    got = exiftool_json(sidecar, "XMP-xmp:Rating", "XMP-dc:Subject")
+    got = read_tags(sidecar, "XMP-xmp:Rating", "XMP-dc:Subject")
     assert got["XMP-xmp:Rating"] == 4 and got["XMP-dc:Subject"] == ["raw", "k"]
 
 
@@ -305,7 +298,7 @@ def test_unwritable_file_gets_a_sidecar_even_as_root(writer: MetadataWriter, tmp
     monkeypatch.setattr(tag.os, "access", lambda p, mode: False if Path(p) == path else real_access(p, mode))
     out = writer.write(path, alt_text="a read-only photo", description="d", keywords=["k"])
     assert out.target == str(path) + ".xmp" and path.read_bytes() == before
-    assert exiftool_json(Path(out.target), "XMP-iptcCore:AltTextAccessibility")[
+    assert read_tags(Path(out.target), "XMP-iptcCore:AltTextAccessibility")[
         "XMP-iptcCore:AltTextAccessibility"] == "a read-only photo"
 
 
@@ -314,7 +307,7 @@ def test_iptc_byte_limits_never_split_a_character(writer: MetadataWriter, tmp_pa
     long_kw = "日本語" * 10  # 90 UTF-8 bytes; IPTC keywords hold 64
     long_desc = "Ελληνικά " * 300  # ~5,100 bytes; IPTC captions hold 2,000
     writer.write(path, alt_text='a "quoted" \'alt\' text', description=long_desc, keywords=[long_kw])
-    got = exiftool_json(path, "IPTC:Keywords", "XMP-dc:Subject", "IPTC:Caption-Abstract",
+    got = read_tags(path, "IPTC:Keywords", "XMP-dc:Subject", "IPTC:Caption-Abstract",
                         "XMP-iptcCore:AltTextAccessibility")
     iptc_kw = got["IPTC:Keywords"][0] if isinstance(got["IPTC:Keywords"], list) else got["IPTC:Keywords"]
     assert len(iptc_kw.encode()) <= 64 and long_kw.startswith(iptc_kw) and len(iptc_kw) == 21
@@ -358,5 +351,5 @@ def test_a_fresh_read_is_not_needed_when_the_caller_read_the_file(writer: Metada
     current = writer.read_many([path])[path]
     out = writer.write(path, alt_text="alt", description="ours", keywords=["square"], current=current)
     assert out.before == current
-    assert exiftool_json(path, "XMP-dc:Subject")["XMP-dc:Subject"] == [
+    assert read_tags(path, "XMP-dc:Subject")["XMP-dc:Subject"] == [
         "RIGHT1of2-XMP-Keywords", "RIGHT2of2-XMP-Keywords", "square"]

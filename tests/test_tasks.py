@@ -20,7 +20,7 @@ from daemon.index import results_for
 from daemon.serve import make_server, serve_in_thread, url_of
 from daemon.tasks import TASKS, ask, parse_box, prompt_for, region_tokens, task_named
 
-from .conftest import CORPUS, copy_corpus, write_config
+from daemon.testing.helpers import CORPUS, copy_corpus, write_config
 from .test_cli import run_cli
 from .test_export import validate_coco
 

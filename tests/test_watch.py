@@ -13,7 +13,7 @@ import pytest
 
 from daemon.watch import FolderWatcher, SettleTracker, walk_candidates
 
-from .conftest import CORPUS, wait_until
+from daemon.testing.helpers import CORPUS, wait_until
 
 
 class Recorder:

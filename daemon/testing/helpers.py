@@ -1,0 +1,123 @@
+"""Helpers the tests share: the corpus, configs, a fast fake model, exiftool read-back.
+
+They live in the package (not in conftest) so that a test module imports
+them like any other code, and so that benchmarks can use them too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from ..config import Config, parse_config
+from ..results import TaskResults
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED = Path(os.environ.get("FLORENCE_WATCH_SHARED", REPO.parent / "shared"))
+CORPUS = SHARED / "corpus"
+REAL_FILES = SHARED / "florence-2-large-files"
+
+# The fields florence-watch writes, as exiftool -G1 names them when reading.
+OUR_TAGS = ("XMP-iptcCore:AltTextAccessibility", "XMP-dc:Description", "XMP-dc:Subject",
+            "XMP-lr:HierarchicalSubject", "IPTC:Keywords", "IPTC:Caption-Abstract", "IFD0:ImageDescription")
+_LIST_TAGS = ("XMP-dc:Subject", "XMP-lr:HierarchicalSubject", "IPTC:Keywords", "XMP-digiKam:TagsList")
+
+
+def read_tags(path: Path | str, *tags: str) -> dict[str, Any]:
+    """*tags* (default: ours) as a separate exiftool process reads them back; keyword tags as lists."""
+    out = subprocess.run(["exiftool", "-j", "-G1", "-struct", *[f"-{t}" for t in tags or OUR_TAGS], str(path)],
+                         capture_output=True, text=True, check=True).stdout
+    data: dict[str, Any] = json.loads(out)[0]
+    for key in _LIST_TAGS:
+        if key in data and not isinstance(data[key], list):
+            data[key] = [data[key]]
+    return data
+
+
+def copy_corpus(names: list[str], dest: Path) -> list[Path]:
+    """Copy corpus files (relative names) into *dest*, writable like a user's own files."""
+    out = []
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        target = dest / Path(name).name
+        shutil.copyfile(CORPUS / name, target)
+        target.chmod(0o644)
+        out.append(target)
+    return out
+
+
+def make_config(tmp_path: Path, model: Path | str = "auto", **sections: dict[str, Any]) -> Config:
+    """A config for a test: an inbox and an index under *tmp_path*, small generation settings."""
+    data: dict[str, Any] = {
+        "watch": {"folders": [str(tmp_path / "inbox")], "settle_seconds": 0.3},
+        "model": {"name": str(model), "num_beams": 1, "max_new_tokens": 16, "batch_size": 4},
+        "index": {"database": str(tmp_path / "index.db"), "max_attempts": 1},
+    }
+    for key, values in sections.items():
+        data.setdefault(key, {}).update(values)
+    return parse_config(data, source="test")
+
+
+def write_config(tmp_path: Path, model: Path | str, **sections: dict[str, Any]) -> Path:
+    """make_config's config as a config.toml file, for tests that run the command."""
+    cfg = make_config(tmp_path, model, **sections)
+    path = tmp_path / "config.toml"
+    lines = [
+        "[watch]", f"folders = [{str(cfg.watch.folders[0])!r}]", f"settle_seconds = {cfg.watch.settle_seconds}",
+        "[model]", f"name = {str(model)!r}", "num_beams = 1", "max_new_tokens = 16",
+        "[index]", f"database = {cfg.index.database!r}", f"max_attempts = {cfg.index.max_attempts}",
+        "[metadata]", f"write = {'true' if cfg.metadata.write else 'false'}",
+    ]
+    path.write_text("\n".join(lines).replace("'", '"') + "\n", encoding="utf-8")
+    return path
+
+
+class FakeAnalyzer:
+    """Fast stand-in for FlorenceAnalyzer (its real twin is tested in test_analyze and test_e2e).
+
+    The output depends on the pixels, so different images get different text.
+    ``calls`` records the size of every batch it was given.
+    """
+
+    model_id = "fake-florence"
+    tasks = ("<CAPTION>", "<MORE_DETAILED_CAPTION>", "<OD>", "<OCR_WITH_REGION>")
+    batch_size = 4
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def preprocess(self, image: Image.Image) -> None:
+        return None
+
+    def analyze(self, images: list[Image.Image], pixels: object = None) -> list[TaskResults]:
+        self.calls.append(len(images))
+        return [self.describe(im) for im in images]
+
+    def describe(self, im: Image.Image) -> TaskResults:
+        r, g, b = (int(v) for v in im.resize((1, 1)).getpixel((0, 0)))  # type: ignore[union-attr]
+        shade = "bright" if r + g + b > 380 else "dark"
+        return {
+            "<CAPTION>": f"a {shade} picture {r}-{g}-{b}",
+            "<MORE_DETAILED_CAPTION>": f"A {shade} picture, {im.width} by {im.height} pixels.",
+            "<OD>": {"bboxes": [[0, 0, im.width // 2, im.height // 2]], "labels": [f"{shade} thing"]},
+            "<OCR_WITH_REGION>": {"quad_boxes": [[0, 0, 5, 0, 5, 5, 0, 5]], "labels": [f"text{r}"]},
+        }
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1) -> Any:
+    """Poll *predicate* until it returns something true, or *timeout* passes; its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return predicate()
