@@ -19,17 +19,19 @@ from .analyze import Analyzer, FlorenceAnalyzer
 from .config import Config, database_url
 from .db import Database
 from .pipeline import Pipeline
-from .tag import MetadataWriter, remove_stale_temp_files
+from .metadata import MetadataWriter, remove_stale_temp_files
 from .watch import FolderWatcher
 
 log = logging.getLogger(__name__)
 
 
 @contextmanager
-def open_pipeline(config: Config, analyzer: Analyzer | None = None) -> Iterator[Pipeline]:
+def open_pipeline(config: Config, analyzer: Analyzer | None = None, tag_threads: int | None = None
+                  ) -> Iterator[Pipeline]:
     """Database, model and exiftool, opened in the order that fails fastest.
 
-    *analyzer* replaces the Florence-2 model (the load tests use a fast fake).
+    *analyzer* replaces the Florence-2 model (the load tests use a fast fake);
+    *tag_threads* = 0 writes metadata in the caller's thread.
     """
     db = Database(database_url(config.index.database))
     # Two exiftool processes let metadata writes use both cores of a small machine.
@@ -38,7 +40,7 @@ def open_pipeline(config: Config, analyzer: Analyzer | None = None) -> Iterator[
         if analyzer is None:
             analyzer = FlorenceAnalyzer(config.model)
             log.info("model: %s", analyzer.describe())
-        pipeline = Pipeline(config, db, analyzer, writer)
+        pipeline = Pipeline(config, db, analyzer, writer, tag_threads)
         try:
             yield pipeline
         finally:

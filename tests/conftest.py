@@ -19,7 +19,7 @@ from daemon.analyze import Analyzer
 from daemon.config import Config
 from daemon.pipeline import Pipeline
 from daemon.runner import open_pipeline
-from daemon.testing.helpers import CORPUS, FakeAnalyzer
+from daemon.testing.helpers import CORPUS, FakeAnalyzer, PipelineFactory
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -43,18 +43,16 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_florence(tmp_path_factory.mktemp("tiny-florence"))
 
 
-PipelineFactory = Callable[..., Pipeline]
-
 
 @pytest.fixture
 def open_test_pipeline() -> Iterator[PipelineFactory]:
-    """``open_test_pipeline(config, analyzer=None)``: a pipeline built as the daemon builds it
-    (``runner.open_pipeline``: database, exiftool, model), with a FakeAnalyzer unless one is
-    given; everything it opened is closed when the test ends."""
+    """``open_test_pipeline(config, analyzer=None, tag_threads=None)``: a pipeline built as the
+    daemon builds it (``runner.open_pipeline``: database, exiftool, model), with a FakeAnalyzer
+    unless one is given; everything it opened is closed when the test ends."""
     with ExitStack() as stack:
 
-        def make(config: Config, analyzer: Analyzer | None = None) -> Pipeline:
-            return stack.enter_context(open_pipeline(config, analyzer or FakeAnalyzer()))
+        def make(config: Config, analyzer: Analyzer | None = None, tag_threads: int | None = None) -> Pipeline:
+            return stack.enter_context(open_pipeline(config, analyzer or FakeAnalyzer(), tag_threads))
 
         yield make
 

@@ -17,7 +17,7 @@ from PIL import Image
 
 from daemon.errors import ImageError
 from daemon.imaging import decode
-from daemon.tag import MetadataWriter
+from daemon.metadata import MetadataWriter
 
 from daemon.testing.helpers import CORPUS, copy_corpus, read_tags
 

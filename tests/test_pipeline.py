@@ -8,50 +8,40 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
 from daemon import index, jobs
-from daemon.config import Config, database_url
-from daemon.db import Database, File, Image, Result
+from daemon.db import File, Image, Result
 from daemon.imaging import sha256_file
-from daemon.pipeline import Pipeline
 from daemon.search import search
-from daemon.tag import MetadataWriter
 from daemon.watch import walk_candidates
 
-from daemon.testing.helpers import FakeAnalyzer, copy_corpus, make_config, read_tags
+from daemon.testing.helpers import FakeAnalyzer, PipelineFactory, copy_corpus, make_config, read_tags
 
 
 class Env:
-    def __init__(self, tmp_path: Path, config: Config) -> None:
+    """A pipeline over an inbox in tmp_path, built as the daemon builds it."""
+
+    def __init__(self, tmp_path: Path, open_test_pipeline: PipelineFactory, tag_threads: int | None = None,
+                 **sections: dict) -> None:
         self.tmp = tmp_path
         self.inbox = tmp_path / "inbox"
         self.inbox.mkdir(exist_ok=True)
-        self.config = config
-        self.db = Database(database_url(config.index.database))
-        self.writer = MetadataWriter(config.metadata)
         self.analyzer = FakeAnalyzer()
-        self.pipeline = Pipeline(config, self.db, self.analyzer, self.writer)
+        self.pipeline = open_test_pipeline(make_config(tmp_path, **sections), self.analyzer, tag_threads)
+        self.db = self.pipeline.db
 
     def run(self, *paths: Path) -> int:
         self.pipeline.offer(p for root in (paths or (self.inbox,)) for p in walk_candidates(root))
         return self.pipeline.drain()
 
-    def close(self) -> None:
-        self.pipeline.close()
-        self.writer.close()
-        self.db.close()
-
 
 @pytest.fixture
-def env(tmp_path: Path) -> Iterator[Env]:
-    e = Env(tmp_path, make_config(tmp_path))
-    yield e
-    e.close()
+def env(tmp_path: Path, open_test_pipeline: PipelineFactory) -> Env:
+    return Env(tmp_path, open_test_pipeline)
 
 
 
@@ -151,23 +141,21 @@ def test_a_deleted_file_leaves_search(env: Env) -> None:
         assert search(s, "picture") == []
 
 
-def test_metadata_write_off_leaves_files_untouched(tmp_path: Path) -> None:
-    e = Env(tmp_path, make_config(tmp_path, metadata={"write": False}))
-    try:
-        [path] = copy_corpus(["pillow/hopper.jpg"], e.inbox)
-        before = path.read_bytes()
-        e.run()
-        assert path.read_bytes() == before
-        with e.db.transaction() as s:
-            f = index.file_by_path(s, str(path))
-            assert (f.state, f.tag_state) == ("indexed", "off")
-    finally:
-        e.close()
+def test_metadata_write_off_leaves_files_untouched(tmp_path: Path, open_test_pipeline: PipelineFactory) -> None:
+    e = Env(tmp_path, open_test_pipeline, metadata={"write": False})
+    [path] = copy_corpus(["pillow/hopper.jpg"], e.inbox)
+    before = path.read_bytes()
+    e.run()
+    assert path.read_bytes() == before
+    with e.db.transaction() as s:
+        f = index.file_by_path(s, str(path))
+        assert (f.state, f.tag_state) == ("indexed", "off")
 
 
 def test_crash_between_our_write_and_its_record_does_not_rerun_the_model(
-    env: Env, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, open_test_pipeline: PipelineFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    env = Env(tmp_path, open_test_pipeline, tag_threads=0)  # metadata written in this thread: the "kill" lands here
     [path] = copy_corpus(["pillow/hopper.jpg"], env.inbox)
 
     class Killed(BaseException):
@@ -177,8 +165,6 @@ def test_crash_between_our_write_and_its_record_does_not_rerun_the_model(
         raise Killed  # the process dies after exiftool renamed the file into place
 
     monkeypatch.setattr(index, "record_tag", die)
-    # In this thread, so that the "kill" lands here.
-    monkeypatch.setattr(env.pipeline, "_queue_tag", lambda item: env.pipeline._tag_group([item]))
     with pytest.raises(Killed):
         env.run()
     monkeypatch.undo()

@@ -1,4 +1,7 @@
-"""The metadata writer against real exiftool and real files from other projects."""
+"""The metadata writer against real exiftool and real files from other projects.
+
+The rules themselves are table-driven in test_plan, without exiftool.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,8 @@ import pytest
 
 from daemon.errors import MetadataError
 from daemon.imaging import decode
-from daemon.tag import MetadataWriter, cut_bytes, cut_words, remove_stale_temp_files, sanitize
+from daemon.metadata.exiftool import MetadataWriter, remove_stale_temp_files
+from daemon.metadata.plan import cut_bytes, cut_words, sanitize
 
 from daemon.testing.helpers import copy_corpus, read_tags
 
@@ -290,7 +294,7 @@ def test_unwritable_file_gets_a_sidecar_even_as_root(writer: MetadataWriter, tmp
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     # Root ignores permission bits, and CI runs as root: deny write access the
     # way a read-only mount would, for the image only (the sidecar is real).
-    import daemon.tag as tag
+    import daemon.metadata.exiftool as tag
 
     [path] = copy_corpus(["pillow/hopper.jpg"], tmp_path)
     before = path.read_bytes()
@@ -333,13 +337,13 @@ def test_read_many_leaves_out_what_it_could_not_read(writer: MetadataWriter, tmp
     text = tmp_path / "text.jpg"
     text.write_text("not a jpeg")
     assert writer.read_many([good, text]) == {good: writer.read(good), text: {}}  # exiftool reads it as empty
-    execute = writer._execute
+    execute = writer.exiftool.execute
 
     def deleted_meanwhile(path: object, args: list[str]) -> str:
         vanishing.unlink()  # after read_many saw it exist: exiftool fails the whole command
         return execute(path, args)
 
-    monkeypatch.setattr(writer, "_execute", deleted_meanwhile)
+    monkeypatch.setattr(writer.exiftool, "execute", deleted_meanwhile)
     assert writer.read_many([good, vanishing]) == {}  # each is then read on its own, with its own error
     monkeypatch.undo()
     with pytest.raises(MetadataError):

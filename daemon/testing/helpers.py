@@ -13,17 +13,23 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
 from ..config import Config, parse_config
 from ..results import TaskResults
 
+if TYPE_CHECKING:
+    from ..pipeline import Pipeline
+
 REPO = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("FLORENCE_WATCH_SHARED", REPO.parent / "shared"))
 CORPUS = SHARED / "corpus"
 REAL_FILES = SHARED / "florence-2-large-files"
+
+# What the open_test_pipeline fixture gives: (config, analyzer=None, tag_threads=None) -> Pipeline.
+PipelineFactory = Callable[..., "Pipeline"]
 
 # The fields florence-watch writes, as exiftool -G1 names them when reading.
 OUR_TAGS = ("XMP-iptcCore:AltTextAccessibility", "XMP-dc:Description", "XMP-dc:Subject",

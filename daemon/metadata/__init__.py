@@ -1,0 +1,10 @@
+"""Metadata: what to write (``plan``), exiftool (``exiftool``), and the writes and their records (``tagger``)."""
+
+from .exiftool import MetadataWriter, remove_stale_temp_files, sidecar_path, target_for
+from .plan import Outcome, Wanted, plan, sanitize
+from .tagger import Tagger, TagRequest, retag, tag_file, tag_request
+
+__all__ = [
+    "MetadataWriter", "Outcome", "TagRequest", "Tagger", "Wanted", "plan", "remove_stale_temp_files", "retag",
+    "sanitize", "sidecar_path", "tag_file", "tag_request", "target_for",
+]

@@ -1,0 +1,205 @@
+"""What to write into one file, given what it holds now: the rules that keep a person's work.
+
+Pure functions, no exiftool: the caller reads the file, :func:`plan` decides,
+the caller runs the arguments it returns. The rules:
+
+* a description or alt text someone wrote is never overwritten: we write a
+  field only where it is empty, camera boilerplate, or still exactly what
+  we wrote before (policy ``fill``); ``overwrite`` always writes; ``off`` never;
+* a person's keywords are kept; ours are added, and on a re-tag only the
+  keywords we added earlier are replaced;
+* every value is sanitised first: a newline in a value would become a new
+  exiftool argument (``"caption\\n-all="`` once erased a whole file).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import MetadataConfig
+from ..files import EXIF_EXTENSIONS, IIM_EXTENSIONS
+
+Tag = tuple[str, str]  # the name exiftool writes -> the key exiftool -G1 reads it back under
+
+ALT: Tag = ("XMP-iptcCore:AltTextAccessibility", "XMP-iptcCore:AltTextAccessibility")
+DESCRIPTIONS: tuple[Tag, ...] = (
+    ("XMP-dc:Description", "XMP-dc:Description"),
+    ("EXIF:ImageDescription", "IFD0:ImageDescription"),
+    ("IPTC:Caption-Abstract", "IPTC:Caption-Abstract"),
+)
+SUBJECT: Tag = ("XMP-dc:Subject", "XMP-dc:Subject")
+IPTC_KEYWORDS: Tag = ("IPTC:Keywords", "IPTC:Keywords")
+HIERARCHY: Tag = ("XMP-lr:HierarchicalSubject", "XMP-lr:HierarchicalSubject")
+KEYWORDS = (SUBJECT, IPTC_KEYWORDS, HIERARCHY)
+# digiKam's own keyword tree ("a/b"); Immich reads it before anything else,
+# so it is written only where a file already has one.
+TAGS_LIST: Tag = ("XMP-digiKam:TagsList", "XMP-digiKam:TagsList")
+LIST_KEYS = frozenset([r for _, r in KEYWORDS] + [TAGS_LIST[1]])
+READ_KEYS = [ALT[1]] + [r for _, r in DESCRIPTIONS] + [r for _, r in KEYWORDS] + [TAGS_LIST[1]]
+
+IPTC_CAPTION_BYTES = 2000
+IPTC_KEYWORD_BYTES = 64
+XMP_DESCRIPTION_CHARS = 2000
+
+# What cameras and editors put in ImageDescription when nobody wrote one:
+# it counts as empty, not as a person's text.
+_BOILERPLATE = re.compile(
+    r"^\s*(|.*digital camera|sony dsc|dcim|default|exif_jpeg_picture|created with gimp|"
+    r"file written by adobe photoshop.*|samsung|lg digital camera|image description|"
+    r"[a-z]+ digital still camera|<[^>]*>|\?+)\s*$",
+    re.IGNORECASE,
+)
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+
+
+def sanitize(value: str) -> str:
+    """One line of printable text: control, format and separator characters become spaces."""
+    value = unicodedata.normalize("NFC", value)
+    value = _UNSAFE.sub(" ", value)
+    value = "".join(" " if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp", "Cs") else c for c in value)
+    return re.sub(r"\s+", " ", value).strip()
+
+
+def cut_words(text: str, limit: int) -> str:
+    """At most *limit* characters, cut at a word boundary when there is one."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit + 1].rsplit(" ", 1)[0] if " " in text[: limit + 1] else text[:limit]
+    return cut[:limit].rstrip(" ,;:-")
+
+
+def cut_bytes(text: str, limit: int) -> str:
+    """At most *limit* UTF-8 bytes, never splitting a character."""
+    data = text.encode("utf-8")
+    if len(data) <= limit:
+        return text
+    return data[:limit].decode("utf-8", errors="ignore").rstrip()
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """What the model says the file should carry."""
+
+    alt_text: str
+    description: str
+    keywords: list[str]
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the tags go and which tag families that place can carry."""
+
+    path: str
+    embedded: bool  # the image itself, not a sidecar
+    extension: str  # of the image: decides IPTC-IIM and EXIF
+
+    def carries(self, tag: Tag) -> bool:
+        group = tag[0].split(":", 1)[0]
+        if group == "EXIF":
+            return self.embedded and self.extension in EXIF_EXTENSIONS
+        if group == "IPTC":
+            return self.embedded and self.extension in IIM_EXTENSIONS
+        return True
+
+
+@dataclass
+class Outcome:
+    """A plan, and after it ran, what a write did: where, what we now own, what changed."""
+
+    target: str
+    written: dict[str, Any]
+    changed: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)  # fields left alone because a person wrote them
+    before: dict[str, Any] = field(default_factory=dict)  # our fields as they were in the target
+    args: list[str] = field(default_factory=list)  # exiftool arguments that carry it out ([] = nothing to do)
+
+
+def plan(wanted: Wanted, current: dict[str, Any], previous: dict[str, Any] | None, config: MetadataConfig,
+         target: Target) -> Outcome:
+    """Decide what to write: *current* is what the target holds now, *previous* what we wrote last time."""
+    p = _Planner(current, previous or {}, config, target)
+    p.text_fields(wanted)
+    ours = list(dict.fromkeys(k for k in (sanitize(k) for k in wanted.keywords) if k))
+    if ours and config.keywords != "off":
+        p.keywords(ours)
+    if any(a.startswith("-IPTC:") for a in p.outcome.args):
+        p.outcome.args += ["-IPTC:CodedCharacterSet=UTF8", "-Photoshop:IPTCDigest=new"]
+    return p.outcome
+
+
+class _Planner:
+    def __init__(self, current: dict[str, Any], previous: dict[str, Any], config: MetadataConfig,
+                 target: Target) -> None:
+        self.current, self.config, self.target = current, config, target
+        self.prev_tags: dict[str, Any] = previous.get("tags", {})
+        self.prev_keywords: list[str] = previous.get("keywords", [])
+        self.outcome = Outcome(target=target.path, written={"tags": {}, "keywords": []}, before=current)
+
+    def free(self, tag: Tag, value: Any) -> bool:
+        """Empty, still ours, already exactly our value (an interrupted write of ours), or boilerplate."""
+        now = self.current.get(tag[1])
+        return not now or now == self.prev_tags.get(tag[1]) or now == value or bool(_BOILERPLATE.match(now))
+
+    def text_fields(self, wanted: Wanted) -> None:
+        """Alt text on its own; the descriptions as one group, so a person's caption in any keeps all three."""
+        desc = cut_words(sanitize(wanted.description), XMP_DESCRIPTION_CHARS)
+        groups = [
+            (self.config.alt_text, {ALT: cut_words(sanitize(wanted.alt_text), self.config.alt_text_max)}),
+            (self.config.description, {
+                tag: cut_bytes(desc, IPTC_CAPTION_BYTES) if tag[0].startswith("IPTC") else desc
+                for tag in DESCRIPTIONS if self.target.carries(tag)
+            }),
+        ]
+        for policy, values in groups:
+            values = {tag: v for tag, v in values.items() if v}
+            if policy == "off" or not values:
+                continue
+            if policy == "fill" and not all(self.free(tag, v) for tag, v in values.items()):
+                self.outcome.kept += [tag[1] for tag in values if self.current.get(tag[1])]
+                continue
+            for tag, value in values.items():
+                self.set(tag, value)
+
+    def merged(self, tag: Tag, ours: list[str], earlier: set[str]) -> list[str]:
+        """A person's entries of *tag* (unless policy is overwrite) followed by ours; our *earlier* ones go."""
+        kept = [] if self.config.keywords == "overwrite" else [
+            k for k in self.current.get(tag[1], []) if k not in earlier]
+        return list(dict.fromkeys(kept + ours))
+
+    def keywords(self, ours: list[str]) -> None:
+        """dc:subject and IPTC keywords, a hierarchy that holds every keyword, digiKam's tree if present."""
+        parent = sanitize(self.config.keyword_parent).strip("|/")
+        ours_hier = [f"{parent}|{k}" if parent else k for k in ours]
+        prev_flat = set(self.prev_keywords)
+        prev_hier = prev_flat | {f"{parent}|{k}" for k in self.prev_keywords if parent}
+        flat = self.merged(SUBJECT, ours, prev_flat)
+        self.set(SUBJECT, flat)
+        iptc: list[str] = []
+        if self.target.carries(IPTC_KEYWORDS):
+            iptc = self.merged(IPTC_KEYWORDS, [cut_bytes(k, IPTC_KEYWORD_BYTES) for k in ours], prev_flat)
+            self.set(IPTC_KEYWORDS, iptc)
+        # HierarchicalSubject must hold every keyword (Immich reads it instead
+        # of dc:subject): a person's hierarchy, ours, and every flat keyword
+        # that is not already a leaf of it.
+        hier = self.merged(HIERARCHY, ours_hier, prev_hier)
+        leaves = {h.rsplit("|", 1)[-1] for h in hier}
+        self.set(HIERARCHY, hier + [k for k in dict.fromkeys(flat + iptc) if k not in leaves])
+        if TAGS_LIST[1] in self.current:
+            prev_tree = {h.replace("|", "/") for h in prev_hier}
+            self.set(TAGS_LIST, self.merged(TAGS_LIST, [h.replace("|", "/") for h in ours_hier], prev_tree))
+        self.outcome.written["keywords"] = ours
+
+    def set(self, tag: Tag, value: Any) -> None:
+        write_key, read_key = tag
+        self.outcome.written["tags"][read_key] = value
+        if self.current.get(read_key) == value:
+            return  # already there: no rewrite, no new file
+        self.outcome.changed.append(read_key)
+        if isinstance(value, list):
+            # Assigning a list tag several times in one command sets the whole list.
+            self.outcome.args.extend(f"-{write_key}={v}" for v in value)
+        else:
+            self.outcome.args.append(f"-{write_key}={value}")

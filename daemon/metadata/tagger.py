@@ -1,0 +1,244 @@
+"""The tagger: turns "this file should carry these fields" into writes, and records them.
+
+Requests come from the pipeline (new results, or a known image at a new
+path), from recovery after a crash, and from ``retag``. Worker threads (one
+per exiftool process) take whatever is queued, up to a group: the group's
+files are read in one exiftool command, written one by one, and recorded in
+one transaction. Two writes to one path never run at once. With
+``threads=0`` every request is written at once in the caller's thread
+(tests and one-shot commands).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from .. import index
+from ..db import Database, File
+from ..errors import ImageError, MetadataError
+from ..files import is_under
+from ..imaging import Fingerprint, sha256_file
+from ..results import Summary
+from .exiftool import MetadataWriter
+from .plan import Outcome
+
+log = logging.getLogger(__name__)
+
+GROUP = 16  # metadata writes that share one exiftool read
+
+
+@dataclass
+class TagRequest:
+    """Everything a metadata write needs, taken from the index in one go."""
+
+    file_id: int
+    path: str
+    recorded: tuple[int | None, int | None, int | None]  # the fingerprint we read the file at
+    fields: dict[str, Any]  # MetadataWriter.write's keyword arguments
+
+
+def tag_request(f: File, summary: Summary) -> TagRequest:
+    return TagRequest(
+        file_id=f.id,
+        path=f.path,
+        recorded=(f.inode, f.size, f.mtime_ns),
+        fields={
+            "alt_text": summary.caption,
+            "description": summary.description or summary.caption,
+            "keywords": summary.labels or [],
+            "previous": json.loads(f.written) if f.written else None,
+        },
+    )
+
+
+def load_tag_request(session: Session, file_id: int, model: str | None) -> TagRequest | None:
+    """What the index says should be in *file_id*'s metadata (None: not an indexed image)."""
+    f = session.get(File, file_id)
+    if f is None or f.image_id is None:
+        return None
+    return tag_request(f, index.summary_for_file(session, f, model))
+
+
+@dataclass
+class Written:
+    """One request carried out (outcome) or failed (reason); recorded by :func:`record`."""
+
+    request: TagRequest
+    outcome: Outcome | None = None
+    reason: str = ""
+    sha256: str | None = None  # the file's new hash; None if its bytes did not change
+    fp: Fingerprint | None = None
+
+
+def write_one(writer: MetadataWriter, request: TagRequest, *, current: dict[str, Any] | None = None,
+              check_settled: bool = True, dry_run: bool = False) -> Written | None:
+    """Carry out *request* (nothing is recorded); None when postponed because the file is changing.
+
+    *current* is what the target held when read just now, used only if the
+    file is still as the index last saw it.
+    """
+    path, fields = request.path, request.fields
+    try:
+        if dry_run:
+            return Written(request, writer.write(path, **fields, dry_run=True))
+        if check_settled and Fingerprint.of(path).stat != request.recorded:
+            # Either our own write finished but a crash lost its record (the
+            # file then holds exactly what we would write), or the file is
+            # still being written: tagging it now could corrupt it, and its
+            # next event brings it back.
+            current = None  # read before the change: read again
+            if writer.write(path, **fields, dry_run=True).changed:
+                log.info("%s changed since it was read; metadata write postponed", path)
+                return None
+            log.info("%s already holds our metadata (write interrupted before it was recorded)", path)
+        outcome = writer.write(path, **fields, current=current)
+        fp = Fingerprint.of(path)
+        # Rehash only when the file is not the one the index last read: our
+        # write just replaced it, or an interrupted write of ours did earlier.
+        sha = sha256_file(path) if fp.stat != request.recorded else None
+    except (MetadataError, ImageError, OSError) as exc:
+        reason = getattr(exc, "reason", None) or str(exc)
+        log.error("%s: metadata not written: %s", path, reason)
+        return Written(request, reason=f"metadata not written: {reason}")
+    if outcome.kept:
+        log.info("%s: kept what a person wrote in %s", path, ", ".join(outcome.kept))
+    return Written(request, outcome, sha256=sha, fp=fp)
+
+
+def record(session: Session, done: list[Written]) -> None:
+    """Record what was written (or why not) for each file."""
+    for w in done:
+        if w.outcome is None:
+            index.record_tag_failure(session, w.request.file_id, w.reason)
+        elif w.fp is not None:
+            index.record_tag(session, w.request.file_id, written=w.outcome.written, target=w.outcome.target,
+                             sha256=w.sha256, fp=w.fp)
+
+
+class Tagger:
+    """Metadata writes for the pipeline, in threads of their own (see the module docstring)."""
+
+    def __init__(self, db: Database, writer: MetadataWriter, model: str | None, threads: int | None = None) -> None:
+        self.db, self.writer, self.model = db, writer, model
+        # The bound keeps the backlog in the database (tag_state "pending").
+        self._queue: queue.Queue[int | TagRequest | None] = queue.Queue(maxsize=64)
+        self._busy_paths: set[str] = set()
+        self._busy = threading.Condition()
+        count = writer.processes if threads is None else threads
+        self._threads = [threading.Thread(target=self._work, name=f"tag{i}", daemon=True) for i in range(count)]
+        for t in self._threads:
+            t.start()
+
+    def submit(self, item: int | TagRequest) -> None:
+        """Write a file's metadata (a file id: what the index says; or a ready request)."""
+        if self._threads:
+            self._queue.put(item)
+        else:
+            self.write_group([item])
+
+    def wait(self) -> None:
+        """Block until every submitted write is done."""
+        self._queue.join()
+
+    def close(self) -> None:
+        """Finish what is queued, then stop the threads (a file left pending is redone at start-up)."""
+        for _ in self._threads:
+            self._queue.put(None)
+        for t in self._threads:
+            t.join()
+
+    def recover(self) -> None:
+        """Write the files whose metadata write was interrupted (tag_state still pending)."""
+        with self.db.transaction() as s:
+            pending = list(s.scalars(select(File.id).where(File.state == "indexed", File.tag_state == "pending")))
+        for i in range(0, len(pending), GROUP):
+            self.write_group(list(pending[i:i + GROUP]))
+
+    def _work(self) -> None:
+        running = True
+        while running:
+            group = [self._queue.get()]  # whatever is queued, up to a group
+            while len(group) < GROUP and group[-1] is not None:
+                try:
+                    group.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            running = group[-1] is not None
+            try:
+                self.write_group([item for item in group if item is not None])
+            except Exception:  # noqa: BLE001 - one file's metadata must not stop the others
+                log.exception("metadata write failed unexpectedly (%s)", group)
+            finally:
+                for _ in group:
+                    self._queue.task_done()
+
+    def write_group(self, items: list[int | TagRequest]) -> int:
+        """Read several files in one go, write each, record them together; returns how many were written."""
+        with self.db.transaction() as s:
+            requests = [r for r in (item if isinstance(item, TagRequest) else load_tag_request(s, item, self.model)
+                                    for item in items) if r is not None]
+        with self._claimed({r.path for r in requests}):
+            targets = [_target(self.writer, r) for r in requests]
+            current = self.writer.read_many([t for t in targets if t is not None])
+            done = [w for r, t in zip(requests, targets, strict=True)
+                    if (w := write_one(self.writer, r, current=current.get(t) if t else None)) is not None]
+            if done:
+                with self.db.transaction(write=True) as s:
+                    record(s, done)
+        return sum(w.outcome is not None for w in done)
+
+    @contextmanager
+    def _claimed(self, paths: set[str]) -> Iterator[None]:
+        """Hold *paths* for this thread: all at once, so two threads never wait on each other's paths."""
+        with self._busy:
+            self._busy.wait_for(lambda: not paths & self._busy_paths)
+            self._busy_paths |= paths
+        try:
+            yield
+        finally:
+            with self._busy:
+                self._busy_paths -= paths
+                self._busy.notify_all()
+
+
+def _target(writer: MetadataWriter, request: TagRequest) -> Path | None:
+    try:
+        return writer.target_for(request.path)
+    except MetadataError:
+        return None  # write_one records the reason
+
+
+def tag_file(db: Database, writer: MetadataWriter, file_id: int, *, dry_run: bool = False) -> Outcome | None:
+    """Write what the index says of *file_id* into the file (or sidecar) and record it; None if not written."""
+    with db.transaction() as s:
+        request = load_tag_request(s, file_id, None)
+    if request is None:
+        return None
+    done = write_one(writer, request, check_settled=False, dry_run=dry_run)
+    if done is not None and not dry_run:
+        with db.transaction(write=True) as s:
+            record(s, [done])
+    return done.outcome if done is not None else None
+
+
+def retag(db: Database, writer: MetadataWriter, paths: Iterable[str | Path] = (), *,
+          dry_run: bool = False) -> Iterator[tuple[str, Outcome | None]]:
+    """Rewrite metadata from the index (no model run) for indexed files under *paths* (all if none)."""
+    roots = [os.path.abspath(p) for p in paths]
+    with db.transaction() as s:
+        files = [(f.id, f.path) for f in s.scalars(select(File).where(File.state == "indexed").order_by(File.path))]
+    for file_id, path in files:
+        if not roots or any(is_under(path, r) for r in roots):
+            yield path, tag_file(db, writer, file_id, dry_run=dry_run)

@@ -1,0 +1,123 @@
+"""The rules that keep a person's work, table-driven: ``plan`` alone, no exiftool.
+
+Their real twin is test_tag (the same rules through real exiftool and real files).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from daemon.config import MetadataConfig
+from daemon.metadata.plan import Target, Wanted, plan
+
+ALT, DESC, SUBJ = "XMP-iptcCore:AltTextAccessibility", "XMP-dc:Description", "XMP-dc:Subject"
+EXIF_DESC, IPTC_DESC = "IFD0:ImageDescription", "IPTC:Caption-Abstract"
+IPTC_KW, HIER, TREE = "IPTC:Keywords", "XMP-lr:HierarchicalSubject", "XMP-digiKam:TagsList"
+WANT = Wanted(alt_text="a dog on a sofa", description="A brown dog lies on a red sofa.", keywords=["dog", "sofa"])
+JPEG = Target("/p/photo.jpg", embedded=True, extension=".jpg")
+PREV = {"tags": {ALT: "an old caption", DESC: "An old description."}, "keywords": ["cat"]}
+
+
+def run(current: dict[str, Any], previous: dict[str, Any] | None = None, target: Target = JPEG,
+        wanted: Wanted = WANT, **policy: Any) -> Any:
+    return plan(wanted, current, previous, MetadataConfig(**policy), target)
+
+
+# (case, current, previous, policy, field, expected value written or None when left alone)
+TEXT_RULES = [
+    ("empty gets ours", {}, None, {}, ALT, "a dog on a sofa"),
+    ("a person's alt text stays", {ALT: "Grace, at home"}, None, {}, ALT, None),
+    ("our earlier alt text is replaced", {ALT: "an old caption"}, PREV, {}, ALT, "a dog on a sofa"),
+    ("overwrite replaces a person's", {ALT: "Grace, at home"}, None, {"alt_text": "overwrite"}, ALT,
+     "a dog on a sofa"),
+    ("off never writes", {}, None, {"alt_text": "off"}, ALT, None),
+    ("camera boilerplate counts as empty", {EXIF_DESC: "OLYMPUS DIGITAL CAMERA"}, None, {}, EXIF_DESC,
+     "A brown dog lies on a red sofa."),
+    ("a person's text in one description keeps all three", {IPTC_DESC: "My dog"}, None, {}, DESC, None),
+    ("our earlier description is replaced", {DESC: "An old description."}, PREV, {}, DESC,
+     "A brown dog lies on a red sofa."),
+    ("description off", {}, None, {"description": "off"}, DESC, None),
+]
+
+
+@pytest.mark.parametrize(("case", "current", "previous", "policy", "field", "expected"), TEXT_RULES,
+                         ids=[r[0] for r in TEXT_RULES])
+def test_text_field_rules(case: str, current: dict, previous: dict | None, policy: dict, field: str,
+                          expected: str | None) -> None:
+    out = run(current, previous, **policy)
+    assert out.written["tags"].get(field) == expected
+    assert (field in out.changed) == (expected is not None and current.get(field) != expected)
+    if expected is None and current.get(field):
+        assert field in out.kept
+
+
+# (case, current keywords, previous ours, policy, expected dc:subject)
+KEYWORD_RULES = [
+    ("ours added to none", [], [], {}, ["dog", "sofa"]),
+    ("a person's keywords stay first", ["holiday"], [], {}, ["holiday", "dog", "sofa"]),
+    ("our earlier keywords are replaced", ["holiday", "cat"], ["cat"], {}, ["holiday", "dog", "sofa"]),
+    ("no duplicates", ["dog"], [], {}, ["dog", "sofa"]),
+    ("overwrite keeps only ours", ["holiday"], [], {"keywords": "overwrite"}, ["dog", "sofa"]),
+    ("off writes none", ["holiday"], [], {"keywords": "off"}, None),
+]
+
+
+@pytest.mark.parametrize(("case", "now", "prev", "policy", "expected"), KEYWORD_RULES,
+                         ids=[r[0] for r in KEYWORD_RULES])
+def test_keyword_rules(case: str, now: list[str], prev: list[str], policy: dict, expected: list[str] | None) -> None:
+    out = run({SUBJ: now, IPTC_KW: now} if now else {}, {"tags": {}, "keywords": prev}, **policy)
+    assert out.written["tags"].get(SUBJ) == expected
+    assert out.written["tags"].get(IPTC_KW) == expected
+    if expected is not None:
+        # HierarchicalSubject holds every keyword: Immich reads it instead of dc:subject.
+        assert set(expected) <= set(out.written["tags"][HIER])
+
+
+def test_hierarchy_keeps_a_persons_tree_and_adds_ours_under_the_parent() -> None:
+    out = run({HIER: ["People|Grace", "florence|cat"], SUBJ: ["Grace", "cat"], TREE: ["People/Grace"]},
+              {"tags": {}, "keywords": ["cat"]}, keyword_parent="florence")
+    assert out.written["tags"][HIER] == ["People|Grace", "florence|dog", "florence|sofa"]
+    assert out.written["tags"][TREE] == ["People/Grace", "florence/dog", "florence/sofa"]
+    assert out.written["tags"][SUBJ] == ["Grace", "dog", "sofa"]
+
+
+def test_digikam_tree_only_where_the_file_has_one() -> None:
+    assert TREE not in run({}).written["tags"]
+
+
+@pytest.mark.parametrize(("target", "iptc", "exif"), [
+    (JPEG, True, True),
+    (Target("/p/a.tif", True, ".tif"), True, True),
+    (Target("/p/a.png", True, ".png"), False, True),
+    (Target("/p/a.webp", True, ".webp"), False, True),
+    (Target("/p/a.nef.xmp", False, ".nef"), False, False),  # a sidecar: XMP only
+    (Target("/p/a.jpg.xmp", False, ".jpg"), False, False),
+])
+def test_tag_families_per_target(target: Target, iptc: bool, exif: bool) -> None:
+    out = run({}, target=target)
+    assert (IPTC_DESC in out.written["tags"] and IPTC_KW in out.written["tags"]) == iptc
+    assert (EXIF_DESC in out.written["tags"]) == exif
+    assert ("-IPTC:CodedCharacterSet=UTF8" in out.args) == iptc  # else non-Latin IPTC text is lost
+    assert DESC in out.written["tags"] and ALT in out.written["tags"]
+
+
+def test_nothing_to_do_when_the_file_already_holds_exactly_ours() -> None:
+    first = run({})
+    again = run(first.written["tags"], first.written)
+    assert again.args == [] and again.changed == []
+
+
+def test_hostile_values_become_one_line_each() -> None:
+    out = run({}, wanted=Wanted("cap\n-all=", "desc\r\n-overwrite_original", ["k\n-all=", "\u2028x"]))
+    assert not any("\n" in a or "\r" in a or "\u2028" in a for a in out.args)
+    assert "-XMP-iptcCore:AltTextAccessibility=cap -all=" in out.args
+    assert out.written["keywords"] == ["k -all=", "x"]
+
+
+def test_alt_text_is_cut_at_a_word_and_iptc_keywords_at_64_bytes() -> None:
+    long_kw = "ü" * 40  # 80 bytes in UTF-8
+    out = run({}, wanted=Wanted("word " * 60, "d", [long_kw]), alt_text_max=30)
+    assert len(out.written["tags"][ALT]) <= 30 and not out.written["tags"][ALT].endswith(" ")
+    assert out.written["tags"][IPTC_KW] == ["ü" * 32] and out.written["tags"][SUBJ] == [long_kw]
