@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
-import warnings
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -31,24 +30,39 @@ except ImportError:  # pragma: no cover - pillow-heif is a dependency; tolerate 
 # would take gigabytes. 100 megapixels covers any camera sold today.
 MAX_PIXELS = 100_000_000
 
+# MAX_PIXELS is checked per image, from its header (_check_size), so decoding
+# threads share no state. Pillow's own guard cannot be set per call: Image.open
+# (and the GIF, MPO and TIFF plugins) read the process-wide
+# Image.MAX_IMAGE_PIXELS (about 89.5 MP), warn above it and raise
+# DecompressionBombError above twice it. So an image over 89.5 MP also gets a
+# DecompressionBombWarning from Pillow (shown once per size by the default
+# filters), and up to 100 MP still decodes. Silencing it here would take a
+# process-wide filter, which an enclosing warnings.catch_warnings() discards
+# (pytest's collection does); warning filters are the application's to set.
+
 
 @dataclass(frozen=True)
 class Fingerprint:
+    """What stat says of a file: unchanged inode, size and mtime mean unchanged content."""
+
     inode: int
     size: int
     mtime_ns: int
 
     @classmethod
     def of(cls, path: str | Path) -> Fingerprint:
+        """The fingerprint of *path* now."""
         st = os.stat(path)
         return cls(st.st_ino, st.st_size, st.st_mtime_ns)
 
     @property
     def stat(self) -> tuple[int, int, int]:
+        """(inode, size, mtime_ns), as the index stores them."""
         return (self.inode, self.size, self.mtime_ns)
 
 
 def sha256_file(path: str | Path) -> str:
+    """The SHA-256 of *path*'s bytes, in hex; ImageError if it cannot be read."""
     h = hashlib.sha256()
     try:
         with open(path, "rb") as f:
@@ -97,30 +111,37 @@ def decode(path: str | Path) -> Decoded:
 
 
 def _decode_bytes(path: str, data: bytes, fmt: str | None = None) -> Decoded:
-    old_limit = Image.MAX_IMAGE_PIXELS
+    """Decode *data*, the bytes of *path*, to RGB with EXIF orientation applied."""
     try:
-        Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(BytesIO(data)) as im:
-                fmt = fmt or im.format or "unknown"
-                im.seek(0)  # first frame of GIF/MPO/multi-page TIFF
-                im.load()
-                rgb = ImageOps.exif_transpose(im.convert("RGB") if im.mode != "RGB" else im.copy())
+        with Image.open(BytesIO(data)) as im:  # lazy: reads the header, no pixels yet
+            fmt = fmt or im.format or "unknown"
+            im.seek(0)  # first frame of GIF/MPO/multi-page TIFF (a GIF frame may enlarge the canvas)
+            _check_size(path, im.size)
+            im.load()
+            rgb = ImageOps.exif_transpose(im.convert("RGB") if im.mode != "RGB" else im.copy())
+    # Pillow's error (over twice its own limit) comes from Image.open, before _check_size sees the
+    # size; its warning is raised only where the program has turned warnings into errors.
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError(path, f"refused: image too large to decode safely ({exc})") from None
     except UnidentifiedImageError:
         raise ImageError(path, f"not an image Pillow can read ({_sniff(data)})") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(path, f"corrupt or truncated image: {exc}") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = old_limit
     if rgb.width < 2 or rgb.height < 2:
         raise ImageError(path, f"image is only {rgb.width}x{rgb.height} pixels: too small to describe")
     return Decoded(path=path, image=rgb, width=rgb.width, height=rgb.height, format=fmt)
 
 
+def _check_size(path: str, size: tuple[int, int]) -> None:
+    """Refuse an image whose header declares more than MAX_PIXELS, before any pixel is decoded."""
+    width, height = size
+    if width * height > MAX_PIXELS:
+        raise ImageError(path, f"refused: image too large to decode safely ({width}x{height} = "
+                               f"{width * height:,} pixels, over the limit of {MAX_PIXELS:,})")
+
+
 def _sniff(data: bytes) -> str:
+    """A guess at what *data* is, for the "not an image" reason."""
     head = data[:8]
     if head.startswith(b"%PDF"):
         return "looks like a PDF"

@@ -8,15 +8,12 @@ from typing import Any
 
 import pytest
 
-from daemon.config import database_url
 from daemon.db import Database
 from daemon.errors import FlorenceWatchError
 from daemon.export import check_task, export, to_coco
-from daemon.pipeline import Pipeline
 from daemon.tasks import task_named
+from daemon.testing.helpers import PipelineFactory, copy_corpus, make_config
 from daemon.watch import walk_candidates
-
-from daemon.testing.helpers import FakeAnalyzer, copy_corpus, make_config
 
 
 def validate_coco(data: dict[str, Any]) -> None:
@@ -44,15 +41,14 @@ def validate_coco(data: dict[str, Any]) -> None:
 
 
 @pytest.fixture
-def indexed(tmp_path: Path) -> tuple[Database, list[Path]]:
+def indexed(tmp_path: Path, open_test_pipeline: PipelineFactory) -> tuple[Database, list[Path]]:
+    """Three corpus images indexed by the fake model; the database stays open until the test ends."""
     config = make_config(tmp_path, metadata={"write": False})
     files = copy_corpus(["pillow/hopper.jpg", "pillow/hopper.png", "exiftool/MWG.jpg"], tmp_path / "inbox")
-    db = Database(database_url(config.index.database))
-    pipeline = Pipeline(config, db, FakeAnalyzer(), None)
+    pipeline = open_test_pipeline(config)
     pipeline.offer(walk_candidates(tmp_path / "inbox"))
     pipeline.drain()
-    pipeline.close()
-    return db, files
+    return pipeline.db, files
 
 
 def test_coco_export_loads_back_and_holds_every_detection(indexed: tuple[Database, list[Path]],

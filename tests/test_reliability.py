@@ -29,8 +29,7 @@ from daemon.db import Database, File
 from daemon.db import Image as ImageRow
 from daemon.runner import Daemon
 from daemon.search import search
-
-from daemon.testing.helpers import CORPUS, REPO, FakeAnalyzer, make_config, wait_until
+from daemon.testing.helpers import CORPUS, REPO, FakeAnalyzer, PipelineFactory, make_config, wait_until, write_png
 
 
 class RunningDaemon:
@@ -135,19 +134,6 @@ def test_real_copy_tools_each_file_processed_exactly_once(running: RunningDaemon
     assert running.images_analyzed() == 8  # our own metadata writes never came back as work
 
 
-def _bomb_png(path: Path, side: int = 30000) -> None:
-    """A PNG whose header says side x side pixels (what a decompression bomb declares)."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    raw = zlib.compress(b"\x00" * (side // 8 + 1) * 64, 9)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
-                     + chunk(b"IDAT", raw) + chunk(b"IEND", b""))
-
-
 def test_bad_input_all_at_once(running: RunningDaemon, tmp_path: Path) -> None:
     inbox = running.inbox
     corpus_files = sorted(p for p in CORPUS.rglob("*") if p.is_file() and p.suffix != ".md")
@@ -156,7 +142,7 @@ def test_bad_input_all_at_once(running: RunningDaemon, tmp_path: Path) -> None:
     (inbox / "zero.jpg").write_bytes(b"")
     (inbox / "text.jpg").write_text("hello\n")
     (inbox / "doc.jpg").write_bytes(b"%PDF-1.4\n1 0 obj\n<<>>\nendobj\n")
-    _bomb_png(inbox / "bomb.png")
+    write_png(inbox / "bomb.png", 30_000, 30_000)  # the header of a decompression bomb
     odd = ["with space.jpg", "café 日本.jpg", "quote\"'s.jpg", "-leading-dash.jpg", "new\nline.jpg"]
     for name in odd:
         shutil.copyfile(CORPUS / "pillow/flower.jpg", inbox / name)
@@ -223,25 +209,17 @@ def test_concurrent_readers_never_fail_a_write(running: RunningDaemon, tmp_path:
     assert searches[0] > 10
 
 
-def test_a_file_deleted_before_its_turn(tmp_path: Path) -> None:
-    from daemon.pipeline import Pipeline
-    from daemon.tag import MetadataWriter
-
+def test_a_file_deleted_before_its_turn(tmp_path: Path, open_test_pipeline: PipelineFactory) -> None:
     config = make_config(tmp_path)
-    db = Database(database_url(config.index.database))
-    with MetadataWriter() as writer:
-        pipeline = Pipeline(config, db, FakeAnalyzer(), writer)
-        inbox = config.folders[0]
-        paths = variants(inbox, 3)
-        pipeline.offer(paths)
-        paths[1].unlink()
-        pipeline.drain()
-        pipeline.close()
-    with db.transaction() as s:
+    pipeline = open_test_pipeline(config)
+    paths = variants(config.folders[0], 3)
+    pipeline.offer(paths)
+    paths[1].unlink()
+    pipeline.drain()
+    with pipeline.db.transaction() as s:
         st = index.status(s)
         assert (st["indexed"], st["failed"], st["pending"]) == (2, 0, 0)
         assert index.file_by_path(s, str(paths[1])) is None
-    db.close()
 
 
 @pytest.mark.slow
@@ -271,18 +249,18 @@ def test_load_2000_images_at_once(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 
 # Run as an unprivileged user: permission bits mean nothing to root, and CI is root.
-# The interpreter may live under root's home (pyenv), which the user cannot
-# enter: everything is imported first, then the process gives up root.
+# So the pipeline runs in a child process, not through the open_test_pipeline fixture;
+# it is opened the same way, by runner.open_pipeline. The interpreter may live under
+# root's home (pyenv), which the user cannot enter: everything is imported first,
+# then the process gives up root.
 _AS_USER_SCRIPT = """
 import json, os, sys
 sys.path.insert(0, sys.argv[2])
 import exiftool, PIL.Image, PIL.ImageChops, sqlalchemy.dialects.sqlite.pysqlite
 PIL.Image.init()  # every image plugin
-from daemon.config import database_url, parse_config
-from daemon.db import Database
+from daemon.config import parse_config
 from daemon import index
-from daemon.pipeline import Pipeline
-from daemon.tag import MetadataWriter
+from daemon.runner import open_pipeline
 from daemon.watch import walk_candidates
 from daemon.testing.helpers import FakeAnalyzer
 
@@ -296,15 +274,12 @@ before = set(sys.modules)
 root = sys.argv[1]
 config = parse_config({"watch": {"folders": [root + "/inbox"]}, "index": {"database": root + "/db/index.db",
                        "max_attempts": 1}})
-db = Database(database_url(config.index.database))
-with MetadataWriter(config.metadata) as writer:
-    pipeline = Pipeline(config, db, FakeAnalyzer(), writer)
+with open_pipeline(config, FakeAnalyzer()) as pipeline:
     pipeline.offer(walk_candidates(config.folders[0]))
     pipeline.drain()
-    pipeline.close()
-with db.transaction() as s:
-    st = index.status(s)
-    st["tag_states"] = {f: (index.file_info(s, f) or {}).get("metadata", {}).get("state") for f in sys.argv[4:]}
+    with pipeline.db.transaction() as s:
+        st = index.status(s)
+        st["tag_states"] = {f: (index.file_info(s, f) or {}).get("metadata", {}).get("state") for f in sys.argv[4:]}
 late = sorted(set(sys.modules) - before)
 print(json.dumps({**st, "imported_late": late}))
 """

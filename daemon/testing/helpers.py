@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 import subprocess
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -127,3 +129,19 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, interval: fl
             return value
         time.sleep(interval)
     return predicate()
+
+
+def write_png(path: Path, width: int, height: int, complete: bool = False) -> Path:
+    """A black 1-bit PNG of *width* x *height*; unless *complete*, only its header is honest.
+
+    The header alone is what a decompression bomb shows before any pixel is decoded,
+    and it costs a few bytes; a complete one stays small too, as its rows are all zero.
+    """
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    rows = height if complete else 8
+    pixels = zlib.compress(b"\x00" * (1 + (width + 7) // 8) * rows, 9)  # each row: filter byte, then bits
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+                     + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
+    return path
