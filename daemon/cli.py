@@ -1,5 +1,9 @@
 """The ``florence-watch`` command: parse, call one library function, format.
 
+Each command is declared once, with ``@command``: its name, summary line,
+own help, example, arguments and run function. The parser and the dispatch
+both come from that one registry, ``COMMANDS``.
+
 Errors from the core arrive as ``FlorenceWatchError`` and leave here as one
 ``error: ...`` line and exit status 1; nothing below prints a traceback at a
 person for a problem they can fix.
@@ -12,23 +16,86 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .config import Config, database_url, find_config_file, load_config
 from .errors import FlorenceWatchError, NotIndexedError
 
+if TYPE_CHECKING:
+    from .db import Database
+    from .find import Found
+    from .pipeline import Progress
+
 log = logging.getLogger("daemon")
+
+Run = Callable[[argparse.Namespace, Config, Path | None], int]
+Arguments = Callable[[argparse.ArgumentParser], None]
+
+
+def _no_arguments(parser: argparse.ArgumentParser) -> None:
+    """For commands that take nothing but the global options."""
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand, declared once: the parser and the dispatch both come from it."""
+
+    name: str
+    summary: str  # its one line in the top-level help
+    description: str | Callable[[], str]  # its own --help, laid out as written (tables included)
+    example: str
+    arguments: Arguments
+    run: Run
+    info_logs: bool = False  # long-running commands report progress as INFO logs
+
+    def help_text(self) -> str:
+        return self.description() if callable(self.description) else self.description
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def command(name: str, summary: str, example: str, *, description: str | Callable[[], str] = "",
+            arguments: Arguments = _no_arguments, info_logs: bool = False) -> Callable[[Run], Run]:
+    """Register the decorated function as the command *name* (in the order of the help)."""
+
+    def register(run: Run) -> Run:
+        COMMANDS[name] = Command(name, summary, description or summary, example, arguments, run, info_logs)
+        return run
+
+    return register
+
+
+class _CommandListFormatter(argparse.RawDescriptionHelpFormatter):
+    """The top-level help, with every command's summary beside its name.
+
+    Before Python 3.13 argparse measured command names two columns short of
+    where it prints them, so ``install-service`` pushed its summary onto a line
+    of its own. Measure them where they are printed, as 3.13 does.
+    """
+
+    def add_argument(self, action: argparse.Action) -> None:
+        super().add_argument(action)
+        if action.help is not argparse.SUPPRESS:
+            for sub in self._iter_indented_subactions(action):  # indented while iterating
+                width = len(self._format_action_invocation(sub)) + self._current_indent
+                self._action_max_length = max(self._action_max_length, width)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The whole command line: the global options, then one subparser per registered command."""
     parser = argparse.ArgumentParser(
         prog="florence-watch",
-        description="Watch folders, describe every new image with Florence-2, keep a searchable index, "
-        "and write alt text, a description and keywords into each image.",
-        epilog="example: florence-watch --config config.toml run",
+        description="Watch folders, describe every new image with Florence-2, keep a searchable\n"
+        "index, and write alt text, a description and keywords into each image.",
+        epilog="example: florence-watch --config config.toml run\n"
+        "florence-watch COMMAND --help shows a command's options and an example.",
+        formatter_class=_CommandListFormatter,
     )
     parser.add_argument("--version", action="version", version=f"florence-watch {__version__}")
     parser.add_argument("--config", metavar="FILE", help="configuration file (default: $FLORENCE_WATCH_CONFIG, "
@@ -36,92 +103,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", metavar="NAME", help="override model.name: a hub id or a local checkpoint folder")
     parser.add_argument("--database", metavar="PATH", help="override index.database: a file path or SQLAlchemy URL")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    def add(name: str, help_text: str, example: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help_text, description=help_text, epilog=f"example: {example}",
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-
-    add("run", "Run the daemon in the foreground: watch the folders and process new images until stopped.",
-        "florence-watch --config config.toml run")
-    p = add("scan", "Process files or folders once (new or changed images only) and exit.",
-            "florence-watch scan ~/Pictures/2024")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
-    p = add("search", "Full-text search over captions, descriptions, OCR text, object labels and paths.\n\n"
-            '  red car            every word, in any field\n'
-            '  "red car"          a phrase\n'
-            '  caption:"red car"  in one field: caption: desc: text: (OCR) label: path:\n'
-            '  -dog               must not match\n'
-            '  cat OR dog         either',
-            'florence-watch search \'label:dog -caption:sofa\' --folder ~/Pictures/2024 --since 2024-06-01')
-    p.add_argument("query", nargs="?", default="", help="what to look for (see above); may be empty with a filter")
-    _search_filters(p)
-    p.add_argument("--limit", type=int, default=20, help="at most this many results (default 20)")
-    p.add_argument("--json", action="store_true", help="print JSON: [{path, caption, score, snippet}, ...]")
-    p = add("show", "Show everything the index knows about one file.", "florence-watch show ~/Pictures/Inbox/cat.jpg")
-    p.add_argument("path", help="an image file")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p = add("status", "Counts of indexed, pending and failed files, and why each failure failed.",
-            "florence-watch status --json")
-    p.add_argument("--json", action="store_true", help="print JSON: {indexed, pending, failed, failures}")
-    p = add("retag", "Rewrite metadata into indexed files from the index, without running the model "
-            "(after changing the [metadata] settings).", "florence-watch retag ~/Pictures/Inbox --dry-run")
-    p.add_argument("paths", nargs="*", metavar="PATH", help="files or folders (default: every indexed file)")
-    p.add_argument("--dry-run", action="store_true", help="only print, per file, what would change")
-    p = add("ask", "Run any Florence-2 task on one image, now (the index is not changed).\n\n" + _task_table(),
-            'florence-watch ask photo.jpg ground "a red car" --draw found.png')
-    p.add_argument("image", help="an image file")
-    p.add_argument("task", help="a task: an alias below or the raw token, e.g. objects or '<OD>'")
-    p.add_argument("text", nargs="?", help="the TEXT a task takes (grounding, segmentation, open-vocabulary)")
-    p.add_argument("--box", metavar="X1,Y1,X2,Y2", help="the region a region task takes, in pixels")
-    p.add_argument("--json", action="store_true", help="print JSON: {image, task, text, box, result}")
-    p.add_argument("--draw", metavar="OUT.png", help="also save a copy of the image with the regions drawn on it")
-    p = add("find", "Find where something is: search the index for it, then ground the phrase in the best matches.",
-            'florence-watch find "a red car" --folder ~/Pictures/2024 --draw-dir /tmp/found')
-    p.add_argument("phrase", help="what to look for, in words")
-    p.add_argument("--folder", metavar="DIR", help="only files in this folder or below")
-    p.add_argument("--limit", type=int, default=5, help="ground the phrase in this many images (default 5)")
-    p.add_argument("--json", action="store_true", help="print JSON: [{path, caption, boxes: [{label, box}]}]")
-    p.add_argument("--draw-dir", metavar="DIR", help="save a copy of each image with the boxes drawn on it here")
-    p = add("export", "Export the index's detections and captions for training data: a COCO dataset or JSON lines.",
-            "florence-watch export --format coco --task objects dataset.json")
-    p.add_argument("out", metavar="OUT", help="the file to write")
-    p.add_argument("--format", choices=("coco", "jsonl"), default="coco", help="coco (default) or jsonl")
-    p.add_argument("--task", default="<OD>", help="whose regions: <OD> (default), <DENSE_REGION_CAPTION>, "
-                   "<REGION_PROPOSAL> or <OCR_WITH_REGION> (aliases work)")
-    p.add_argument("--folder", metavar="DIR", help="only files in this folder or below")
-    p = add("serve", "Serve the index as a web page on this computer: search, thumbnails, and each image "
-            "with its objects and text drawn over it.", "florence-watch serve --port 8765")
-    p.add_argument("--host", help="address to listen on (default serve.host: 127.0.0.1, this computer only)")
-    p.add_argument("--port", type=int, help="port (default serve.port: 8765)")
-    add("install-service", "Write the systemd user unit and print the commands that enable it.",
-        "florence-watch --config ~/florence-watch/config.toml install-service")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, title="commands")
+    for c in COMMANDS.values():
+        # The summary alone goes in the top-level list; the raw formatter keeps
+        # the description's tables as written in the command's own help.
+        p = sub.add_parser(c.name, help=c.summary, description=c.help_text(), epilog=f"example: {c.example}",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        c.arguments(p)
     return parser
 
 
-def _task_table() -> str:
-    from .tasks import TASKS
-
-    lines = ["tasks (alias, token, input, what it gives):"]
-    for t in TASKS:
-        takes = {"text": "TEXT", "region": "--box"}.get(t.takes, "")
-        lines.append(f"  {t.aliases[0]:<22} {t.token:<36} {takes:<6} {t.about}")
-    return "\n".join(lines)
-
-
-def _search_filters(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--folder", metavar="DIR", help="only files in this folder or below")
-    p.add_argument("--since", metavar="DATE", help="only files modified on or after DATE (YYYY-MM-DD, or 7d)")
-    p.add_argument("--has-text", action="store_true", help="only images with OCR text")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; its exit status (1 with one ``error:`` line for a problem a person can fix)."""
     args = build_parser().parse_args(argv)
-    _setup_logging(args.verbose, quiet=args.command not in ("run", "scan"))
+    cmd = COMMANDS[args.command]
+    _setup_logging(args.verbose, quiet=not cmd.info_logs)
     try:
         config_file = find_config_file(args.config)
         config = load_config(config_file).with_overrides(model=args.model, database=args.database)
-        return COMMANDS[args.command](args, config, config_file)
+        return cmd.run(args, config, config_file)
     except FlorenceWatchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -130,6 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _setup_logging(verbose: bool, quiet: bool) -> None:
+    """Log to stderr; silence the libraries' chatter unless *verbose*."""
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     # Under systemd the journal adds the time; a terminal wants it.
     fmt = "%(levelname)s %(message)s" if os.environ.get("INVOCATION_ID") else "%(asctime)s %(levelname)s %(message)s"
@@ -142,8 +143,64 @@ def _setup_logging(verbose: bool, quiet: bool) -> None:
             logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
-# --- commands -------------------------------------------------------------------
+@contextmanager
+def _open_db(config: Config) -> Iterator[Database]:
+    """The index database, closed (its engine's connections released) when the block ends."""
+    from .db import Database
 
+    db = Database(database_url(config.index.database))
+    try:
+        yield db
+    finally:
+        db.close()
+
+
+def _index_status(config: Config) -> dict[str, Any]:
+    """The index's counts and failures (``index.status``)."""
+    from . import index
+
+    with _open_db(config) as db, db.transaction() as s:
+        return index.status(s)
+
+
+@contextmanager
+def _progress() -> Iterator[Progress | None]:
+    """A tqdm bar on stderr fed by the pipeline's ``progress(done, total)``; None unless stderr is a terminal."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from tqdm import tqdm
+
+    class Bar(tqdm):
+        # No monitor thread: updates come once a batch, and the thread would outlive the bar.
+        monitor_interval = 0
+
+    with Bar(total=None, unit="image", file=sys.stderr, dynamic_ncols=True) as bar:
+
+        def update(done: int, total: int) -> None:
+            bar.total = total  # the queue can grow while it drains
+            bar.update(done - bar.n)
+
+        yield update
+
+
+def _no_such_path(paths: Sequence[str]) -> None:
+    """Refuse before any work when a path given on the command line does not exist."""
+    missing = [p for p in paths if not os.path.exists(p)]
+    if missing:
+        raise FlorenceWatchError(f"{missing[0]}: no such file or folder")
+
+
+def _json(value: Any) -> None:
+    """Print *value* as indented JSON, non-ASCII text as is."""
+    print(json.dumps(value, ensure_ascii=False, indent=2))
+
+
+# --- commands, in the order of the help ---------------------------------------------
+
+@command("run", "Run the daemon: watch the folders, process new images.", "florence-watch --config config.toml run",
+         description="Run the daemon in the foreground: watch the folders and process new images\n"
+         "until stopped.", info_logs=True)
 def cmd_run(args: argparse.Namespace, config: Config, config_file: Path | None) -> int:
     from .runner import Daemon
 
@@ -154,170 +211,61 @@ def cmd_run(args: argparse.Namespace, config: Config, config_file: Path | None) 
     return 0
 
 
+def _scan_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
+
+
+@command("scan", "Process files or folders once, then exit.", "florence-watch scan ~/Pictures/2024",
+         description="Process files or folders once (new or changed images only) and exit.",
+         arguments=_scan_arguments, info_logs=True)
 def cmd_scan(args: argparse.Namespace, config: Config, config_file: Path | None) -> int:
     from .runner import open_pipeline
     from .watch import walk_candidates
 
-    missing = [p for p in args.paths if not os.path.exists(p)]
-    if missing:
-        raise FlorenceWatchError(f"{missing[0]}: no such file or folder")
+    _no_such_path(args.paths)
     with open_pipeline(config) as pipeline:
         pipeline.recover()
         queued = pipeline.offer(p for root in args.paths for p in walk_candidates(Path(root).resolve()))
         print(f"{queued} new or changed image(s) to process", file=sys.stderr)
-        pipeline.drain(progress=_progress_bar() if sys.stderr.isatty() else None)
-    with _db(config).transaction() as s:
-        from . import index
-
-        st = index.status(s)
+        with _progress() as progress:
+            pipeline.drain(progress=progress)
+    st = _index_status(config)
     print(f"indexed {st['indexed']}, failed {st['failed']}, pending {st['pending']}")
     return 0
 
 
-def cmd_ask(args: argparse.Namespace, config: Config, config_file: Path | None) -> int:
-    from .analyze import FlorenceAnalyzer
-    from .imaging import decode
-    from .tasks import ask, check_input, parse_box, task_named
+SEARCH_LANGUAGE = """\
+Full-text search over captions, descriptions, OCR text, object labels and paths.
 
-    task = task_named(args.task)
-    box = parse_box(args.box) if args.box else None
-    decoded = decode(args.image)
-    check_input(task, decoded.image.size, args.text, box)  # before the slow model load
-    result = ask(FlorenceAnalyzer(config.model), decoded.image, task, args.text, box)
-    if args.json:
-        print(json.dumps({"image": os.path.abspath(args.image), "task": task.token, "text": args.text,
-                          "box": list(box) if box else None, "result": result}, ensure_ascii=False, indent=2))
-    else:
-        _print_result(result, task.token)
-    if args.draw:
-        _save_drawing(decoded.image, result, task.token, Path(args.draw))
-    return 0
+  red car            every word, in any field
+  "red car"          a phrase
+  caption:"red car"  in one field: caption: desc: text: (OCR) label: path:
+  -dog               must not match
+  cat OR dog         either"""
 
 
-def _print_result(result: Any, task: str) -> None:
-    from .draw import shapes
-
-    if isinstance(result, str):
-        print(result)
-        return
-    found = shapes(result, task)
-    if not found:
-        print("(nothing found)", file=sys.stderr)
-    for shape in found:
-        coords = ",".join(f"{v:.0f}" for v in shape.points)
-        print(f"{shape.label or '(region)'}\t{shape.kind} {coords}")
+def _search_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("query", nargs="?", default="", help="what to look for (see above); may be empty with a filter")
+    p.add_argument("--folder", metavar="DIR", help="only files in this folder or below")
+    p.add_argument("--since", metavar="DATE", help="only files modified on or after DATE (YYYY-MM-DD, or 7d)")
+    p.add_argument("--has-text", action="store_true", help="only images with OCR text")
+    p.add_argument("--limit", type=int, default=20, help="at most this many results (default 20)")
+    p.add_argument("--json", action="store_true", help="print JSON: [{path, caption, score, snippet}, ...]")
 
 
-def _save_drawing(image: Any, result: Any, task: str, out: Path) -> None:
-    from .draw import draw, shapes
-
-    found = shapes(result, task)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        draw(image, found).save(out)
-    except (OSError, ValueError) as exc:  # ValueError: Pillow does not know the extension
-        raise FlorenceWatchError(f"{out}: cannot save the drawing: {exc}") from None
-    print(f"drew {len(found)} region(s) on {out}", file=sys.stderr)
-
-
-def cmd_find(args: argparse.Namespace, config: Config, config_file: Path | None) -> int:
-    from .analyze import FlorenceAnalyzer
-    from .errors import ImageError
-    from .imaging import decode
-    from .search import Query, Term, parse, search
-    from .tasks import ask, task_named
-
-    # Any of the words may match; bm25 puts the images that mention most of them first.
-    words = parse(args.phrase, folder=args.folder)
-    query = Query(terms=tuple(Term(t.text, t.column, either=True) for t in words.terms if not t.negated),
-                  folder=words.folder)
-    if not query.terms:
-        raise FlorenceWatchError("find needs a phrase with words in it, e.g. \"a red car\"")
-    with _db(config).transaction() as s:
-        hits = search(s, query, limit=args.limit)
-    if not hits:
-        print(f"no indexed image mentions {args.phrase!r}", file=sys.stderr)
-        return 0
-    analyzer = FlorenceAnalyzer(config.model)
-    task = task_named("ground")
-    found: list[dict[str, Any]] = []
-    for rank, hit in enumerate(hits, 1):
-        try:
-            decoded = decode(hit.path)
-        except ImageError as exc:
-            print(f"skipped {exc}", file=sys.stderr)  # moved or changed since it was indexed
-            continue
-        result = ask(analyzer, decoded.image, task, args.phrase)
-        boxes = [{"label": lbl, "box": box} for lbl, box in zip(result.get("labels", []), result.get("bboxes", []))]
-        found.append({"path": hit.path, "caption": hit.caption, "boxes": boxes})
-        if args.draw_dir:
-            # Ranked names: the order of the matches, and no clash between photo.jpg and photo.png.
-            out = Path(args.draw_dir) / f"{rank:02d}-{Path(hit.path).name}.png"
-            _save_drawing(decoded.image, result, task.token, out)
-        if not args.json:
-            print(hit.path)
-            print(f"    {hit.caption}")
-            for b in boxes:
-                print(f"    {b['label'] or args.phrase}\tbox {','.join(f'{v:.0f}' for v in b['box'])}")
-    if args.json:
-        print(json.dumps(found, ensure_ascii=False, indent=2))
-    return 0
-
-
-def cmd_export(args: argparse.Namespace, config: Config, config_file: Path | None) -> int:
-    from .export import check_task, export
-    from .tasks import task_named
-
-    task = task_named(args.task)
-    check_task(task)
-    folder = os.path.abspath(os.path.expanduser(args.folder)) if args.folder else None
-    with _db(config).transaction() as s:
-        n = export(s, args.format, Path(args.out), task.token, folder)
-    print(f"wrote {n} image(s) to {args.out}", file=sys.stderr)
-    return 0
-
-
-def cmd_serve(args: argparse.Namespace, config: Config, config_file: Path | None) -> int:
-    from .serve import make_server, url_of
-
-    server = make_server(config, _db(config), args.host, args.port)
-    print(f"serving the index at {url_of(server)} (Ctrl-C to stop)", file=sys.stderr, flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-    return 0
-
-
-def _progress_bar() -> Any:
-    def show(done: int, total: int) -> None:
-        width = 30
-        filled = int(width * done / max(total, 1))
-        end = "\n" if done >= total else ""
-        print(f"\r[{'#' * filled}{' ' * (width - filled)}] {done}/{total}", end=end, file=sys.stderr, flush=True)
-
-    return show
-
-
-def _db(config: Config) -> Any:
-    from .db import Database
-
-    return Database(database_url(config.index.database))
-
-
+@command("search", "Full-text search over captions, OCR text and labels.",
+         "florence-watch search 'label:dog -caption:sofa' --folder ~/Pictures/2024 --since 2024-06-01",
+         description=SEARCH_LANGUAGE, arguments=_search_arguments)
 def cmd_search(args: argparse.Namespace, config: Config, config_file: Path | None) -> int:
     from .search import parse, search
 
     query = parse(args.query, folder=args.folder, since=args.since, has_text=args.has_text)
     if query.empty:
         raise FlorenceWatchError("nothing to search for: give words, or a filter such as --folder")
-    with _db(config).transaction() as s:
+    with _open_db(config) as db, db.transaction() as s:
         hits = search(s, query, limit=args.limit)
     if args.json:
-        print(json.dumps([{"path": h.path, "caption": h.caption, "score": h.score, "snippet": h.snippet_marked()}
-                          for h in hits], ensure_ascii=False, indent=2))
+        _json([{"path": h.path, "caption": h.caption, "score": h.score, "snippet": h.snippet_marked()} for h in hits])
     elif not hits:
         print("no matches", file=sys.stderr)
     else:
@@ -330,11 +278,18 @@ def cmd_search(args: argparse.Namespace, config: Config, config_file: Path | Non
     return 0
 
 
+def _show_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", help="an image file")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+@command("show", "Show everything the index knows about one file.", "florence-watch show ~/Pictures/Inbox/cat.jpg",
+         arguments=_show_arguments)
 def cmd_show(args: argparse.Namespace, config: Config, config_file: Path | None) -> int:
     from . import index
 
     path = os.path.abspath(args.path)
-    with _db(config).transaction() as s:
+    with _open_db(config) as db, db.transaction() as s:
         info = index.file_info(s, path)
     if info is None:
         raise NotIndexedError(path)
@@ -369,6 +324,7 @@ def cmd_show(args: argparse.Namespace, config: Config, config_file: Path | None)
 
 
 def _short(value: Any) -> str:
+    """A tag's value on one line, cut at 100 characters."""
     if value is None:
         return "-"
     text = ", ".join(value) if isinstance(value, list) else str(value)
@@ -378,7 +334,7 @@ def _short(value: Any) -> str:
 def _metadata_now(config: Config, info: dict[str, Any]) -> dict[str, Any] | None:
     """Our fields as they are in the file (or sidecar) now; None when exiftool is missing."""
     from .errors import MetadataError
-    from .tag import MetadataWriter
+    from .metadata import MetadataWriter
 
     target = info["metadata"]["target"] or info["path"]
     try:
@@ -389,13 +345,17 @@ def _metadata_now(config: Config, info: dict[str, Any]) -> dict[str, Any] | None
         return None
 
 
-def cmd_status(args: argparse.Namespace, config: Config, config_file: Path | None) -> int:
-    from . import index
+def _status_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print JSON: {indexed, pending, failed, failures}")
 
-    with _db(config).transaction() as s:
-        st = index.status(s)
+
+@command("status", "Counts of indexed, pending and failed files.", "florence-watch status --json",
+         description="Counts of indexed, pending and failed files, and why each failure failed.",
+         arguments=_status_arguments)
+def cmd_status(args: argparse.Namespace, config: Config, config_file: Path | None) -> int:
+    st = _index_status(config)
     if args.json:
-        print(json.dumps(st, ensure_ascii=False, indent=2))
+        _json(st)
         return 0
     print(f"indexed {st['indexed']}   pending {st['pending']}   failed {st['failed']}")
     for f in st["failures"]:
@@ -405,18 +365,25 @@ def cmd_status(args: argparse.Namespace, config: Config, config_file: Path | Non
     return 0
 
 
+def _retag_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("paths", nargs="*", metavar="PATH", help="files or folders (default: every indexed file)")
+    p.add_argument("--dry-run", action="store_true", help="only print, per file, what would change")
+
+
+@command("retag", "Rewrite metadata from the index, without the model.",
+         "florence-watch retag ~/Pictures/Inbox --dry-run",
+         description="Rewrite metadata into indexed files from the index, without running the model\n"
+         "(after changing the [metadata] settings).", arguments=_retag_arguments)
 def cmd_retag(args: argparse.Namespace, config: Config, config_file: Path | None) -> int:
-    from .pipeline import retag
-    from .tag import MetadataWriter
+    from .metadata import retag
+    from .metadata import MetadataWriter
 
     if not config.metadata.write and not args.dry_run:
         raise FlorenceWatchError(f"{config.source}: metadata.write is false: nothing to retag (try --dry-run)")
-    missing = [p for p in args.paths if not os.path.exists(p)]
-    if missing:
-        raise FlorenceWatchError(f"{missing[0]}: no such file or folder")
+    _no_such_path(args.paths)
     changed = failed = total = 0
-    with MetadataWriter(config.metadata) as writer:
-        for path, outcome in retag(_db(config), writer, args.paths, dry_run=args.dry_run):
+    with MetadataWriter(config.metadata) as writer, _open_db(config) as db:
+        for path, outcome in retag(db, writer, args.paths, dry_run=args.dry_run):
             total += 1
             if outcome is None:
                 failed += 1
@@ -430,12 +397,184 @@ def cmd_retag(args: argparse.Namespace, config: Config, config_file: Path | None
                     print(f"  {tag}: {_short(outcome.before.get(tag))!r} -> "
                           f"{_short(outcome.written['tags'].get(tag))!r}")
             for tag in outcome.kept:
-                print(f"  {tag}: kept, a person wrote it" if outcome.changed else f"{path}: {tag}: kept, a person wrote it")
+                # Under the file's own line when it changed; on a line of its own otherwise.
+                print(f"{'  ' if outcome.changed else f'{path}: '}{tag}: kept, a person wrote it")
     verb = "would change" if args.dry_run else "changed"
     print(f"{total} indexed file(s): {changed} {verb}, {failed} failed", file=sys.stderr)
     return 1 if failed else 0
 
 
+def _task_table() -> str:
+    """ask's own help: what it does, then one row per task."""
+    from .tasks import TASKS
+
+    lines = ["Run any Florence-2 task on one image, now (the index is not changed).", "",
+             "tasks (alias, token, input, what it gives):"]
+    for t in TASKS:
+        takes = {"text": "TEXT", "region": "--box"}.get(t.takes, "")
+        lines.append(f"  {t.aliases[0]:<22} {t.token:<36} {takes:<6} {t.about}")
+    return "\n".join(lines)
+
+
+def _ask_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image", help="an image file")
+    p.add_argument("task", help="a task: an alias below or the raw token, e.g. objects or '<OD>'")
+    p.add_argument("text", nargs="?", help="the TEXT a task takes (grounding, segmentation, open-vocabulary)")
+    p.add_argument("--box", metavar="X1,Y1,X2,Y2", help="the region a region task takes, in pixels")
+    p.add_argument("--json", action="store_true", help="print JSON: {image, task, text, box, result}")
+    p.add_argument("--draw", metavar="OUT.png", help="also save a copy of the image with the regions drawn on it")
+
+
+@command("ask", "Run any Florence-2 task on one image, now.",
+         'florence-watch ask photo.jpg ground "a red car" --draw found.png',
+         description=_task_table, arguments=_ask_arguments)
+def cmd_ask(args: argparse.Namespace, config: Config, config_file: Path | None) -> int:
+    from .analyze import FlorenceAnalyzer
+    from .imaging import decode
+    from .tasks import ask, check_input, parse_box, task_named
+
+    task = task_named(args.task)
+    box = parse_box(args.box) if args.box else None
+    decoded = decode(args.image)
+    check_input(task, decoded.image.size, args.text, box)  # before the slow model load
+    result = ask(FlorenceAnalyzer(config.model), decoded.image, task, args.text, box)
+    if args.json:
+        _json({"image": os.path.abspath(args.image), "task": task.token, "text": args.text,
+               "box": list(box) if box else None, "result": result})
+    else:
+        _print_result(result, task.token)
+    if args.draw:
+        _save_drawing(decoded.image, result, task.token, Path(args.draw))
+    return 0
+
+
+def _print_result(result: Any, task: str) -> None:
+    """A task's result as text: a caption as is, regions one per line."""
+    from .draw import shapes
+
+    if isinstance(result, str):
+        print(result)
+        return
+    found = shapes(result, task)
+    if not found:
+        print("(nothing found)", file=sys.stderr)
+    for shape in found:
+        coords = ",".join(f"{v:.0f}" for v in shape.points)
+        print(f"{shape.label or '(region)'}\t{shape.kind} {coords}")
+
+
+def _save_drawing(image: Any, result: Any, task: str, out: Path) -> None:
+    """Save a copy of *image* with *result*'s regions drawn on it."""
+    from .draw import draw, shapes
+
+    found = shapes(result, task)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        draw(image, found).save(out)
+    except (OSError, ValueError) as exc:  # ValueError: Pillow does not know the extension
+        raise FlorenceWatchError(f"{out}: cannot save the drawing: {exc}") from None
+    print(f"drew {len(found)} region(s) on {out}", file=sys.stderr)
+
+
+def _find_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("phrase", help="what to look for, in words")
+    p.add_argument("--folder", metavar="DIR", help="only files in this folder or below")
+    p.add_argument("--limit", type=int, default=5, help="ground the phrase in this many images (default 5)")
+    p.add_argument("--json", action="store_true", help="print JSON: [{path, caption, boxes: [{label, box}]}]")
+    p.add_argument("--draw-dir", metavar="DIR", help="save a copy of each image with the boxes drawn on it here")
+
+
+@command("find", "Find where something is in the indexed images.",
+         'florence-watch find "a red car" --folder ~/Pictures/2024 --draw-dir /tmp/found',
+         description="Find where something is: search the index for it, then ground the phrase\n"
+         "in the best matches.", arguments=_find_arguments)
+def cmd_find(args: argparse.Namespace, config: Config, config_file: Path | None) -> int:
+    from .analyze import FlorenceAnalyzer
+    from .find import find
+
+    with _open_db(config) as db:  # the search runs here; grounding needs no database
+        matches = find(db, args.phrase, lambda: FlorenceAnalyzer(config.model), folder=args.folder, limit=args.limit)
+    found: list[dict[str, Any]] = []
+    any_match = False
+    for match in matches:
+        any_match = True
+        if match.skipped:
+            print(f"skipped {match.path}: {match.skipped}", file=sys.stderr)  # moved or changed since indexed
+            continue
+        found.append({"path": match.path, "caption": match.caption,
+                      "boxes": [{"label": b.label, "box": list(b.box)} for b in match.boxes]})
+        if args.draw_dir:
+            # Ranked names: the order of the matches, and no clash between photo.jpg and photo.png.
+            out = Path(args.draw_dir) / f"{match.rank:02d}-{Path(match.path).name}.png"
+            _save_drawing(match.image, match.result, match.task.token, out)
+        if not args.json:
+            _print_found(match, args.phrase)
+    if not any_match:
+        print(f"no indexed image mentions {args.phrase!r}", file=sys.stderr)
+    elif args.json:
+        _json(found)
+    return 0
+
+
+def _print_found(match: Found, phrase: str) -> None:
+    """One grounded match: its path, caption, and each box found."""
+    print(match.path)
+    print(f"    {match.caption}")
+    for b in match.boxes:
+        print(f"    {b.label or phrase}\tbox {','.join(f'{v:.0f}' for v in b.box)}")
+
+
+def _export_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("out", metavar="OUT", help="the file to write")
+    p.add_argument("--format", choices=("coco", "jsonl"), default="coco", help="coco (default) or jsonl")
+    p.add_argument("--task", default="<OD>", help="whose regions: <OD> (default), <DENSE_REGION_CAPTION>, "
+                   "<REGION_PROPOSAL> or <OCR_WITH_REGION> (aliases work)")
+    p.add_argument("--folder", metavar="DIR", help="only files in this folder or below")
+
+
+@command("export", "Export detections and captions as COCO or JSON lines.",
+         "florence-watch export --format coco --task objects dataset.json",
+         description="Export the index's detections and captions for training data:\n"
+         "a COCO dataset or JSON lines.", arguments=_export_arguments)
+def cmd_export(args: argparse.Namespace, config: Config, config_file: Path | None) -> int:
+    from .export import check_task, export
+    from .tasks import task_named
+
+    task = task_named(args.task)
+    check_task(task)
+    folder = os.path.abspath(os.path.expanduser(args.folder)) if args.folder else None
+    with _open_db(config) as db, db.transaction() as s:
+        n = export(s, args.format, Path(args.out), task.token, folder)
+    print(f"wrote {n} image(s) to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _serve_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", help="address to listen on (default serve.host: 127.0.0.1, this computer only)")
+    p.add_argument("--port", type=int, help="port (default serve.port: 8765)")
+
+
+@command("serve", "Serve the index as a web page on this computer.", "florence-watch serve --port 8765",
+         description="Serve the index as a web page on this computer: search, thumbnails, and each\n"
+         "image with its objects and text drawn over it.", arguments=_serve_arguments)
+def cmd_serve(args: argparse.Namespace, config: Config, config_file: Path | None) -> int:
+    from .serve import make_server, url_of
+
+    with _open_db(config) as db:
+        server = make_server(config, db, args.host, args.port)
+        print(f"serving the index at {url_of(server)} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.server_close()
+    return 0
+
+
+@command("install-service", "Write the systemd user unit; print how to enable it.",
+         "florence-watch --config ~/florence-watch/config.toml install-service",
+         description="Write the systemd user unit and print the commands that enable it.")
 def cmd_install_service(args: argparse.Namespace, config: Config, config_file: Path | None) -> int:
     from .service import install
 
@@ -444,18 +583,3 @@ def cmd_install_service(args: argparse.Namespace, config: Config, config_file: P
     for c in commands:
         print(f"  {c}")
     return 0
-
-
-COMMANDS = {
-    "run": cmd_run,
-    "scan": cmd_scan,
-    "search": cmd_search,
-    "ask": cmd_ask,
-    "find": cmd_find,
-    "export": cmd_export,
-    "serve": cmd_serve,
-    "show": cmd_show,
-    "status": cmd_status,
-    "retag": cmd_retag,
-    "install-service": cmd_install_service,
-}

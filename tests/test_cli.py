@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from daemon import cli
 from daemon.cli import COMMANDS, build_parser, main
+from daemon.config import load_config
+from daemon.pipeline import Pipeline
 from daemon.service import UNIT_NAME, install, render_unit
-
+from daemon.tasks import TASKS
 from daemon.testing.helpers import REPO, copy_corpus, write_config
+from daemon.watch import walk_candidates
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
@@ -23,13 +30,72 @@ def test_every_command_has_help_with_an_example(command: str, capsys: pytest.Cap
         main([command, "--help"])
     assert exit_.value.code == 0
     out = capsys.readouterr().out
-    assert "example: florence-watch" in out and command in out
+    assert out.startswith(f"usage: florence-watch {command} ")
+    assert "\nexample: florence-watch " in out
 
 
-def test_top_level_help_lists_every_command() -> None:
+# The search language and ask's task table, as a person reads them in the command's own help.
+SEARCH_TABLE = [
+    "  red car            every word, in any field",
+    '  "red car"          a phrase',
+    '  caption:"red car"  in one field: caption: desc: text: (OCR) label: path:',
+    "  -dog               must not match",
+    "  cat OR dog         either",
+]
+
+
+def _task_rows() -> list[str]:
+    return [rf"  {re.escape(t.aliases[0])} +{re.escape(t.token)} +(TEXT|--box)? +{re.escape(t.about)}"
+            for t in TASKS]
+
+
+def test_top_level_help_lists_each_command_with_its_summary_and_no_tables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "80")  # argparse wraps to the terminal's width
     text = build_parser().format_help()
-    for command in COMMANDS:
-        assert command in text
+    # A command's entry: indented four, its name, then its whole summary on the same line.
+    entries = [m.groups() for m in re.finditer(r"^    (\S+) +(\S.*)$", text, re.MULTILINE)]
+    assert entries == [(c.name, c.summary) for c in COMMANDS.values()]
+    assert all("\n" not in c.summary for c in COMMANDS.values())
+    for row in SEARCH_TABLE:
+        assert row.strip() not in text
+    assert 'caption:"red car"' not in text and "tasks (alias, token" not in text
+    assert not any(re.search(row.strip(), text) for row in _task_rows())
+    assert "<CAPTION_TO_PHRASE_GROUNDING>" not in text
+
+
+@pytest.mark.parametrize("command", ["search", "ask"])
+def test_search_and_ask_help_show_their_tables_line_by_line(command: str, capsys: pytest.CaptureFixture[str],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "80")  # narrower than the task table: it must not be rewrapped anyway
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    lines = capsys.readouterr().out.splitlines()
+    if command == "search":
+        start = lines.index(SEARCH_TABLE[0])
+        assert lines[start:start + len(SEARCH_TABLE)] == SEARCH_TABLE
+    else:
+        start = lines.index("tasks (alias, token, input, what it gives):") + 1
+        rows = _task_rows()
+        for line, row in zip(lines[start:start + len(rows)], rows, strict=True):
+            assert re.fullmatch(row, line), (line, row)
+
+
+def test_progress_bar_is_tqdm_on_a_terminal_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    with cli._progress() as progress:  # stderr is captured here: not a terminal
+        assert progress is None
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    err = Terminal()
+    monkeypatch.setattr(sys, "stderr", err)
+    with cli._progress() as progress:
+        assert progress is not None
+        progress(2, 4)
+        progress(5, 5)  # the queue grew while it drained
+    last = err.getvalue().rstrip("\n").rsplit("\r", 1)[-1]
+    assert "100%" in last and "5/5" in last
 
 
 def test_missing_config_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -137,28 +203,16 @@ def test_install_service_command(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "systemctl --user enable --now florence-watch" in out
 
 
-def test_retag_dry_run_then_for_real_without_the_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from daemon.config import database_url, load_config
-    from daemon.db import Database
-    from daemon.pipeline import Pipeline
-    from daemon.tag import MetadataWriter
-    from daemon.watch import walk_candidates
-
-    from daemon.testing.helpers import FakeAnalyzer
-
+def test_retag_dry_run_then_for_real_without_the_model(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                       open_test_pipeline: Callable[..., Pipeline]) -> None:
     inbox = tmp_path / "inbox"
     [path] = copy_corpus(["exiftool/XMP.jpg"], inbox)
     cfg = tmp_path / "config.toml"
     base = f'[watch]\nfolders = ["{inbox}"]\n[index]\ndatabase = "{tmp_path / "i.db"}"\n'
     cfg.write_text(base)
-    config = load_config(cfg)
-    db = Database(database_url(config.index.database))
-    with MetadataWriter(config.metadata) as writer:
-        pipeline = Pipeline(config, db, FakeAnalyzer(), writer)
-        pipeline.offer(walk_candidates(inbox))
-        pipeline.drain()
-        pipeline.close()
-    db.close()
+    pipeline = open_test_pipeline(load_config(cfg))  # the fake model, the real exiftool
+    pipeline.offer(walk_candidates(inbox))
+    pipeline.drain()
     before = path.read_bytes()
 
     # The user asks for a keyword parent and leaves alt text alone from now on.

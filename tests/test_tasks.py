@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import urllib.request
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,12 +16,15 @@ from daemon.analyze import FlorenceAnalyzer
 from daemon.config import ModelConfig, database_url, load_config
 from daemon.db import Database, File
 from daemon.draw import Shape, colour, draw, shapes
-from daemon.errors import FlorenceWatchError
+from daemon.errors import FlorenceWatchError, ImageError
+from daemon.find import any_word_query, find
+from daemon.imaging import decode
 from daemon.index import results_for
+from daemon.pipeline import Pipeline
 from daemon.serve import make_server, serve_in_thread, url_of
 from daemon.tasks import TASKS, ask, parse_box, prompt_for, region_tokens, task_named
+from daemon.testing.helpers import CORPUS, copy_corpus, make_config, write_config
 
-from daemon.testing.helpers import CORPUS, copy_corpus, write_config
 from .test_cli import run_cli
 from .test_export import validate_coco
 
@@ -169,6 +173,47 @@ def test_ask_command_refuses_bad_input_before_loading_the_model(tmp_path: Path) 
     assert proc.stderr.strip() == "error: <REGION_TO_SEGMENTATION> needs a region: --box x1,y1,x2,y2 (pixels)"
     proc = run_cli("--config", str(cfg), "ask", str(tmp_path / "missing.jpg"), "caption")
     assert proc.returncode == 1 and "missing.jpg" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _indexed_twice(tmp_path: Path, open_test_pipeline: Callable[..., Pipeline]) -> tuple[Pipeline, list[Path]]:
+    """Two copies of one image indexed by the fake model (whose captions all say "picture")."""
+    files = [*copy_corpus(["pillow/hopper.jpg"], tmp_path / "inbox" / "a"),
+             *copy_corpus(["pillow/hopper.jpg"], tmp_path / "inbox" / "b")]
+    pipeline = open_test_pipeline(make_config(tmp_path, metadata={"write": False}))
+    pipeline.offer(files)
+    pipeline.drain()
+    return pipeline, files
+
+
+def test_find_loads_the_model_only_when_a_match_decodes(tmp_path: Path, open_test_pipeline: Callable[..., Pipeline],
+                                                       analyzer: FlorenceAnalyzer) -> None:
+    pipeline, files = _indexed_twice(tmp_path, open_test_pipeline)
+
+    def no_model() -> FlorenceAnalyzer:
+        raise AssertionError("the model was loaded without a match to ground")
+
+    assert list(find(pipeline.db, "zebra crossing", no_model)) == []
+    assert list(find(pipeline.db, "picture", no_model, folder=str(tmp_path / "elsewhere"))) == []
+    with pytest.raises(FlorenceWatchError, match="find needs a phrase with words in it"):
+        find(pipeline.db, "-picture", no_model)  # raised at the call, before any search
+
+    files[0].unlink()  # moved since it was indexed
+    loads: list[int] = []
+    found = list(find(pipeline.db, "a picture", lambda: loads.append(1) or analyzer))
+    assert loads == [1] and sorted(f.rank for f in found) == [1, 2]
+    gone, there = sorted(found, key=lambda f: f.path)
+    with pytest.raises(ImageError) as why:
+        decode(files[0])
+    assert gone.path == str(files[0]) and gone.skipped == why.value.reason  # the reason, without the path
+    assert gone.image is None and gone.boxes == ()
+    assert there.path == str(files[1]) and there.skipped is None and there.image is not None
+    assert set(there.result) == {"bboxes", "labels"} and there.task.token == "<CAPTION_TO_PHRASE_GROUNDING>"
+    assert [b.box for b in there.boxes] == [tuple(b) for b in there.result["bboxes"]]
+
+
+def test_find_asks_for_any_of_the_words() -> None:
+    query = any_word_query('a -dog caption:"red car"', folder="/pics")
+    assert query.positive == '"a" OR {caption} : "red car"' and not query.negative and query.folder
 
 
 def test_find_grounds_the_phrase_in_the_best_matches(tmp_path: Path, tiny_model: Path) -> None:
