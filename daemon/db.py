@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import cast
 
 from sqlalchemy import (
     Connection,
@@ -22,6 +23,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Table,
     Text,
     UniqueConstraint,
     create_engine,
@@ -63,6 +65,9 @@ class Image(Base):
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
     format: Mapped[str | None] = mapped_column(String(16))
+    # What the model sees: a hash of the decoded pixels (imaging.content_key).
+    # A metadata-only edit keeps it, so the image is recognised without a model run.
+    content_key: Mapped[str | None] = mapped_column(String(64), index=True)
     created_at: Mapped[float] = mapped_column(default=now)
 
 
@@ -130,12 +135,28 @@ class Document(Base):
     labels: Mapped[str] = mapped_column(Text, default="")
 
 
+class Rejection(Base):
+    """A person's decision about one image: a keyword or field of ours they removed or changed."""
+
+    __tablename__ = "rejections"
+    __table_args__ = (UniqueConstraint("image_id", "kind", "value"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # keyword | alt_text | description
+    value: Mapped[str] = mapped_column(Text, default="")  # the keyword ("" for a field)
+    created_at: Mapped[float] = mapped_column(default=now)
+
+
 # --- migrations -------------------------------------------------------------
 # Named, applied in order, each committed together with its record in
 # schema_migrations. Never edit one that has shipped: add a new one.
 
+def _tables(*models: type[Base]) -> list[Table]:
+    return [cast(Table, m.__table__) for m in models]
+
+
 def _m0001_initial(conn: Connection) -> None:
-    Base.metadata.create_all(conn, tables=[t.__table__ for t in (Image, File, Result, Job, Document)])  # type: ignore[attr-defined]
+    Base.metadata.create_all(conn, tables=_tables(Image, File, Result, Job, Document))
 
 
 def _m0002_fts(conn: Connection) -> None:
@@ -171,10 +192,20 @@ def _m0003_jobs_dirty(conn: Connection) -> None:
         conn.exec_driver_sql("ALTER TABLE jobs ADD COLUMN dirty BOOLEAN NOT NULL DEFAULT 0")
 
 
+def _m0004_content_key_and_rejections(conn: Connection) -> None:
+    # Existing images get their content key from the daemon at start-up
+    # (index.backfill_content_keys): that needs the files, not the model.
+    if "content_key" not in {c["name"] for c in inspect(conn).get_columns("images")}:
+        conn.exec_driver_sql("ALTER TABLE images ADD COLUMN content_key VARCHAR(64)")
+        conn.exec_driver_sql("CREATE INDEX ix_images_content_key ON images (content_key)")
+    Base.metadata.create_all(conn, tables=_tables(Rejection))
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0001_initial", _m0001_initial),
     ("0002_fts", _m0002_fts),
     ("0003_jobs_dirty", _m0003_jobs_dirty),
+    ("0004_content_key_and_rejections", _m0004_content_key_and_rejections),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -73,6 +73,17 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def content_key(image: Image.Image) -> str:
+    """A hash of the decoded pixels as the model sees them (orientation applied).
+
+    An edit that touches only metadata keeps it; any change to the pixels,
+    the size or the orientation changes it.
+    """
+    h = hashlib.sha256(f"{image.mode}:{image.width}x{image.height}:".encode())
+    h.update(image.tobytes())
+    return h.hexdigest()
+
+
 def read_error(path: str | Path, exc: OSError) -> ImageError:
     """Why a file could not be read, in words a person can act on."""
     if isinstance(exc, FileNotFoundError):

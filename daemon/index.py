@@ -13,10 +13,10 @@ from typing import Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from .results import Summary, TaskResults, summarize
-from .db import Document, File, Image, Job, Result, chunks
+from .db import Document, File, Image, Job, Rejection, Result, chunks
 from .files import under
 from .imaging import Fingerprint
+from .results import Summary, TaskResults, summarize
 
 
 def file_by_path(session: Session, path: str) -> File | None:
@@ -45,6 +45,11 @@ def image_for_hash(session: Session, sha256: str) -> Image | None:
     ).first()
 
 
+def image_for_content(session: Session, content_key: str) -> Image | None:
+    """The image whose decoded pixels hash to *content_key* (the same picture, whatever its metadata)."""
+    return session.scalars(select(Image).where(Image.content_key == content_key).order_by(Image.id)).first()
+
+
 def has_results(session: Session, image_id: int, model: str, tasks: tuple[str, ...]) -> bool:
     done = set(session.scalars(select(Result.task).where(Result.image_id == image_id, Result.model == model)))
     return set(tasks) <= done
@@ -71,6 +76,7 @@ class Analysed:
     format: str
     results: TaskResults
     summary: Summary
+    content_key: str | None = None
 
 
 def store_batch(session: Session, model: str, batch: list[Analysed]) -> list[File]:
@@ -81,22 +87,34 @@ def store_batch(session: Session, model: str, batch: list[Analysed]) -> list[Fil
     """
     shas = list(dict.fromkeys(a.sha256 for a in batch))
     images = {i.sha256: i for i in session.scalars(select(Image).where(Image.sha256.in_(shas)))}
-    new = {a.sha256: Image(sha256=a.sha256, width=a.width, height=a.height, format=a.format)
-           for a in batch if a.sha256 not in images}
-    session.add_all(new.values())
-    session.flush()
-    stored: set[str] = set()
+    for a in batch:  # the same picture with other metadata (a new model's results for it, say)
+        same = image_for_content(session, a.content_key) if a.content_key and a.sha256 not in images else None
+        if same is not None:
+            images[a.sha256] = same
+    new: dict[str, Image] = {}
+    by_content: dict[str, Image] = {}  # two files of one picture in one batch: one image
     for a in batch:
-        if a.sha256 in stored:
-            continue  # two copies of one picture in the batch
-        stored.add(a.sha256)
-        if a.sha256 in new:  # a new image has no results yet: nothing to update
-            image_id = new[a.sha256].id
-            session.add_all(Result(image_id=image_id, task=t, model=model, result=json.dumps(v))
+        if a.sha256 in images or a.sha256 in new:
+            continue
+        image = by_content.get(a.content_key or "") or Image(
+            sha256=a.sha256, width=a.width, height=a.height, format=a.format, content_key=a.content_key)
+        new[a.sha256] = by_content[a.content_key or a.sha256] = image
+    fresh = set(new.values())
+    session.add_all(fresh)
+    session.flush()
+    images.update(new)
+    stored: set[int] = set()
+    for a in batch:
+        image = images[a.sha256]
+        if image.id in stored:
+            continue  # two files of one picture in the batch
+        stored.add(image.id)
+        if image in fresh:  # a new image has no results yet: nothing to update
+            session.add_all(Result(image_id=image.id, task=t, model=model, result=json.dumps(v))
                             for t, v in a.results.items())
         else:
-            _replace_results(session, images[a.sha256].id, model, a.results)
-    images.update(new)
+            _replace_results(session, image.id, model, a.results)
+            image.content_key = image.content_key or a.content_key
     return link_files(session, [(a.path, images[a.sha256], a.sha256, a.fp, a.summary) for a in batch], model)
 
 
@@ -151,7 +169,7 @@ def link_files(session: Session, links: list[Link], model: str | None) -> list[F
         )):
             twins.setdefault(found.sha256 or "", found)
     docs = {d.file_id: d for d in session.scalars(select(Document).where(Document.file_id.in_([f.id for f in files])))}
-    for f, (path, image, sha256, _fp, summary) in zip(files, links):
+    for f, (path, image, sha256, _fp, summary) in zip(files, links, strict=True):
         twin = twins.get(sha256)
         if f.tag_state != "done" and twin is not None and twin.id != f.id:
             f.written, f.tag_state, f.metadata_target = twin.written, "done", path
@@ -260,6 +278,8 @@ def file_info(session: Session, path: str, model: str | None = None) -> dict[str
         "model": used_model,
         "state": f.state,
         "error": f.error,
+        "rejected": sorted(decisions_for(session, f.image_id)[0]),
+        "rejected_fields": sorted(decisions_for(session, f.image_id)[1]),
         "metadata": {
             "state": f.tag_state,
             "target": f.metadata_target,
@@ -277,3 +297,23 @@ def summary_for_file(session: Session, f: File, model: str | None) -> Summary:
         return Summary()
     return summarize(results_for(session, f.image_id, model)[1])
 
+
+
+# --- a person's decisions ----------------------------------------------------------
+
+def decisions_for(session: Session, image_id: int | None) -> tuple[frozenset[str], frozenset[str]]:
+    """The keywords and fields a person removed from this image: (keywords, fields)."""
+    if image_id is None:
+        return frozenset(), frozenset()
+    rows = session.execute(select(Rejection.kind, Rejection.value).where(Rejection.image_id == image_id)).all()
+    return (frozenset(v for k, v in rows if k == "keyword"), frozenset(k for k, _v in rows if k != "keyword"))
+
+
+def record_decisions(session: Session, image_id: int, keywords: frozenset[str], fields: frozenset[str]) -> None:
+    """Make the stored decisions for *image_id* exactly these."""
+    wanted = {("keyword", k) for k in keywords} | {(f, "") for f in fields}
+    rows = {(r.kind, r.value): r for r in session.scalars(select(Rejection).where(Rejection.image_id == image_id))}
+    for key, row in rows.items():
+        if key not in wanted:
+            session.delete(row)
+    session.add_all(Rejection(image_id=image_id, kind=kind, value=value) for kind, value in wanted - set(rows))

@@ -26,7 +26,7 @@ from .config import Config
 from .db import Database, Image
 from .errors import ImageError
 from .files import is_candidate
-from .imaging import Decoded, Fingerprint, decode, sha256_file
+from .imaging import Decoded, Fingerprint, content_key, decode, sha256_file
 from .metadata import MetadataWriter, Tagger, tag_request
 from .results import summarize
 
@@ -42,6 +42,7 @@ class _Work:
     fp: Fingerprint
     sha256: str
     decoded: Decoded
+    content_key: str
     pixels: Any = None  # the model's input tensor, made in the decode thread
 
 
@@ -151,7 +152,7 @@ class Pipeline:
             log.info("shutdown: %d image(s) returned to the queue unfinished", len(work))
             self.prefetch.release(work)
             return
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if len(work) > 1:
                 # Find the image that breaks the batch: retry one by one.
                 log.warning("batch of %d failed (%s); retrying one at a time", len(work), exc)
@@ -166,13 +167,13 @@ class Pipeline:
     def _store(self, work: list[_Work], results: list[Any]) -> None:
         """One transaction for the batch: every file's results and its job's completion, or none."""
         batch = [index.Analysed(w.path, w.sha256, w.fp, w.decoded.width, w.decoded.height, w.decoded.format, res,
-                                summarize(res)) for w, res in zip(work, results, strict=True)]
+                                summarize(res), w.content_key) for w, res in zip(work, results, strict=True)]
         with self.db.transaction(write=True) as s:
             files = index.store_batch(s, self.analyzer.model_id, batch)
             for f in files:
                 f.tag_state = "pending" if self.tagger else "off"
             jobs.finish(s, *(w.job_id for w in work))
-            requests = [tag_request(f, a.summary) for f, a in zip(files, batch, strict=True)]
+            requests = [tag_request(s, f, a.summary) for f, a in zip(files, batch, strict=True)]
         for w in work:
             log.info("indexed %s", w.path)
         if self.tagger is not None:
@@ -231,40 +232,48 @@ class Prefetch:
         self._threads.shutdown(wait=True)
 
     def _prepare(self, job_id: int, path: str) -> _Work | None:
-        """Stat, hash and (if the content is new) decode one file; None when finished here."""
+        """Stat, hash and (if the content is new) decode one file; None when finished here.
+
+        A file is known by its bytes (a copy, a move, our own write) or, once
+        decoded, by its pixels (a metadata edit by any program): either way
+        the model does not run again.
+        """
         try:
             if not os.path.exists(path):
                 with self.db.transaction(write=True) as s:
                     index.mark_deleted(s, path)
                     jobs.finish(s, job_id)
                 return None
-            fp = Fingerprint.of(path)
-            sha = sha256_file(path)
-            with self.db.transaction() as s:  # most files are new: look before taking the write lock
-                maybe_known = self._known(s, sha) is not None
-            if maybe_known and self._link_known(job_id, path, fp, sha):
+            fp, sha = Fingerprint.of(path), sha256_file(path)
+            if self._link_known(job_id, path, fp, sha, lambda s: index.image_for_hash(s, sha)):
                 return None
             decoded = decode(path)
-            return _Work(job_id, path, fp, sha, decoded, self.analyzer.preprocess(decoded.image))
+            key = content_key(decoded.image)
+            if self._link_known(job_id, path, fp, sha, lambda s: index.image_for_content(s, key)):
+                return None
+            return _Work(job_id, path, fp, sha, decoded, key, self.analyzer.preprocess(decoded.image))
         except ImageError as exc:
             self.pipeline.fail(job_id, path, exc.reason)
-        except Exception as exc:  # noqa: BLE001 - one file must never stop the daemon
+        except Exception as exc:
             log.exception("unexpected error preparing %s", path)
             self.pipeline.fail(job_id, path, f"unexpected error: {exc}")
         return None
 
-    def _known(self, s: Session, sha: str) -> Image | None:
-        """The image with this content, if the model has already described it."""
-        image = index.image_for_hash(s, sha)
+    def _known(self, s: Session, image: Image | None) -> Image | None:
+        """*image*, if the model has already described it."""
         if image is None or not index.has_results(s, image.id, self.analyzer.model_id, self.analyzer.tasks):
             return None
         return image
 
-    def _link_known(self, job_id: int, path: str, fp: Fingerprint, sha: str) -> bool:
-        """Record *path* as a copy of an image already analysed; False if it is not (any more)."""
+    def _link_known(self, job_id: int, path: str, fp: Fingerprint, sha: str,
+                    find: Callable[[Session], Image | None]) -> bool:
+        """Record *path* as the image *find* finds, if the model has described it; False if not."""
+        with self.db.transaction() as s:  # most files are new: look before taking the write lock
+            if self._known(s, find(s)) is None:
+                return False
         tagger = self.pipeline.tagger
         with self.db.transaction(write=True) as s:
-            image = self._known(s, sha)
+            image = self._known(s, find(s))
             if image is None:
                 return False
             f = index.link_file(s, path, image, sha, fp, self.analyzer.model_id)

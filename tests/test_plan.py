@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from daemon.config import MetadataConfig
-from daemon.metadata.plan import Target, Wanted, plan
+from daemon.metadata.plan import Decisions, Target, Wanted, decide, plan
 
 ALT, DESC, SUBJ = "XMP-iptcCore:AltTextAccessibility", "XMP-dc:Description", "XMP-dc:Subject"
 EXIF_DESC, IPTC_DESC = "IFD0:ImageDescription", "IPTC:Caption-Abstract"
@@ -21,8 +21,8 @@ PREV = {"tags": {ALT: "an old caption", DESC: "An old description."}, "keywords"
 
 
 def run(current: dict[str, Any], previous: dict[str, Any] | None = None, target: Target = JPEG,
-        wanted: Wanted = WANT, **policy: Any) -> Any:
-    return plan(wanted, current, previous, MetadataConfig(**policy), target)
+        wanted: Wanted = WANT, decided: Decisions | None = None, **policy: Any) -> Any:
+    return plan(wanted, current, previous, MetadataConfig(**policy), target, decided)
 
 
 # (case, current, previous, policy, field, expected value written or None when left alone)
@@ -121,3 +121,57 @@ def test_alt_text_is_cut_at_a_word_and_iptc_keywords_at_64_bytes() -> None:
     out = run({}, wanted=Wanted("word " * 60, "d", [long_kw]), alt_text_max=30)
     assert len(out.written["tags"][ALT]) <= 30 and not out.written["tags"][ALT].endswith(" ")
     assert out.written["tags"][IPTC_KW] == ["ü" * 32] and out.written["tags"][SUBJ] == [long_kw]
+
+
+# --- a person's removals are decisions ------------------------------------------
+
+WROTE = {"tags": {ALT: "a dog on a sofa", DESC: "A brown dog.", SUBJ: ["cat", "sofa"], IPTC_KW: ["cat", "sofa"],
+                  HIER: ["cat", "sofa"]}, "keywords": ["cat", "sofa"]}
+KEPT = {ALT: "a dog on a sofa", DESC: "A brown dog."}
+
+# (case, what the file holds now, decisions stored before, expected keywords, expected fields)
+DECISIONS = [
+    ("nothing removed", {**KEPT, SUBJ: ["cat", "sofa"], IPTC_KW: ["cat", "sofa"], HIER: ["cat", "sofa"]},
+     Decisions(), set(), set()),
+    ("a keyword removed everywhere", {**KEPT, SUBJ: ["sofa", "holiday"], IPTC_KW: ["sofa", "holiday"],
+                                      HIER: ["sofa", "holiday"]}, Decisions(), {"cat"}, set()),
+    ("removed from dc:subject only", {**KEPT, SUBJ: ["sofa"], IPTC_KW: ["cat", "sofa"], HIER: ["cat", "sofa"]},
+     Decisions(), {"cat"}, set()),
+    ("the description changed", {ALT: "a dog on a sofa", DESC: "Rex, asleep", SUBJ: ["cat", "sofa"],
+                                 IPTC_KW: ["cat", "sofa"], HIER: ["cat", "sofa"]}, Decisions(), set(), {"description"}),
+    ("the alt text removed", {DESC: "A brown dog.", SUBJ: ["cat", "sofa"], IPTC_KW: ["cat", "sofa"],
+                              HIER: ["cat", "sofa"]}, Decisions(), set(), {"alt_text"}),
+    ("earlier decisions stay", {**KEPT, SUBJ: ["cat", "sofa"], IPTC_KW: ["cat", "sofa"], HIER: ["cat", "sofa"]},
+     Decisions(frozenset({"dog"}), frozenset({"alt_text"})), {"dog"}, {"alt_text"}),
+    ("a keyword added back takes the decision back", {**KEPT, SUBJ: ["cat", "sofa", "dog"], IPTC_KW: ["cat", "sofa"],
+                                                      HIER: ["cat", "sofa"]},
+     Decisions(frozenset({"dog"})), set(), set()),
+]
+
+
+@pytest.mark.parametrize(("case", "current", "stored", "keywords", "fields"), DECISIONS, ids=[d[0] for d in DECISIONS])
+def test_decisions(case: str, current: dict, stored: Decisions, keywords: set[str], fields: set[str]) -> None:
+    got = decide(stored, WROTE, current)
+    assert (set(got.keywords), set(got.fields)) == (keywords, fields)
+
+
+def test_a_removed_keyword_is_not_written_back_and_a_removed_field_stays_empty() -> None:
+    now = {DESC: "A brown dog.", SUBJ: ["sofa", "holiday"], IPTC_KW: ["sofa", "holiday"], HIER: ["sofa", "holiday"]}
+    out = run(now, WROTE, wanted=Wanted("a dog on a sofa", "A brown dog.", ["cat", "sofa", "dog"]))
+    assert out.written["tags"][SUBJ] == ["holiday", "sofa", "dog"]
+    assert "cat" not in out.written["tags"][IPTC_KW] and "cat" not in out.written["tags"][HIER]
+    assert ALT not in out.written["tags"] and not any(a.startswith(f"-{ALT}") for a in out.args)
+    assert out.decisions == Decisions(frozenset({"cat"}), frozenset({"alt_text"}))
+
+
+def test_a_copy_still_holding_a_rejected_keyword_loses_it() -> None:
+    copy = {**KEPT, SUBJ: ["cat", "sofa"], IPTC_KW: ["cat", "sofa"], HIER: ["cat", "sofa"]}
+    out = run(copy, WROTE, decided=Decisions(frozenset({"cat"})),
+              wanted=Wanted("a dog on a sofa", "A brown dog.", ["cat", "sofa"]))
+    assert out.written["tags"][SUBJ] == ["sofa"] and out.decisions.keywords == {"cat"}
+
+
+def test_when_every_keyword_of_ours_is_rejected_the_list_is_cleared() -> None:
+    out = run({SUBJ: ["cat"], IPTC_KW: ["cat"], HIER: ["cat"]}, {"tags": {SUBJ: ["cat"]}, "keywords": ["cat"]},
+              decided=Decisions(frozenset({"cat"})), wanted=Wanted("", "", ["cat"]))
+    assert f"-{SUBJ}=" in out.args and out.written["tags"][SUBJ] == []

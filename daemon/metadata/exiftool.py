@@ -19,7 +19,7 @@ from typing import Any
 from ..config import MetadataConfig
 from ..errors import MetadataError
 from ..files import SIDECAR_ONLY_EXTENSIONS, extension
-from .plan import LIST_KEYS, READ_KEYS, Outcome, Target, Wanted, plan
+from .plan import LIST_KEYS, READ_KEYS, Decisions, Outcome, Target, Wanted, plan
 
 log = logging.getLogger(__name__)
 
@@ -143,30 +143,55 @@ class MetadataWriter:
         return out
 
     def write(self, path: str | Path, *, alt_text: str, description: str, keywords: list[str],
-              previous: dict[str, Any] | None = None, dry_run: bool = False,
-              current: dict[str, Any] | None = None) -> Outcome:
-        """Write our fields into *path* (or its sidecar), keeping a person's work.
+              previous: dict[str, Any] | None = None, decided: Decisions | None = None, dry_run: bool = False,
+              current: dict[str, Any] | None = None, read_at: Stat | None = None) -> Outcome:
+        """Write our fields into *path* (or its sidecar), keeping a person's work and decisions.
 
-        *previous* is what the index says we wrote last time. *current* is the
-        target's fields if the caller has just read them (read_many). With
-        *dry_run* nothing is written: the outcome says what would change.
+        *previous* is what the index says we wrote last time, *decided* the
+        person's decisions about this image. *current* is the target's fields
+        if the caller has just read them (read_many), when the target's stat
+        was *read_at*. With *dry_run* nothing is written: the outcome says
+        what would change.
         """
         _check_name(path)
         target = self.target_for(path)
-        embedded = target == Path(path)
+        where = Target(str(target), target == Path(path), extension(path))
+        self._check_writable(path, target, where.embedded)
+        wanted = Wanted(alt_text, description, keywords)
+        for _ in range(3):
+            if current is None:
+                read_at, current = stat_of(target), self.read(target)
+            outcome = plan(wanted, current, previous, self.config, where, decided)
+            if not outcome.args or dry_run:
+                return outcome
+            if read_at is not None and stat_of(target) != read_at:
+                # Another program wrote it since we read it: never replace a newer edit.
+                log.info("%s changed while we planned its metadata: reading it again", target)
+                current = None
+                continue
+            # -P keeps the file's modification time: people sort photos by it.
+            self.exiftool.execute(path, ["-overwrite_original", "-P", *outcome.args, str(target)])
+            return outcome
+        raise MetadataError(path, "the file kept changing while we tried to write its metadata; will retry")
+
+    @staticmethod
+    def _check_writable(path: str | Path, target: Path, embedded: bool) -> None:
         if not embedded and not os.access(target.parent, os.W_OK) and not (
             target.exists() and os.access(target, os.W_OK)
         ):
             raise MetadataError(path, f"cannot write metadata: neither the file nor a sidecar in {target.parent} "
                                 "is writable")
-        if current is None:
-            current = self.read(target)
-        outcome = plan(Wanted(alt_text, description, keywords), current, previous, self.config,
-                       Target(str(target), embedded, extension(path)))
-        if outcome.args and not dry_run:
-            # -P keeps the file's modification time: people sort photos by it.
-            self.exiftool.execute(path, ["-overwrite_original", "-P", *outcome.args, str(target)])
-        return outcome
+
+
+Stat = tuple[int, int, int] | None  # (inode, size, mtime_ns) of a target; None when it does not exist
+
+
+def stat_of(path: str | Path) -> Stat:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def our_fields(data: dict[str, Any]) -> dict[str, Any]:

@@ -8,6 +8,10 @@ the caller runs the arguments it returns. The rules:
   we wrote before (policy ``fill``); ``overwrite`` always writes; ``off`` never;
 * a person's keywords are kept; ours are added, and on a re-tag only the
   keywords we added earlier are replaced;
+* a person's removal is a decision: a keyword of ours they took out, or an
+  alt text or description of ours they changed or removed, is never written
+  again for that image (:func:`decide`); adding the keyword back themselves
+  takes the decision back;
 * every value is sanitised first: a newline in a value would become a new
   exiftool argument (``"caption\\n-all="`` once erased a whole file).
 """
@@ -105,6 +109,41 @@ class Target:
         return True
 
 
+@dataclass(frozen=True)
+class Decisions:
+    """What a person decided against for one image: keywords of ours, and whole fields."""
+
+    keywords: frozenset[str] = frozenset()
+    fields: frozenset[str] = frozenset()  # "alt_text", "description"
+
+
+def decide(stored: Decisions, previous: dict[str, Any] | None, current: dict[str, Any]) -> Decisions:
+    """*stored* decisions, plus what of ours (*previous*) the file no longer holds, less keywords added back.
+
+    A keyword counts as removed when a keyword tag we wrote it into lacks it
+    now; as added back when the file holds it although we did not write it.
+    """
+    prev = previous or {}
+    prev_tags: dict[str, Any] = prev.get("tags", {})
+    ours: list[str] = prev.get("keywords", [])
+    holds = {tag[1]: set(current.get(tag[1], [])) for tag in (SUBJECT, IPTC_KEYWORDS)}
+    leaves = {h.rsplit("|", 1)[-1] for h in current.get(HIERARCHY[1], [])}
+    removed = {k for k in ours if any(
+        (key in prev_tags and _ours_in(k, prev_tags[key]) and not _ours_in(k, holds[key])) for key in holds
+    ) or (HIERARCHY[1] in prev_tags and k not in leaves)}
+    added_back = {k for k in stored.keywords if k in holds[SUBJECT[1]] and k not in ours}
+    fields = set(stored.fields)
+    for name, tags in (("alt_text", (ALT,)), ("description", DESCRIPTIONS)):
+        if any(t[1] in prev_tags and current.get(t[1]) != prev_tags[t[1]] for t in tags):
+            fields.add(name)
+    return Decisions(frozenset((stored.keywords | removed) - added_back), frozenset(fields))
+
+
+def _ours_in(keyword: str, values: Any) -> bool:
+    # IPTC keywords are cut to 64 bytes: ours may be there in its cut form.
+    return keyword in values or cut_bytes(keyword, IPTC_KEYWORD_BYTES) in values
+
+
 @dataclass
 class Outcome:
     """A plan, and after it ran, what a write did: where, what we now own, what changed."""
@@ -115,15 +154,19 @@ class Outcome:
     kept: list[str] = field(default_factory=list)  # fields left alone because a person wrote them
     before: dict[str, Any] = field(default_factory=dict)  # our fields as they were in the target
     args: list[str] = field(default_factory=list)  # exiftool arguments that carry it out ([] = nothing to do)
+    decisions: Decisions = field(default_factory=Decisions)  # the person's, as of this write
 
 
 def plan(wanted: Wanted, current: dict[str, Any], previous: dict[str, Any] | None, config: MetadataConfig,
-         target: Target) -> Outcome:
-    """Decide what to write: *current* is what the target holds now, *previous* what we wrote last time."""
+         target: Target, decided: Decisions | None = None) -> Outcome:
+    """Decide what to write: *current* is what the target holds now, *previous* what we wrote last time,
+    *decided* the person's earlier decisions about this image."""
+    decisions = decide(decided or Decisions(), previous, current)
     p = _Planner(current, previous or {}, config, target)
-    p.text_fields(wanted)
-    ours = list(dict.fromkeys(k for k in (sanitize(k) for k in wanted.keywords) if k))
-    if ours and config.keywords != "off":
+    p.outcome.decisions = decisions
+    p.text_fields(wanted, skip=decisions.fields)
+    ours = list(dict.fromkeys(k for k in (sanitize(k) for k in wanted.keywords) if k and k not in decisions.keywords))
+    if (ours or p.prev_keywords) and config.keywords != "off":
         p.keywords(ours)
     if any(a.startswith("-IPTC:") for a in p.outcome.args):
         p.outcome.args += ["-IPTC:CodedCharacterSet=UTF8", "-Photoshop:IPTCDigest=new"]
@@ -143,21 +186,24 @@ class _Planner:
         now = self.current.get(tag[1])
         return not now or now == self.prev_tags.get(tag[1]) or now == value or bool(_BOILERPLATE.match(now))
 
-    def text_fields(self, wanted: Wanted) -> None:
-        """Alt text on its own; the descriptions as one group, so a person's caption in any keeps all three."""
+    def text_fields(self, wanted: Wanted, skip: frozenset[str]) -> None:
+        """Alt text on its own; the descriptions as one group, so a person's caption in any keeps all three.
+
+        Fields in *skip* are the person's decision: never written again.
+        """
         desc = cut_words(sanitize(wanted.description), XMP_DESCRIPTION_CHARS)
         groups = [
-            (self.config.alt_text, {ALT: cut_words(sanitize(wanted.alt_text), self.config.alt_text_max)}),
-            (self.config.description, {
+            ("alt_text", self.config.alt_text, {ALT: cut_words(sanitize(wanted.alt_text), self.config.alt_text_max)}),
+            ("description", self.config.description, {
                 tag: cut_bytes(desc, IPTC_CAPTION_BYTES) if tag[0].startswith("IPTC") else desc
                 for tag in DESCRIPTIONS if self.target.carries(tag)
             }),
         ]
-        for policy, values in groups:
+        for name, policy, values in groups:
             values = {tag: v for tag, v in values.items() if v}
             if policy == "off" or not values:
                 continue
-            if policy == "fill" and not all(self.free(tag, v) for tag, v in values.items()):
+            if name in skip or (policy == "fill" and not all(self.free(tag, v) for tag, v in values.items())):
                 self.outcome.kept += [tag[1] for tag in values if self.current.get(tag[1])]
                 continue
             for tag, value in values.items():
@@ -199,7 +245,8 @@ class _Planner:
             return  # already there: no rewrite, no new file
         self.outcome.changed.append(read_key)
         if isinstance(value, list):
-            # Assigning a list tag several times in one command sets the whole list.
-            self.outcome.args.extend(f"-{write_key}={v}" for v in value)
+            # Assigning a list tag several times in one command sets the whole
+            # list; assigning nothing clears it.
+            self.outcome.args.extend([f"-{write_key}={v}" for v in value] or [f"-{write_key}="])
         else:
             self.outcome.args.append(f"-{write_key}={value}")

@@ -31,8 +31,8 @@ from ..errors import ImageError, MetadataError
 from ..files import is_under
 from ..imaging import Fingerprint, sha256_file
 from ..results import Summary
-from .exiftool import MetadataWriter
-from .plan import Outcome
+from .exiftool import MetadataWriter, Stat, stat_of
+from .plan import Decisions, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +44,19 @@ class TagRequest:
     """Everything a metadata write needs, taken from the index in one go."""
 
     file_id: int
+    image_id: int
     path: str
     recorded: tuple[int | None, int | None, int | None]  # the fingerprint we read the file at
     fields: dict[str, Any]  # MetadataWriter.write's keyword arguments
 
 
-def tag_request(f: File, summary: Summary) -> TagRequest:
+def tag_request(session: Session, f: File, summary: Summary) -> TagRequest:
+    """What *f* should carry, given the summary of its image's results and the person's decisions."""
+    assert f.image_id is not None
+    keywords, fields = index.decisions_for(session, f.image_id)
     return TagRequest(
         file_id=f.id,
+        image_id=f.image_id,
         path=f.path,
         recorded=(f.inode, f.size, f.mtime_ns),
         fields={
@@ -59,6 +64,7 @@ def tag_request(f: File, summary: Summary) -> TagRequest:
             "description": summary.description or summary.caption,
             "keywords": summary.labels or [],
             "previous": json.loads(f.written) if f.written else None,
+            "decided": Decisions(keywords, fields),
         },
     )
 
@@ -68,7 +74,7 @@ def load_tag_request(session: Session, file_id: int, model: str | None) -> TagRe
     f = session.get(File, file_id)
     if f is None or f.image_id is None:
         return None
-    return tag_request(f, index.summary_for_file(session, f, model))
+    return tag_request(session, f, index.summary_for_file(session, f, model))
 
 
 @dataclass
@@ -82,8 +88,12 @@ class Written:
     fp: Fingerprint | None = None
 
 
+def _describe(d: Decisions) -> str:
+    return ", ".join([*sorted(d.keywords), *sorted(d.fields)]) or "nothing"
+
+
 def write_one(writer: MetadataWriter, request: TagRequest, *, current: dict[str, Any] | None = None,
-              check_settled: bool = True, dry_run: bool = False) -> Written | None:
+              read_at: Stat = None, check_settled: bool = True, dry_run: bool = False) -> Written | None:
     """Carry out *request* (nothing is recorded); None when postponed because the file is changing.
 
     *current* is what the target held when read just now, used only if the
@@ -103,7 +113,7 @@ def write_one(writer: MetadataWriter, request: TagRequest, *, current: dict[str,
                 log.info("%s changed since it was read; metadata write postponed", path)
                 return None
             log.info("%s already holds our metadata (write interrupted before it was recorded)", path)
-        outcome = writer.write(path, **fields, current=current)
+        outcome = writer.write(path, **fields, current=current, read_at=read_at if current is not None else None)
         fp = Fingerprint.of(path)
         # Rehash only when the file is not the one the index last read: our
         # write just replaced it, or an interrupted write of ours did earlier.
@@ -125,6 +135,10 @@ def record(session: Session, done: list[Written]) -> None:
         elif w.fp is not None:
             index.record_tag(session, w.request.file_id, written=w.outcome.written, target=w.outcome.target,
                              sha256=w.sha256, fp=w.fp)
+            if w.outcome.decisions != w.request.fields["decided"]:
+                log.info("%s: a person's decision recorded: not %s", w.request.path, _describe(w.outcome.decisions))
+                index.record_decisions(session, w.request.image_id, w.outcome.decisions.keywords,
+                                       w.outcome.decisions.fields)
 
 
 class Tagger:
@@ -178,7 +192,7 @@ class Tagger:
             running = group[-1] is not None
             try:
                 self.write_group([item for item in group if item is not None])
-            except Exception:  # noqa: BLE001 - one file's metadata must not stop the others
+            except Exception:
                 log.exception("metadata write failed unexpectedly (%s)", group)
             finally:
                 for _ in group:
@@ -191,9 +205,10 @@ class Tagger:
                                     for item in items) if r is not None]
         with self._claimed({r.path for r in requests}):
             targets = [_target(self.writer, r) for r in requests]
-            current = self.writer.read_many([t for t in targets if t is not None])
-            done = [w for r, t in zip(requests, targets, strict=True)
-                    if (w := write_one(self.writer, r, current=current.get(t) if t else None)) is not None]
+            stats = {t: stat_of(t) for t in targets if t is not None}  # before the read: see write()
+            current = self.writer.read_many(list(stats))
+            done = [w for r, t in zip(requests, targets, strict=True) if (w := write_one(
+                self.writer, r, current=current.get(t) if t else None, read_at=stats.get(t) if t else None)) is not None]
             if done:
                 with self.db.transaction(write=True) as s:
                     record(s, done)
