@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.13.0
 CONFIG ?= config.toml
 
-.PHONY: setup run test bench exiftool test-tools clean
+.PHONY: setup run test lint bench exiftool test-tools clean
 
 setup: $(STAMP) exiftool
 
@@ -45,7 +45,13 @@ test-tools:
 run: setup
 	$(VENV)/bin/florence-watch --config $(CONFIG) run
 
-test: setup test-tools
+# Style and types first: CI fails on them before spending minutes on tests.
+lint: setup
+	$(VENV)/bin/ruff check daemon tests bench
+	$(VENV)/bin/ruff format --check daemon tests bench
+	$(VENV)/bin/mypy daemon
+
+test: lint test-tools
 	$(PY) -m pytest
 
 bench: setup

@@ -38,8 +38,8 @@ sys.path.insert(0, str(REPO))
 
 from daemon.analyze import FlorenceAnalyzer, naive_generate  # noqa: E402
 from daemon.config import ModelConfig  # noqa: E402
-from daemon.tasks import DEFAULT_TASKS  # noqa: E402
 from daemon.imaging import decode  # noqa: E402
+from daemon.tasks import DEFAULT_TASKS  # noqa: E402
 
 SHARED = Path(os.environ.get("FLORENCE_WATCH_SHARED", REPO.parent / "shared"))
 IMAGES = ["pillow/flower.jpg", "pillow/hopper.jpg", "pillow/flower2.jpg", "pillow/xmp_test.jpg",

@@ -163,7 +163,7 @@ class FlorenceAnalyzer:
                 if self.should_stop is not None and self.should_stop():
                     raise Interrupted(f"stopped during {task}")
                 texts = self.processor.batch_decode(out, skip_special_tokens=False)
-                for i, (txt, image) in enumerate(zip(texts, images)):
+                for i, (txt, image) in enumerate(zip(texts, images, strict=True)):
                     parsed = self.processor.post_process_generation(txt, task=task, image_size=image.size)
                     results[i][task] = clean_result(parsed[task])
         return results
@@ -174,12 +174,13 @@ class FlorenceAnalyzer:
         flag = self.should_stop
         if flag is None:
             return None
+        stop: Callable[[], bool] = flag  # named apart: the class body below cannot see the narrowing
 
         class _OnShutdown(StoppingCriteria):
             def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
                 import torch
 
-                return torch.full((input_ids.shape[0],), bool(flag()), dtype=torch.bool, device=input_ids.device)
+                return torch.full((input_ids.shape[0],), bool(stop()), dtype=torch.bool, device=input_ids.device)
 
         return StoppingCriteriaList([_OnShutdown()])
 

@@ -375,8 +375,7 @@ def _retag_arguments(p: argparse.ArgumentParser) -> None:
          description="Rewrite metadata into indexed files from the index, without running the model\n"
          "(after changing the [metadata] settings).", arguments=_retag_arguments)
 def cmd_retag(args: argparse.Namespace, config: Config, config_file: Path | None) -> int:
-    from .metadata import retag
-    from .metadata import MetadataWriter
+    from .metadata import MetadataWriter, retag
 
     if not config.metadata.write and not args.dry_run:
         raise FlorenceWatchError(f"{config.source}: metadata.write is false: nothing to retag (try --dry-run)")

@@ -27,7 +27,7 @@ class Shape:
         if self.kind == "box":
             x1, y1, x2, y2 = self.points
             return [(x1, y1), (x2, y1), (x2, y2), (x1, y2)]
-        return list(zip(self.points[0::2], self.points[1::2]))
+        return list(zip(self.points[0::2], self.points[1::2], strict=False))  # an odd last value is dropped
 
 
 def shapes(result: Any, task: str = "") -> list[Shape]:

@@ -16,13 +16,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from . import __version__
-from .results import summarize
 from .db import File, Image
 from .draw import Shape, shapes
 from .errors import FlorenceWatchError
 from .files import under
 from .index import results_for
+from .results import summarize
 from .tasks import Task, region_tasks
+
 
 def check_task(task: Task) -> None:
     if task.token not in region_tasks():

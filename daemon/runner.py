@@ -18,8 +18,8 @@ from contextlib import contextmanager
 from .analyze import Analyzer, FlorenceAnalyzer
 from .config import Config, database_url
 from .db import Database
-from .pipeline import Pipeline
 from .metadata import MetadataWriter, remove_stale_temp_files
+from .pipeline import Pipeline
 from .watch import FolderWatcher
 
 log = logging.getLogger(__name__)

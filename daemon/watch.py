@@ -16,8 +16,8 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from watchdog.events import (
     DirCreatedEvent,
@@ -262,13 +262,13 @@ class FolderWatcher:
             if ticks % 4 == 0:
                 try:
                     self._check_roots()
-                except Exception:  # noqa: BLE001 - keep watching whatever happens
+                except Exception:
                     log.exception("checking the watched folders failed")
             ready = self.tracker.due()
             if ready:
                 try:
                     self.on_settled(ready)
-                except Exception:  # noqa: BLE001 - keep watching whatever happens downstream
+                except Exception:
                     log.exception("could not queue %d settled file(s)", len(ready))
                     for p in ready:
                         self.tracker.touch(p)

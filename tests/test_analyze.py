@@ -7,12 +7,11 @@ from pathlib import Path
 import pytest
 
 from daemon.analyze import FlorenceAnalyzer, naive_generate, resolve_model_name
-from daemon.results import clean_text, summarize
 from daemon.config import ModelConfig
-from daemon.tasks import DEFAULT_TASKS
 from daemon.errors import ModelUnavailableError
 from daemon.imaging import decode
-
+from daemon.results import clean_text, summarize
+from daemon.tasks import DEFAULT_TASKS
 from daemon.testing.helpers import REAL_FILES
 
 IMAGES = ["pillow/hopper.jpg", "pillow/flower.jpg", "exiftool/IPTC.jpg"]
@@ -57,7 +56,7 @@ def test_shared_features_are_token_identical_to_the_naive_loop(
     try:
         images = [decode(corpus / n).image for n in IMAGES]
         batched = [r for i in range(0, len(images), batch) for r in analyzer.analyze(images[i:i + batch])]
-        for image, res in zip(images, batched):
+        for image, res in zip(images, batched, strict=True):
             for task in analyzer.tasks:
                 assert naive_generate(analyzer, image, task) == res[task], task
     finally:

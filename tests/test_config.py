@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from daemon.config import Config, database_url, find_config_file, load_config
-from daemon.tasks import DEFAULT_TASKS
 from daemon.errors import ConfigError
+from daemon.tasks import DEFAULT_TASKS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -95,5 +95,5 @@ def test_num_beams_number_or_table(tmp_path: Path) -> None:
     beams = load_config(path).model.num_beams
     assert isinstance(beams, dict) and beams["<OCR_WITH_REGION>"] == 1 and beams["<CAPTION>"] == 3
     path.write_text("[model.num_beams]\n'<BOGUS>' = 1\n")
-    with pytest.raises(ConfigError, match="model.num_beams: unknown task '<BOGUS>'"):
+    with pytest.raises(ConfigError, match=r"model\.num_beams: unknown task '<BOGUS>'"):
         load_config(path)

@@ -18,7 +18,6 @@ from PIL import Image
 from daemon.errors import ImageError
 from daemon.imaging import decode
 from daemon.metadata import MetadataWriter
-
 from daemon.testing.helpers import CORPUS, copy_corpus, read_tags
 
 ALT = "Alt café – 日本語 – Ελληνικά"

@@ -17,9 +17,8 @@ from daemon import index, jobs
 from daemon.db import File, Image, Result
 from daemon.imaging import sha256_file
 from daemon.search import search
-from daemon.watch import walk_candidates
-
 from daemon.testing.helpers import FakeAnalyzer, PipelineFactory, copy_corpus, make_config, read_tags
+from daemon.watch import walk_candidates
 
 
 class Env:

@@ -17,7 +17,6 @@ from daemon.errors import MetadataError
 from daemon.imaging import decode
 from daemon.metadata.exiftool import MetadataWriter, remove_stale_temp_files
 from daemon.metadata.plan import cut_bytes, cut_words, sanitize
-
 from daemon.testing.helpers import copy_corpus, read_tags
 
 NON_LATIN = "café – 日本語 – Ελληνικά"

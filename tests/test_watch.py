@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.watch import FolderWatcher, SettleTracker, walk_candidates
-
 from daemon.testing.helpers import CORPUS, wait_until
+from daemon.watch import FolderWatcher, SettleTracker, walk_candidates
 
 
 class Recorder:

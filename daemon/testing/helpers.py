@@ -96,7 +96,7 @@ class FakeAnalyzer:
     """
 
     model_id = "fake-florence"
-    tasks = ("<CAPTION>", "<MORE_DETAILED_CAPTION>", "<OD>", "<OCR_WITH_REGION>")
+    tasks: tuple[str, ...] = ("<CAPTION>", "<MORE_DETAILED_CAPTION>", "<OD>", "<OCR_WITH_REGION>")
     batch_size = 4
 
     def __init__(self) -> None:

@@ -101,7 +101,8 @@ def _synthetic_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
 def _as_tuples(merges: list[Any]) -> list[tuple[str, str]]:
     # tokenizers writes merges as "a b" strings or [a, b] lists depending
     # on its version; BartTokenizer accepts only tuples.
-    return [tuple(m.split(" ", 1)) if isinstance(m, str) else (m[0], m[1]) for m in merges]
+    pairs = [m.split(" ", 1) if isinstance(m, str) else m for m in merges]
+    return [(str(a), str(b)) for a, b in pairs]
 
 
 def _real_vocab(files: Path) -> tuple[dict[str, int], list[tuple[str, str]]]:
@@ -113,7 +114,8 @@ def build_tokenizer(vocab: dict[str, int], merges: list[tuple[str, str]]) -> Any
     """A native Florence-2 tokenizer: BART BPE + Florence tokens + <image>."""
     from transformers import AddedToken, BartTokenizer
 
-    tokenizer = BartTokenizer(vocab=vocab, merges=merges, add_prefix_space=False, model_max_length=1024)
+    tokenizer = BartTokenizer(vocab=vocab, merges=merges, add_prefix_space=False,  # type: ignore[arg-type]
+                              model_max_length=1024)  # its stub says str; the class takes the pairs
     tokenizer.add_special_tokens({"extra_special_tokens": FLORENCE_SPECIAL_TOKENS})
     # <image> must come after the Florence tokens (id 51289 with the real
     # vocabulary) and be registered by name so the processor finds it.
@@ -137,7 +139,7 @@ def build_processor(tokenizer: Any, image_size: int) -> Any:
         image_std=IMAGENET_STD,
     )
     # One token per 32x32 patch of the last DaViT stage, plus the temporal one.
-    image_processor.image_seq_length = (image_size // 32) ** 2 + 1
+    image_processor.image_seq_length = (image_size // 32) ** 2 + 1  # type: ignore[attr-defined]
     return Florence2Processor(
         image_processor=image_processor, tokenizer=tokenizer, post_processor_config=POST_PROCESSOR_CONFIG
     )
@@ -178,43 +180,15 @@ def tiny_config(vocab_size: int, image_token_id: int) -> Any:
     return Florence2Config(vision_config=vision, text_config=text, image_token_id=image_token_id)
 
 
-def build_tiny_florence(
-    dest: str | Path,
-    *,
-    real_files: str | Path | None = None,
-    image_size: int | None = None,
-    seed: int = 0,
-    min_new_tokens: int = 10,
-) -> Path:
-    """Write a tiny random-weight Florence-2 checkpoint to *dest* and return it.
-
-    *real_files* selects Microsoft's tokenizer and image processor files
-    (``../shared/florence-2-large-files``); without it a synthetic tokenizer
-    is trained. *min_new_tokens* goes into the generation config: random
-    weights may pick ``</s>`` first, and tests need non-empty output.
-    """
+def tiny_model(tokenizer: Any, seed: int, min_new_tokens: int) -> Any:
+    """A random-weight Florence2ForConditionalGeneration sized for *tokenizer*."""
     import torch
     from transformers import Florence2ForConditionalGeneration, GenerationConfig
 
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    if real_files is not None:
-        files = Path(real_files)
-        vocab, merges = _real_vocab(files)
-        preprocessor = json.loads((files / "preprocessor_config.json").read_text(encoding="utf-8"))
-        image_size = image_size or int(preprocessor["size"]["height"])
-    else:
-        vocab, merges = _synthetic_vocab()
-        image_size = image_size or 64
-
-    tokenizer = build_tokenizer(vocab, merges)
-    processor = build_processor(tokenizer, image_size)
     # Real checkpoints pad the vocabulary to a multiple of 64 (51,328).
     vocab_size = -(-len(tokenizer) // 64) * 64
-    config = tiny_config(vocab_size, tokenizer.image_token_id)
-
     torch.manual_seed(seed)
-    model = Florence2ForConditionalGeneration(config).eval()
+    model = Florence2ForConditionalGeneration(tiny_config(vocab_size, tokenizer.image_token_id)).eval()
     # Shrink the <loc_N> embeddings (tied to the output layer): the 1,000
     # location tokens would otherwise crowd words out of random captions,
     # while detection and OCR still produce some boxes.
@@ -231,6 +205,38 @@ def build_tiny_florence(
         no_repeat_ngram_size=3,
         num_beams=1,
     )
+    return model
+
+
+def build_tiny_florence(
+    dest: str | Path,
+    *,
+    real_files: str | Path | None = None,
+    image_size: int | None = None,
+    seed: int = 0,
+    min_new_tokens: int = 10,
+) -> Path:
+    """Write a tiny random-weight Florence-2 checkpoint to *dest* and return it.
+
+    *real_files* selects Microsoft's tokenizer and image processor files
+    (``../shared/florence-2-large-files``); without it a synthetic tokenizer
+    is trained. *min_new_tokens* goes into the generation config: random
+    weights may pick ``</s>`` first, and tests need non-empty output.
+    """
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    if real_files is not None:
+        files = Path(real_files)
+        vocab, merges = _real_vocab(files)
+        preprocessor = json.loads((files / "preprocessor_config.json").read_text(encoding="utf-8"))
+        image_size = image_size or int(preprocessor["size"]["height"])
+    else:
+        vocab, merges = _synthetic_vocab()
+        image_size = image_size or 64
+
+    tokenizer = build_tokenizer(vocab, merges)
+    processor = build_processor(tokenizer, image_size)
+    model = tiny_model(tokenizer, seed, min_new_tokens)
     model.save_pretrained(dest)
     processor.save_pretrained(dest)
     log.info("tiny Florence-2 written to %s (%d tokens, %dx%d images)", dest, len(tokenizer), image_size, image_size)
