@@ -28,9 +28,32 @@ from daemon.db import Database, Document, File
 from daemon.search import parse, search
 
 COMMON = ["a", "the", "of", "with", "on", "in", "photo", "picture", "image", "view"]
-NOUNS = [f"{w}{i}" if i else w for i in range(40) for w in (
-    "car", "dog", "cat", "tree", "house", "person", "street", "sky", "sofa", "receipt", "bicycle", "beach",
-    "mountain", "table", "window", "flower", "bird", "boat", "road", "sign")]
+NOUNS = [
+    f"{w}{i}" if i else w
+    for i in range(40)
+    for w in (
+        "car",
+        "dog",
+        "cat",
+        "tree",
+        "house",
+        "person",
+        "street",
+        "sky",
+        "sofa",
+        "receipt",
+        "bicycle",
+        "beach",
+        "mountain",
+        "table",
+        "window",
+        "flower",
+        "bird",
+        "boat",
+        "road",
+        "sign",
+    )
+]
 ADJ = ["red", "blue", "green", "small", "large", "old", "new", "bright", "dark", "wooden"]
 
 QUERIES = [
@@ -42,8 +65,7 @@ QUERIES = [
     ("OR", "cat OR dog", {}),
     ("rare word", "bicycle37", {}),
     ("OCR text", "text:invoice", {}),
-    ("words + folder + since + has-text", "car", {"folder": "/photos/2024", "since": "2024-06-01",
-                                                  "has_text": True}),
+    ("words + folder + since + has-text", "car", {"folder": "/photos/2024", "since": "2024-06-01", "has_text": True}),
     ("filters only (newest first)", "", {"folder": "/photos/2023"}),
     ("negation only", "-car", {}),
     ("no match", "zebra", {}),
@@ -63,14 +85,32 @@ def build(db: Database, n: int, seed: int = 1) -> None:
             nouns = rng.choices(NOUNS, weights, k=4)
             adj = rng.choice(ADJ)
             caption = f"{rng.choice(COMMON)} {adj} {nouns[0]} {rng.choice(COMMON)} {nouns[1]}"
-            description = (f"A {adj} {nouns[0]} next to a {rng.choice(ADJ)} {nouns[1]} "
-                           f"{rng.choice(COMMON)} {nouns[2]} and {nouns[3]}.")
+            description = (
+                f"A {adj} {nouns[0]} next to a {rng.choice(ADJ)} {nouns[1]} "
+                f"{rng.choice(COMMON)} {nouns[2]} and {nouns[3]}."
+            )
             ocr = "invoice total 12.50" if i % 37 == 0 else ("stop" if i % 11 == 0 else "")
             mtime = t0 - (n - i) * 600  # ten minutes apart, the newest last
-            files.append({"id": i + 1, "path": path, "state": "indexed", "tag_state": "done",
-                          "mtime_ns": int(mtime * 1e9), "updated_at": mtime})
-            docs.append({"file_id": i + 1, "path": path, "caption": caption, "description": description,
-                         "ocr": ocr, "labels": " ".join(dict.fromkeys(nouns))})
+            files.append(
+                {
+                    "id": i + 1,
+                    "path": path,
+                    "state": "indexed",
+                    "tag_state": "done",
+                    "mtime_ns": int(mtime * 1e9),
+                    "updated_at": mtime,
+                }
+            )
+            docs.append(
+                {
+                    "file_id": i + 1,
+                    "path": path,
+                    "caption": caption,
+                    "description": description,
+                    "ocr": ocr,
+                    "labels": " ".join(dict.fromkeys(nouns)),
+                }
+            )
         with db.transaction(write=True) as s:
             s.execute(insert(File), files)
             s.execute(insert(Document), docs)
@@ -88,8 +128,10 @@ def main() -> int:
     db = Database(f"sqlite:///{path}")
     t = time.perf_counter()
     build(db, args.images)
-    print(f"built an index of {args.images:,} images in {time.perf_counter() - t:.1f} s "
-          f"({os.path.getsize(path) / 2**20:.0f} MiB)")
+    print(
+        f"built an index of {args.images:,} images in {time.perf_counter() - t:.1f} s "
+        f"({os.path.getsize(path) / 2**20:.0f} MiB)"
+    )
     print(f"{'query':<36} {'hits':>5} {'cold ms':>8} {'best ms':>8}")
     worst = 0.0
     for name, text, filters in QUERIES:

@@ -42,15 +42,37 @@ from daemon.imaging import decode  # noqa: E402
 from daemon.tasks import DEFAULT_TASKS  # noqa: E402
 
 SHARED = Path(os.environ.get("FLORENCE_WATCH_SHARED", REPO.parent / "shared"))
-IMAGES = ["pillow/flower.jpg", "pillow/hopper.jpg", "pillow/flower2.jpg", "pillow/xmp_test.jpg",
-          "pillow/frozenpond.mpo", "pillow/exif.png", "pillow/hopper.webp", "exiftool/ExifTool.tif"]
+IMAGES = [
+    "pillow/flower.jpg",
+    "pillow/hopper.jpg",
+    "pillow/flower2.jpg",
+    "pillow/xmp_test.jpg",
+    "pillow/frozenpond.mpo",
+    "pillow/exif.png",
+    "pillow/hopper.webp",
+    "exiftool/ExifTool.tif",
+]
 
 # DESIGN.md: Florence-2-base and -large hyper-parameters.
 ARCHS: dict[str, dict[str, Any]] = {
-    "base": {"embed_dim": [128, 256, 512, 1024], "heads": [4, 8, 16, 32], "projection": 768,
-             "d_model": 768, "layers": 6, "attn_heads": 12, "ffn": 3072},
-    "large": {"embed_dim": [256, 512, 1024, 2048], "heads": [8, 16, 32, 64], "projection": 1024,
-              "d_model": 1024, "layers": 12, "attn_heads": 16, "ffn": 4096},
+    "base": {
+        "embed_dim": [128, 256, 512, 1024],
+        "heads": [4, 8, 16, 32],
+        "projection": 768,
+        "d_model": 768,
+        "layers": 6,
+        "attn_heads": 12,
+        "ffn": 3072,
+    },
+    "large": {
+        "embed_dim": [256, 512, 1024, 2048],
+        "heads": [8, 16, 32, 64],
+        "projection": 1024,
+        "d_model": 1024,
+        "layers": 12,
+        "attn_heads": 16,
+        "ffn": 4096,
+    },
 }
 
 
@@ -66,13 +88,28 @@ def random_florence(arch: str, files: Path, device: str, dtype: Any) -> tuple[An
     a = ARCHS[arch]
     config = Florence2Config(
         vision_config=Florence2VisionConfig(
-            depths=[1, 1, 9, 1], embed_dim=a["embed_dim"], num_heads=a["heads"], num_groups=a["heads"],
-            window_size=12, projection_dim=a["projection"], drop_path_rate=0.0),
+            depths=[1, 1, 9, 1],
+            embed_dim=a["embed_dim"],
+            num_heads=a["heads"],
+            num_groups=a["heads"],
+            window_size=12,
+            projection_dim=a["projection"],
+            drop_path_rate=0.0,
+        ),
         text_config=BartConfig(
-            vocab_size=51328, d_model=a["d_model"], encoder_layers=a["layers"], decoder_layers=a["layers"],
-            encoder_attention_heads=a["attn_heads"], decoder_attention_heads=a["attn_heads"],
-            encoder_ffn_dim=a["ffn"], decoder_ffn_dim=a["ffn"], max_position_embeddings=1024,
-            dropout=0.0, attention_dropout=0.0, activation_dropout=0.0),
+            vocab_size=51328,
+            d_model=a["d_model"],
+            encoder_layers=a["layers"],
+            decoder_layers=a["layers"],
+            encoder_attention_heads=a["attn_heads"],
+            decoder_attention_heads=a["attn_heads"],
+            encoder_ffn_dim=a["ffn"],
+            decoder_ffn_dim=a["ffn"],
+            max_position_embeddings=1024,
+            dropout=0.0,
+            attention_dropout=0.0,
+            activation_dropout=0.0,
+        ),
         image_token_id=tokenizer.image_token_id,
     )
     config._attn_implementation = "sdpa"
@@ -94,8 +131,13 @@ class StageTimer:
         self._start: dict[str, float] = {}
         lm = model.model.language_model
         self.handles = []
-        for name, module in (("vision", model.model.vision_tower), ("vision", model.model.multi_modal_projector),
-                             ("text encoder", lm.encoder), ("decoder", lm.decoder), ("decoder", model.lm_head)):
+        for name, module in (
+            ("vision", model.model.vision_tower),
+            ("vision", model.model.multi_modal_projector),
+            ("text encoder", lm.encoder),
+            ("decoder", lm.decoder),
+            ("decoder", model.lm_head),
+        ):
             self.handles.append(module.register_forward_pre_hook(self._pre(name)))
             self.handles.append(module.register_forward_hook(self._post(name)))
 
@@ -103,12 +145,14 @@ class StageTimer:
         def hook(*_: Any) -> None:
             self.sync()
             self._start[name] = time.perf_counter()
+
         return hook
 
     def _post(self, name: str) -> Any:
         def hook(*_: Any) -> None:
             self.sync()
             self.totals[name] += time.perf_counter() - self._start.pop(name)
+
         return hook
 
     @contextmanager
@@ -123,9 +167,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     tasks = tuple(DEFAULT_TASKS) if args.tasks == "default" else ("<CAPTION>",)
-    config = ModelConfig(name=args.model or f"random-{args.arch}", device=args.device, dtype=args.dtype,
-                         tasks=tasks, num_beams=args.beams, max_new_tokens=args.tokens,
-                         batch_size=max(args.batch_sizes))
+    config = ModelConfig(
+        name=args.model or f"random-{args.arch}",
+        device=args.device,
+        dtype=args.dtype,
+        tasks=tasks,
+        num_beams=args.beams,
+        max_new_tokens=args.tokens,
+        batch_size=max(args.batch_sizes),
+    )
     if args.model:
         analyzer = FlorenceAnalyzer(config)
     else:
@@ -178,7 +228,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             sync()
             t = time.perf_counter()
             for i in range(0, n, bs):
-                analyzer.analyze(images[i:min(i + bs, n)], pixels[i:min(i + bs, n)])
+                analyzer.analyze(images[i : min(i + bs, n)], pixels[i : min(i + bs, n)])
             sync()
             seconds = time.perf_counter() - t
         by_batch[bs] = {"images_per_s": n / seconds, "seconds": seconds, "images": n}
@@ -218,16 +268,20 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", choices=sorted(ARCHS), default="base", help="random-weight architecture (default base)")
     p.add_argument("--model", help="a real checkpoint (hub id or folder) instead of random weights")
-    p.add_argument("--files", default=str(SHARED / "florence-2-large-files"),
-                   help="Microsoft's tokenizer/processor files for random weights")
+    p.add_argument(
+        "--files",
+        default=str(SHARED / "florence-2-large-files"),
+        help="Microsoft's tokenizer/processor files for random weights",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--images", type=int, default=2)
     p.add_argument("--naive-images", type=int, default=0, help="time the naive loop on only the first N images")
     p.add_argument("--tokens", type=int, default=20, help="new tokens per generation (forced with random weights)")
     p.add_argument("--beams", type=int, default=1)
-    p.add_argument("--tasks", choices=["default", "caption"], default="default",
-                   help="the four default tasks, or <CAPTION> alone")
+    p.add_argument(
+        "--tasks", choices=["default", "caption"], default="default", help="the four default tasks, or <CAPTION> alone"
+    )
     p.add_argument("--batch-sizes", default="", help="engine batch sizes to try, e.g. 1,8,32 (default: all images)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
@@ -236,8 +290,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"{result['arch']} on {result['device']} ({result['dtype']}), {len(result['tasks'])} task(s), "
-          f"{result['tokens']} tokens, {result['images']} images, beams {result['beams']}")
+    print(
+        f"{result['arch']} on {result['device']} ({result['dtype']}), {len(result['tasks'])} task(s), "
+        f"{result['tokens']} tokens, {result['images']} images, beams {result['beams']}"
+    )
     print(f"  naive loop : {result['baseline_images_per_s']:.3f} images/s")
     for bs, r in result["by_batch_size"].items():
         mem = f", peak GPU {r['peak_gpu_mib']:.0f} MiB" if "peak_gpu_mib" in r else ""

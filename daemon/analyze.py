@@ -26,7 +26,6 @@ BASE_ID = "florence-community/Florence-2-base"
 LARGE_ID = "florence-community/Florence-2-large"
 
 
-
 class Interrupted(Exception):
     """Shutdown was requested mid-batch: the results are incomplete and must not be stored."""
 
@@ -133,10 +132,12 @@ class FlorenceAnalyzer:
             torch.cuda.empty_cache()
             half = len(images) // 2
             self.batch_size = max(1, min(self.batch_size, half))  # later batches start smaller
-            log.warning("GPU out of memory on %d images: retrying in halves (batch size now %d)",
-                        len(images), self.batch_size)
-            return (self.analyze(images[:half], pixels[:half] if pixels is not None else None)
-                    + self.analyze(images[half:], pixels[half:] if pixels is not None else None))
+            log.warning(
+                "GPU out of memory on %d images: retrying in halves (batch size now %d)", len(images), self.batch_size
+            )
+            return self.analyze(images[:half], pixels[:half] if pixels is not None else None) + self.analyze(
+                images[half:], pixels[half:] if pixels is not None else None
+            )
 
     def _analyze(self, images: Sequence[Image.Image], pixels: Sequence[Any] | None) -> list[TaskResults]:
         import torch
@@ -245,11 +246,17 @@ def load_model(name: str, device: str, dtype: Any) -> tuple[Any, Any]:
             ) from None
         log.info("%s is not in the Hugging Face cache; downloading it (once)", name)
         try:
-            processor, model = _from_pretrained(AutoProcessor, AutoModelForImageTextToText, source, dtype, local_only=False)
+            processor, model = _from_pretrained(
+                AutoProcessor, AutoModelForImageTextToText, source, dtype, local_only=False
+            )
         except OSError as exc:
-            raise ModelUnavailableError(name, "not in the local cache and it could not be downloaded: " + _reason(exc)) from None
+            raise ModelUnavailableError(
+                name, "not in the local cache and it could not be downloaded: " + _reason(exc)
+            ) from None
     except (ValueError, KeyError) as exc:
-        raise ModelUnavailableError(name, f"not a Florence-2 checkpoint in transformers' native format ({exc})") from None
+        raise ModelUnavailableError(
+            name, f"not a Florence-2 checkpoint in transformers' native format ({exc})"
+        ) from None
     model.to(device).eval()
     return processor, model
 

@@ -60,8 +60,15 @@ class Command:
 COMMANDS: dict[str, Command] = {}
 
 
-def command(name: str, summary: str, example: str, *, description: str | Callable[[], str] = "",
-            arguments: Arguments = _no_arguments, info_logs: bool = False) -> Callable[[Run], Run]:
+def command(
+    name: str,
+    summary: str,
+    example: str,
+    *,
+    description: str | Callable[[], str] = "",
+    arguments: Arguments = _no_arguments,
+    info_logs: bool = False,
+) -> Callable[[Run], Run]:
     """Register the decorated function as the command *name* (in the order of the help)."""
 
     def register(run: Run) -> Run:
@@ -98,8 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_CommandListFormatter,
     )
     parser.add_argument("--version", action="version", version=f"florence-watch {__version__}")
-    parser.add_argument("--config", metavar="FILE", help="configuration file (default: $FLORENCE_WATCH_CONFIG, "
-                        "else ~/.config/florence-watch/config.toml, else built-in defaults)")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="configuration file (default: $FLORENCE_WATCH_CONFIG, "
+        "else ~/.config/florence-watch/config.toml, else built-in defaults)",
+    )
     parser.add_argument("--model", metavar="NAME", help="override model.name: a hub id or a local checkpoint folder")
     parser.add_argument("--database", metavar="PATH", help="override index.database: a file path or SQLAlchemy URL")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
@@ -107,8 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
     for c in COMMANDS.values():
         # The summary alone goes in the top-level list; the raw formatter keeps
         # the description's tables as written in the command's own help.
-        p = sub.add_parser(c.name, help=c.summary, description=c.help_text(), epilog=f"example: {c.example}",
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = sub.add_parser(
+            c.name,
+            help=c.summary,
+            description=c.help_text(),
+            epilog=f"example: {c.example}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         c.arguments(p)
     return parser
 
@@ -198,9 +214,14 @@ def _json(value: Any) -> None:
 
 # --- commands, in the order of the help ---------------------------------------------
 
-@command("run", "Run the daemon: watch the folders, process new images.", "florence-watch --config config.toml run",
-         description="Run the daemon in the foreground: watch the folders and process new images\n"
-         "until stopped.", info_logs=True)
+
+@command(
+    "run",
+    "Run the daemon: watch the folders, process new images.",
+    "florence-watch --config config.toml run",
+    description="Run the daemon in the foreground: watch the folders and process new images\nuntil stopped.",
+    info_logs=True,
+)
 def cmd_run(args: argparse.Namespace, config: Config, config_file: Path | None) -> int:
     from .runner import Daemon
 
@@ -215,9 +236,14 @@ def _scan_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
 
 
-@command("scan", "Process files or folders once, then exit.", "florence-watch scan ~/Pictures/2024",
-         description="Process files or folders once (new or changed images only) and exit.",
-         arguments=_scan_arguments, info_logs=True)
+@command(
+    "scan",
+    "Process files or folders once, then exit.",
+    "florence-watch scan ~/Pictures/2024",
+    description="Process files or folders once (new or changed images only) and exit.",
+    arguments=_scan_arguments,
+    info_logs=True,
+)
 def cmd_scan(args: argparse.Namespace, config: Config, config_file: Path | None) -> int:
     from .runner import open_pipeline
     from .watch import walk_candidates
@@ -253,9 +279,13 @@ def _search_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON: [{path, caption, score, snippet}, ...]")
 
 
-@command("search", "Full-text search over captions, OCR text and labels.",
-         "florence-watch search 'label:dog -caption:sofa' --folder ~/Pictures/2024 --since 2024-06-01",
-         description=SEARCH_LANGUAGE, arguments=_search_arguments)
+@command(
+    "search",
+    "Full-text search over captions, OCR text and labels.",
+    "florence-watch search 'label:dog -caption:sofa' --folder ~/Pictures/2024 --since 2024-06-01",
+    description=SEARCH_LANGUAGE,
+    arguments=_search_arguments,
+)
 def cmd_search(args: argparse.Namespace, config: Config, config_file: Path | None) -> int:
     from .search import parse, search
 
@@ -283,8 +313,12 @@ def _show_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
-@command("show", "Show everything the index knows about one file.", "florence-watch show ~/Pictures/Inbox/cat.jpg",
-         arguments=_show_arguments)
+@command(
+    "show",
+    "Show everything the index knows about one file.",
+    "florence-watch show ~/Pictures/Inbox/cat.jpg",
+    arguments=_show_arguments,
+)
 def cmd_show(args: argparse.Namespace, config: Config, config_file: Path | None) -> int:
     from . import index
 
@@ -308,8 +342,11 @@ def cmd_show(args: argparse.Namespace, config: Config, config_file: Path | None)
         ("keywords", ", ".join(info["keywords"]) or "-"),
         ("ocr", info["ocr"] or "-"),
         ("objects", "; ".join(f"{o['label']} {o['box']}" for o in info["objects"]) or "-"),
-        ("metadata", f"{info['metadata']['state']}" + (f" -> {info['metadata']['target']}"
-                                                       if info["metadata"]["target"] else "")),
+        (
+            "metadata",
+            f"{info['metadata']['state']}"
+            + (f" -> {info['metadata']['target']}" if info["metadata"]["target"] else ""),
+        ),
     ]
     for key, value in rows:
         print(f"{key:12} {value}")
@@ -349,9 +386,13 @@ def _status_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON: {indexed, pending, failed, failures}")
 
 
-@command("status", "Counts of indexed, pending and failed files.", "florence-watch status --json",
-         description="Counts of indexed, pending and failed files, and why each failure failed.",
-         arguments=_status_arguments)
+@command(
+    "status",
+    "Counts of indexed, pending and failed files.",
+    "florence-watch status --json",
+    description="Counts of indexed, pending and failed files, and why each failure failed.",
+    arguments=_status_arguments,
+)
 def cmd_status(args: argparse.Namespace, config: Config, config_file: Path | None) -> int:
     st = _index_status(config)
     if args.json:
@@ -370,10 +411,14 @@ def _retag_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="only print, per file, what would change")
 
 
-@command("retag", "Rewrite metadata from the index, without the model.",
-         "florence-watch retag ~/Pictures/Inbox --dry-run",
-         description="Rewrite metadata into indexed files from the index, without running the model\n"
-         "(after changing the [metadata] settings).", arguments=_retag_arguments)
+@command(
+    "retag",
+    "Rewrite metadata from the index, without the model.",
+    "florence-watch retag ~/Pictures/Inbox --dry-run",
+    description="Rewrite metadata into indexed files from the index, without running the model\n"
+    "(after changing the [metadata] settings).",
+    arguments=_retag_arguments,
+)
 def cmd_retag(args: argparse.Namespace, config: Config, config_file: Path | None) -> int:
     from .metadata import MetadataWriter, retag
 
@@ -393,8 +438,9 @@ def cmd_retag(args: argparse.Namespace, config: Config, config_file: Path | None
                 where = "" if outcome.target == path else f" -> {outcome.target}"
                 print(f"{path}{where}")
                 for tag in outcome.changed:
-                    print(f"  {tag}: {_short(outcome.before.get(tag))!r} -> "
-                          f"{_short(outcome.written['tags'].get(tag))!r}")
+                    print(
+                        f"  {tag}: {_short(outcome.before.get(tag))!r} -> {_short(outcome.written['tags'].get(tag))!r}"
+                    )
             for tag in outcome.kept:
                 # Under the file's own line when it changed; on a line of its own otherwise.
                 print(f"{'  ' if outcome.changed else f'{path}: '}{tag}: kept, a person wrote it")
@@ -407,8 +453,11 @@ def _task_table() -> str:
     """ask's own help: what it does, then one row per task."""
     from .tasks import TASKS
 
-    lines = ["Run any Florence-2 task on one image, now (the index is not changed).", "",
-             "tasks (alias, token, input, what it gives):"]
+    lines = [
+        "Run any Florence-2 task on one image, now (the index is not changed).",
+        "",
+        "tasks (alias, token, input, what it gives):",
+    ]
     for t in TASKS:
         takes = {"text": "TEXT", "region": "--box"}.get(t.takes, "")
         lines.append(f"  {t.aliases[0]:<22} {t.token:<36} {takes:<6} {t.about}")
@@ -424,9 +473,13 @@ def _ask_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--draw", metavar="OUT.png", help="also save a copy of the image with the regions drawn on it")
 
 
-@command("ask", "Run any Florence-2 task on one image, now.",
-         'florence-watch ask photo.jpg ground "a red car" --draw found.png',
-         description=_task_table, arguments=_ask_arguments)
+@command(
+    "ask",
+    "Run any Florence-2 task on one image, now.",
+    'florence-watch ask photo.jpg ground "a red car" --draw found.png',
+    description=_task_table,
+    arguments=_ask_arguments,
+)
 def cmd_ask(args: argparse.Namespace, config: Config, config_file: Path | None) -> int:
     from .analyze import FlorenceAnalyzer
     from .imaging import decode
@@ -438,8 +491,15 @@ def cmd_ask(args: argparse.Namespace, config: Config, config_file: Path | None) 
     check_input(task, decoded.image.size, args.text, box)  # before the slow model load
     result = ask(FlorenceAnalyzer(config.model), decoded.image, task, args.text, box)
     if args.json:
-        _json({"image": os.path.abspath(args.image), "task": task.token, "text": args.text,
-               "box": list(box) if box else None, "result": result})
+        _json(
+            {
+                "image": os.path.abspath(args.image),
+                "task": task.token,
+                "text": args.text,
+                "box": list(box) if box else None,
+                "result": result,
+            }
+        )
     else:
         _print_result(result, task.token)
     if args.draw:
@@ -483,10 +543,13 @@ def _find_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--draw-dir", metavar="DIR", help="save a copy of each image with the boxes drawn on it here")
 
 
-@command("find", "Find where something is in the indexed images.",
-         'florence-watch find "a red car" --folder ~/Pictures/2024 --draw-dir /tmp/found',
-         description="Find where something is: search the index for it, then ground the phrase\n"
-         "in the best matches.", arguments=_find_arguments)
+@command(
+    "find",
+    "Find where something is in the indexed images.",
+    'florence-watch find "a red car" --folder ~/Pictures/2024 --draw-dir /tmp/found',
+    description="Find where something is: search the index for it, then ground the phrase\nin the best matches.",
+    arguments=_find_arguments,
+)
 def cmd_find(args: argparse.Namespace, config: Config, config_file: Path | None) -> int:
     from .analyze import FlorenceAnalyzer
     from .find import find
@@ -500,8 +563,13 @@ def cmd_find(args: argparse.Namespace, config: Config, config_file: Path | None)
         if match.skipped:
             print(f"skipped {match.path}: {match.skipped}", file=sys.stderr)  # moved or changed since indexed
             continue
-        found.append({"path": match.path, "caption": match.caption,
-                      "boxes": [{"label": b.label, "box": list(b.box)} for b in match.boxes]})
+        found.append(
+            {
+                "path": match.path,
+                "caption": match.caption,
+                "boxes": [{"label": b.label, "box": list(b.box)} for b in match.boxes],
+            }
+        )
         if args.draw_dir:
             # Ranked names: the order of the matches, and no clash between photo.jpg and photo.png.
             out = Path(args.draw_dir) / f"{match.rank:02d}-{Path(match.path).name}.png"
@@ -526,15 +594,22 @@ def _print_found(match: Found, phrase: str) -> None:
 def _export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", metavar="OUT", help="the file to write")
     p.add_argument("--format", choices=("coco", "jsonl"), default="coco", help="coco (default) or jsonl")
-    p.add_argument("--task", default="<OD>", help="whose regions: <OD> (default), <DENSE_REGION_CAPTION>, "
-                   "<REGION_PROPOSAL> or <OCR_WITH_REGION> (aliases work)")
+    p.add_argument(
+        "--task",
+        default="<OD>",
+        help="whose regions: <OD> (default), <DENSE_REGION_CAPTION>, "
+        "<REGION_PROPOSAL> or <OCR_WITH_REGION> (aliases work)",
+    )
     p.add_argument("--folder", metavar="DIR", help="only files in this folder or below")
 
 
-@command("export", "Export detections and captions as COCO or JSON lines.",
-         "florence-watch export --format coco --task objects dataset.json",
-         description="Export the index's detections and captions for training data:\n"
-         "a COCO dataset or JSON lines.", arguments=_export_arguments)
+@command(
+    "export",
+    "Export detections and captions as COCO or JSON lines.",
+    "florence-watch export --format coco --task objects dataset.json",
+    description="Export the index's detections and captions for training data:\na COCO dataset or JSON lines.",
+    arguments=_export_arguments,
+)
 def cmd_export(args: argparse.Namespace, config: Config, config_file: Path | None) -> int:
     from .export import check_task, export
     from .tasks import task_named
@@ -553,9 +628,14 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, help="port (default serve.port: 8765)")
 
 
-@command("serve", "Serve the index as a web page on this computer.", "florence-watch serve --port 8765",
-         description="Serve the index as a web page on this computer: search, thumbnails, and each\n"
-         "image with its objects and text drawn over it.", arguments=_serve_arguments)
+@command(
+    "serve",
+    "Serve the index as a web page on this computer.",
+    "florence-watch serve --port 8765",
+    description="Serve the index as a web page on this computer: search, thumbnails, and each\n"
+    "image with its objects and text drawn over it.",
+    arguments=_serve_arguments,
+)
 def cmd_serve(args: argparse.Namespace, config: Config, config_file: Path | None) -> int:
     from .serve import make_server, url_of
 
@@ -571,9 +651,12 @@ def cmd_serve(args: argparse.Namespace, config: Config, config_file: Path | None
     return 0
 
 
-@command("install-service", "Write the systemd user unit; print how to enable it.",
-         "florence-watch --config ~/florence-watch/config.toml install-service",
-         description="Write the systemd user unit and print the commands that enable it.")
+@command(
+    "install-service",
+    "Write the systemd user unit; print how to enable it.",
+    "florence-watch --config ~/florence-watch/config.toml install-service",
+    description="Write the systemd user unit and print the commands that enable it.",
+)
 def cmd_install_service(args: argparse.Namespace, config: Config, config_file: Path | None) -> int:
     from .service import install
 

@@ -17,6 +17,7 @@ from .tasks import DEFAULT_TASKS, default_max_new_tokens, inputless
 
 CONFIG_ENV = "FLORENCE_WATCH_CONFIG"
 
+
 def xdg_data_home() -> Path:
     return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
 
@@ -236,8 +237,9 @@ def _validate(section: str, obj: Any, source: str) -> None:
         for task in obj.tasks:
             if task not in allowed:
                 raise ConfigError(
-                    source, "model.tasks", f"{task!r} is not a Florence-2 task without input "
-                    f"(choose from {', '.join(allowed)})"
+                    source,
+                    "model.tasks",
+                    f"{task!r} is not a Florence-2 task without input (choose from {', '.join(allowed)})",
                 )
         for task, n in obj.max_new_tokens.items():
             if task not in allowed:
@@ -261,7 +263,9 @@ def _validate(section: str, obj: Any, source: str) -> None:
             raise ConfigError(source, "metadata.sidecar_name", 'must contain {name} or {stem}, e.g. "{name}.xmp"')
         for key in ("alt_text", "description", "keywords"):
             if getattr(obj, key) not in POLICIES:
-                raise ConfigError(source, f"metadata.{key}", f"must be fill, overwrite or off, not {getattr(obj, key)!r}")
+                raise ConfigError(
+                    source, f"metadata.{key}", f"must be fill, overwrite or off, not {getattr(obj, key)!r}"
+                )
         if obj.sidecar not in SIDECAR_MODES:
             raise ConfigError(source, "metadata.sidecar", f"must be auto, always or never, not {obj.sidecar!r}")
         if not 16 <= obj.alt_text_max <= 250:

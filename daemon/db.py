@@ -49,7 +49,7 @@ def now() -> float:
 def chunks(items: list[str], size: int = 500) -> Iterator[list[str]]:
     """Slices short enough for one ``IN (...)`` (SQLite limits bound parameters)."""
     for i in range(0, len(items), size):
-        yield items[i:i + size]
+        yield items[i : i + size]
 
 
 class Base(DeclarativeBase):
@@ -150,6 +150,7 @@ class Rejection(Base):
 # --- migrations -------------------------------------------------------------
 # Named, applied in order, each committed together with its record in
 # schema_migrations. Never edit one that has shipped: add a new one.
+
 
 def _tables(*models: type[Base]) -> list[Table]:
     return [cast(Table, m.__table__) for m in models]
@@ -259,9 +260,7 @@ class Database:
                         continue
                     with conn.begin():
                         # Re-check under the write lock: another process may have won.
-                        if conn.execute(
-                            text("SELECT 1 FROM schema_migrations WHERE name = :n"), {"n": name}
-                        ).first():
+                        if conn.execute(text("SELECT 1 FROM schema_migrations WHERE name = :n"), {"n": name}).first():
                             continue
                         migration(conn)
                         conn.execute(
@@ -271,7 +270,9 @@ class Database:
                     log.info("database migration %s applied", name)
                     applied.append(name)
         except OperationalError as exc:
-            raise DatabaseError(_display(self.url), f"{exc.orig} (check that the folder exists and is writable)") from exc
+            raise DatabaseError(
+                _display(self.url), f"{exc.orig} (check that the folder exists and is writable)"
+            ) from exc
         return applied
 
     def schema_version(self) -> int:

@@ -52,20 +52,36 @@ def to_coco(session: Session, task: str = "<OD>", folder: str | None = None) -> 
     annotations: list[dict[str, Any]] = []
     categories: dict[str, int] = {}
     for image_id, (f, image, results) in enumerate(_entries(session, folder), 1):
-        images.append({"id": image_id, "file_name": f.path, "width": image.width, "height": image.height,
-                       "caption": summarize(results).caption})
+        images.append(
+            {
+                "id": image_id,
+                "file_name": f.path,
+                "width": image.width,
+                "height": image.height,
+                "caption": summarize(results).caption,
+            }
+        )
         for s in shapes(results.get(task), task):
             label = s.label or "region"
             category = categories.setdefault(label, len(categories) + 1)
             box = _coco_box(s)
-            ann: dict[str, Any] = {"id": len(annotations) + 1, "image_id": image_id, "category_id": category,
-                                   "bbox": box, "area": round(box[2] * box[3], 2), "iscrowd": 0}
+            ann: dict[str, Any] = {
+                "id": len(annotations) + 1,
+                "image_id": image_id,
+                "category_id": category,
+                "bbox": box,
+                "area": round(box[2] * box[3], 2),
+                "iscrowd": 0,
+            }
             if s.kind == "polygon":
                 ann["segmentation"] = [[round(v, 2) for v in s.points]]
             annotations.append(ann)
     return {
-        "info": {"description": f"florence-watch export of {task}", "version": __version__,
-                 "date_created": dt.datetime.now().isoformat(timespec="seconds")},
+        "info": {
+            "description": f"florence-watch export of {task}",
+            "version": __version__,
+            "date_created": dt.datetime.now().isoformat(timespec="seconds"),
+        },
         "licenses": [],
         "images": images,
         "annotations": annotations,
@@ -78,14 +94,31 @@ def write_jsonl(session: Session, out: TextIO, task: str = "<OD>", folder: str |
     n = 0
     for f, image, results in _entries(session, folder):
         summary = summarize(results)
-        regions = [{"label": s.label, "bbox": list(s.points) if s.kind == "box" else _corners(s),
-                    **({"polygon": list(s.points)} if s.kind == "polygon" else {})}
-                   for s in shapes(results.get(task), task)]
-        out.write(json.dumps({
-            "path": f.path, "sha256": image.sha256, "width": image.width, "height": image.height,
-            "caption": summary.caption, "description": summary.description, "ocr": summary.ocr,
-            "task": task, "regions": regions,
-        }, ensure_ascii=False) + "\n")
+        regions = [
+            {
+                "label": s.label,
+                "bbox": list(s.points) if s.kind == "box" else _corners(s),
+                **({"polygon": list(s.points)} if s.kind == "polygon" else {}),
+            }
+            for s in shapes(results.get(task), task)
+        ]
+        out.write(
+            json.dumps(
+                {
+                    "path": f.path,
+                    "sha256": image.sha256,
+                    "width": image.width,
+                    "height": image.height,
+                    "caption": summary.caption,
+                    "description": summary.description,
+                    "ocr": summary.ocr,
+                    "task": task,
+                    "regions": regions,
+                },
+                ensure_ascii=False,
+            )
+            + "\n"
+        )
         n += 1
     return n
 

@@ -16,10 +16,36 @@ from sqlalchemy import ColumnElement, or_
 
 # RAW files: the photographer's negatives. Decoded from their embedded
 # preview, and never written to (a sidecar holds our tags).
-RAW_EXTENSIONS = frozenset({".nef", ".nrw", ".cr2", ".cr3", ".crw", ".dng", ".arw", ".srf", ".sr2", ".orf",
-                            ".rw2", ".raf", ".pef", ".srw", ".x3f", ".3fr", ".iiq", ".erf", ".kdc", ".mrw"})
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".tif", ".tiff", ".heic", ".heif",
-                              ".avif", ".gif", ".bmp", ".mpo"}) | RAW_EXTENSIONS
+RAW_EXTENSIONS = frozenset(
+    {
+        ".nef",
+        ".nrw",
+        ".cr2",
+        ".cr3",
+        ".crw",
+        ".dng",
+        ".arw",
+        ".srf",
+        ".sr2",
+        ".orf",
+        ".rw2",
+        ".raf",
+        ".pef",
+        ".srw",
+        ".x3f",
+        ".3fr",
+        ".iiq",
+        ".erf",
+        ".kdc",
+        ".mrw",
+    }
+)
+IMAGE_EXTENSIONS = (
+    frozenset(
+        {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".tif", ".tiff", ".heic", ".heif", ".avif", ".gif", ".bmp", ".mpo"}
+    )
+    | RAW_EXTENSIONS
+)
 # Formats whose files cannot (or should not) hold the tags: RAW files, and
 # GIF and BMP, which have no room for XMP that apps read.
 SIDECAR_ONLY_EXTENSIONS = RAW_EXTENSIONS | {".gif", ".bmp"}

@@ -56,15 +56,17 @@ def any_word_query(phrase: str, folder: str | None = None) -> Query:
     grounding looks for the phrase, not for its negation.
     """
     words = parse(phrase, folder=folder)
-    query = Query(terms=tuple(Term(t.text, t.column, either=True) for t in words.terms if not t.negated),
-                  folder=words.folder)
+    query = Query(
+        terms=tuple(Term(t.text, t.column, either=True) for t in words.terms if not t.negated), folder=words.folder
+    )
     if not query.terms:
-        raise FlorenceWatchError("find needs a phrase with words in it, e.g. \"a red car\"")
+        raise FlorenceWatchError('find needs a phrase with words in it, e.g. "a red car"')
     return query
 
 
-def find(db: Database, phrase: str, load_analyzer: Callable[[], Any], *, folder: str | None = None,
-         limit: int = 5) -> Iterator[Found]:
+def find(
+    db: Database, phrase: str, load_analyzer: Callable[[], Any], *, folder: str | None = None, limit: int = 5
+) -> Iterator[Found]:
     """Ground *phrase* in the index's best *limit* matches for it, best first.
 
     Raises FlorenceWatchError (before searching) when *phrase* has no words.
@@ -88,6 +90,8 @@ def _ground(hits: list[Hit], phrase: str, load_analyzer: Callable[[], Any]) -> I
         if analyzer is None:
             analyzer = load_analyzer()
         result = ask(analyzer, decoded.image, task, phrase)
-        boxes = tuple(Box(str(label), tuple(box))
-                      for label, box in zip(result.get("labels", []), result.get("bboxes", []), strict=False))
+        boxes = tuple(
+            Box(str(label), tuple(box))
+            for label, box in zip(result.get("labels", []), result.get("bboxes", []), strict=False)
+        )
         yield Found(rank, hit.path, hit.caption, task, boxes, decoded.image, result)

@@ -147,8 +147,11 @@ def _check_size(path: str, size: tuple[int, int]) -> None:
     """Refuse an image whose header declares more than MAX_PIXELS, before any pixel is decoded."""
     width, height = size
     if width * height > MAX_PIXELS:
-        raise ImageError(path, f"refused: image too large to decode safely ({width}x{height} = "
-                               f"{width * height:,} pixels, over the limit of {MAX_PIXELS:,})")
+        raise ImageError(
+            path,
+            f"refused: image too large to decode safely ({width}x{height} = "
+            f"{width * height:,} pixels, over the limit of {MAX_PIXELS:,})",
+        )
 
 
 def _sniff(data: bytes) -> str:

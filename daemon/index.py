@@ -28,8 +28,9 @@ def unchanged(session: Session, fingerprints: dict[str, Fingerprint]) -> set[str
     same: set[str] = set()
     for chunk in chunks(list(fingerprints)):
         rows = session.execute(
-            select(File.path, File.inode, File.size, File.mtime_ns)
-            .where(File.path.in_(chunk), File.state.in_(("indexed", "failed")))
+            select(File.path, File.inode, File.size, File.mtime_ns).where(
+                File.path.in_(chunk), File.state.in_(("indexed", "failed"))
+            )
         )
         same.update(path for path, *stat in rows if tuple(stat) == fingerprints[path].stat)
     return same
@@ -40,9 +41,7 @@ def image_for_hash(session: Session, sha256: str) -> Image | None:
     image = session.scalars(select(Image).where(Image.sha256 == sha256)).first()
     if image is not None:
         return image
-    return session.scalars(
-        select(Image).join(File, File.image_id == Image.id).where(File.sha256 == sha256)
-    ).first()
+    return session.scalars(select(Image).join(File, File.image_id == Image.id).where(File.sha256 == sha256)).first()
 
 
 def image_for_content(session: Session, content_key: str) -> Image | None:
@@ -97,7 +96,8 @@ def store_batch(session: Session, model: str, batch: list[Analysed]) -> list[Fil
         if a.sha256 in images or a.sha256 in new:
             continue
         image = by_content.get(a.content_key or "") or Image(
-            sha256=a.sha256, width=a.width, height=a.height, format=a.format, content_key=a.content_key)
+            sha256=a.sha256, width=a.width, height=a.height, format=a.format, content_key=a.content_key
+        )
         new[a.sha256] = by_content[a.content_key or a.sha256] = image
     fresh = set(new.values())
     session.add_all(fresh)
@@ -110,8 +110,9 @@ def store_batch(session: Session, model: str, batch: list[Analysed]) -> list[Fil
             continue  # two files of one picture in the batch
         stored.add(image.id)
         if image in fresh:  # a new image has no results yet: nothing to update
-            session.add_all(Result(image_id=image.id, task=t, model=model, result=json.dumps(v))
-                            for t, v in a.results.items())
+            session.add_all(
+                Result(image_id=image.id, task=t, model=model, result=json.dumps(v)) for t, v in a.results.items()
+            )
         else:
             _replace_results(session, image.id, model, a.results)
             image.content_key = image.content_key or a.content_key
@@ -119,7 +120,9 @@ def store_batch(session: Session, model: str, batch: list[Analysed]) -> list[Fil
 
 
 def _replace_results(session: Session, image_id: int, model: str, results: TaskResults) -> None:
-    rows = {r.task: r for r in session.scalars(select(Result).where(Result.image_id == image_id, Result.model == model))}
+    rows = {
+        r.task: r for r in session.scalars(select(Result).where(Result.image_id == image_id, Result.model == model))
+    }
     for task, value in results.items():
         if task in rows:
             rows[task].result = json.dumps(value)
@@ -130,8 +133,15 @@ def _replace_results(session: Session, image_id: int, model: str, results: TaskR
 Link = tuple[str, Image, str, Fingerprint, "Summary | None"]  # path, image, file's sha256, fingerprint, summary
 
 
-def link_file(session: Session, path: str, image: Image, sha256: str, fp: Fingerprint, model: str | None,
-              summary: Summary | None = None) -> File:
+def link_file(
+    session: Session,
+    path: str,
+    image: Image,
+    sha256: str,
+    fp: Fingerprint,
+    model: str | None,
+    summary: Summary | None = None,
+) -> File:
     """Map *path* to *image* (new path, moved file, copy) and refresh its search text."""
     return link_files(session, [(path, image, sha256, fp, summary)], model)[0]
 
@@ -163,10 +173,14 @@ def link_files(session: Session, links: list[Link], model: str | None) -> list[F
     untagged = {f.sha256 for f in files if f.tag_state != "done"}
     twins: dict[str, File] = {}
     if untagged:
-        for found in session.scalars(select(File).where(
-            File.sha256.in_(untagged), File.tag_state == "done",
-            File.written.is_not(None), File.metadata_target == File.path,
-        )):
+        for found in session.scalars(
+            select(File).where(
+                File.sha256.in_(untagged),
+                File.tag_state == "done",
+                File.written.is_not(None),
+                File.metadata_target == File.path,
+            )
+        ):
             twins.setdefault(found.sha256 or "", found)
     docs = {d.file_id: d for d in session.scalars(select(Document).where(Document.file_id.in_([f.id for f in files])))}
     for f, (path, image, sha256, _fp, summary) in zip(files, links, strict=True):
@@ -208,14 +222,13 @@ def mark_deleted(session: Session, path: str) -> bool:
     for f in files:
         f.state, f.inode, f.size, f.mtime_ns = "deleted", None, None, None
         session.execute(delete(Document).where(Document.file_id == f.id))
-    session.execute(
-        delete(Job).where(under(Job.path, path), Job.state != "running")
-    )
+    session.execute(delete(Job).where(under(Job.path, path), Job.state != "running"))
     return bool(files)
 
 
-def record_tag(session: Session, file_id: int, *, written: dict[str, Any], target: str, sha256: str | None,
-               fp: Fingerprint) -> None:
+def record_tag(
+    session: Session, file_id: int, *, written: dict[str, Any], target: str, sha256: str | None, fp: Fingerprint
+) -> None:
     """Record what we wrote; *sha256* is the file's new hash (None: its bytes did not change)."""
     f = session.get(File, file_id)
     if f is None:
@@ -247,9 +260,12 @@ def status(session: Session) -> dict[str, Any]:
         )
     ]
     # A file whose metadata write has not happened yet is still work to do.
-    tag_pending = session.scalar(
-        select(func.count()).select_from(File).where(File.state == "indexed", File.tag_state == "pending")
-    ) or 0
+    tag_pending = (
+        session.scalar(
+            select(func.count()).select_from(File).where(File.state == "indexed", File.tag_state == "pending")
+        )
+        or 0
+    )
     return {
         "indexed": by_state.get("indexed", 0),
         "pending": jobs.get("pending", 0) + jobs.get("running", 0) + tag_pending,
@@ -298,8 +314,8 @@ def summary_for_file(session: Session, f: File, model: str | None) -> Summary:
     return summarize(results_for(session, f.image_id, model)[1])
 
 
-
 # --- a person's decisions ----------------------------------------------------------
+
 
 def decisions_for(session: Session, image_id: int | None) -> tuple[frozenset[str], frozenset[str]]:
     """The keywords and fields a person removed from this image: (keywords, fields)."""

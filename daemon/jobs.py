@@ -47,10 +47,7 @@ def claim(session: Session, limit: int, owner: str | None = None) -> list[Job]:
     """Take up to *limit* due jobs, oldest first."""
     jobs = list(
         session.scalars(
-            select(Job)
-            .where(Job.state == "pending", Job.not_before <= now())
-            .order_by(Job.id)
-            .limit(limit)
+            select(Job).where(Job.state == "pending", Job.not_before <= now()).order_by(Job.id).limit(limit)
         )
     )
     for job in jobs:
@@ -64,8 +61,11 @@ def finish(session: Session, *job_ids: int) -> None:
     # than the SQL, and the session holds no jobs it would need to update.
     jobs = cast(Table, Job.__table__)
     session.execute(delete(jobs).where(jobs.c.id.in_(job_ids), jobs.c.dirty.is_(False)))
-    session.execute(update(jobs).where(jobs.c.id.in_(job_ids)).values(
-        state="pending", dirty=False, owner=None, attempts=0, not_before=0.0))
+    session.execute(
+        update(jobs)
+        .where(jobs.c.id.in_(job_ids))
+        .values(state="pending", dirty=False, owner=None, attempts=0, not_before=0.0)
+    )
 
 
 def fail(session: Session, job_id: int, reason: str, max_attempts: int) -> bool:
@@ -118,4 +118,3 @@ def _alive(pid: int) -> bool:
 def counts(session: Session) -> dict[str, int]:
     rows = session.execute(select(Job.state, func.count()).group_by(Job.state)).all()
     return {state: n for state, n in rows}
-

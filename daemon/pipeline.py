@@ -52,8 +52,14 @@ class Pipeline:
     *tag_threads* = 0 writes metadata in the caller's thread (see Tagger).
     """
 
-    def __init__(self, config: Config, db: Database, analyzer: Analyzer, writer: MetadataWriter | None,
-                 tag_threads: int | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        db: Database,
+        analyzer: Analyzer,
+        writer: MetadataWriter | None,
+        tag_threads: int | None = None,
+    ) -> None:
         self.config, self.db, self.analyzer = config, db, analyzer
         tagging = writer is not None and config.metadata.write
         self.tagger = Tagger(db, writer, analyzer.model_id, tag_threads) if tagging and writer else None
@@ -146,8 +152,9 @@ class Pipeline:
     def _analyze(self, work: list[_Work]) -> None:
         try:
             pixels = [w.pixels for w in work]
-            results = self.analyzer.analyze([w.decoded.image for w in work],
-                                            pixels=None if any(p is None for p in pixels) else pixels)
+            results = self.analyzer.analyze(
+                [w.decoded.image for w in work], pixels=None if any(p is None for p in pixels) else pixels
+            )
         except Interrupted:
             log.info("shutdown: %d image(s) returned to the queue unfinished", len(work))
             self.prefetch.release(work)
@@ -166,8 +173,20 @@ class Pipeline:
 
     def _store(self, work: list[_Work], results: list[Any]) -> None:
         """One transaction for the batch: every file's results and its job's completion, or none."""
-        batch = [index.Analysed(w.path, w.sha256, w.fp, w.decoded.width, w.decoded.height, w.decoded.format, res,
-                                summarize(res), w.content_key) for w, res in zip(work, results, strict=True)]
+        batch = [
+            index.Analysed(
+                w.path,
+                w.sha256,
+                w.fp,
+                w.decoded.width,
+                w.decoded.height,
+                w.decoded.format,
+                res,
+                summarize(res),
+                w.content_key,
+            )
+            for w, res in zip(work, results, strict=True)
+        ]
         with self.db.transaction(write=True) as s:
             files = index.store_batch(s, self.analyzer.model_id, batch)
             for f in files:
@@ -265,8 +284,9 @@ class Prefetch:
             return None
         return image
 
-    def _link_known(self, job_id: int, path: str, fp: Fingerprint, sha: str,
-                    find: Callable[[Session], Image | None]) -> bool:
+    def _link_known(
+        self, job_id: int, path: str, fp: Fingerprint, sha: str, find: Callable[[Session], Image | None]
+    ) -> bool:
         """Record *path* as the image *find* finds, if the model has described it; False if not."""
         with self.db.transaction() as s:  # most files are new: look before taking the write lock
             if self._known(s, find(s)) is None:

@@ -56,7 +56,11 @@ def summarize(results: TaskResults) -> Summary:
     for task in ("<OD>", "<DENSE_REGION_CAPTION>"):
         r = results.get(task)
         if isinstance(r, dict):
-            objects += [{"label": lbl, "box": box} for lbl, box in zip(r.get("labels", []), r.get("bboxes", []), strict=False) if lbl]
+            objects += [
+                {"label": lbl, "box": box}
+                for lbl, box in zip(r.get("labels", []), r.get("bboxes", []), strict=False)
+                if lbl
+            ]
     labels = list(dict.fromkeys(o["label"] for o in objects))  # deduplicated, first-seen order
     return Summary(caption=caption, description=description, ocr=ocr, labels=labels, objects=objects)
 

@@ -26,8 +26,9 @@ log = logging.getLogger(__name__)
 
 
 @contextmanager
-def open_pipeline(config: Config, analyzer: Analyzer | None = None, tag_threads: int | None = None
-                  ) -> Iterator[Pipeline]:
+def open_pipeline(
+    config: Config, analyzer: Analyzer | None = None, tag_threads: int | None = None
+) -> Iterator[Pipeline]:
     """Database, model and exiftool, opened in the order that fails fastest.
 
     *analyzer* replaces the Florence-2 model (the load tests use a fast fake);
@@ -62,8 +63,10 @@ class Daemon:
 
     def request_stop(self, signum: int | None = None, _frame: object = None) -> None:
         if not self.stop_event.is_set():
-            log.info("shutting down: finishing the current batch%s",
-                     f" (signal {signal.Signals(signum).name})" if signum else "")
+            log.info(
+                "shutting down: finishing the current batch%s",
+                f" (signal {signal.Signals(signum).name})" if signum else "",
+            )
         self.stop_event.set()
         self.wakeup.set()
 

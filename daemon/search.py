@@ -30,9 +30,14 @@ from .files import folder_prefix
 # Field prefix -> FTS5 column.
 FIELDS = {
     "caption": "caption",
-    "desc": "description", "description": "description",
-    "text": "ocr", "ocr": "ocr",
-    "label": "labels", "labels": "labels", "object": "labels", "objects": "labels",
+    "desc": "description",
+    "description": "description",
+    "text": "ocr",
+    "ocr": "ocr",
+    "label": "labels",
+    "labels": "labels",
+    "object": "labels",
+    "objects": "labels",
     "path": "path",
 }
 # Where a snippet's match starts and ends (control characters no caption contains: clean_text removes them).

@@ -47,8 +47,13 @@ _ROUTE = re.compile(r"^/(image|thumb|view)/(\d{1,12})$")
 
 # autoescape=True, not by file name: a template added later cannot opt out by being named .svg or .txt.
 # StrictUndefined: a misspelt variable is an error in the tests, not a silently empty spot on the page.
-_TEMPLATES = Environment(loader=PackageLoader("daemon", "templates"), autoescape=True,
-                         undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+_TEMPLATES = Environment(
+    loader=PackageLoader("daemon", "templates"),
+    autoescape=True,
+    undefined=StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
 
 
 def _page(template: str, **context: Any) -> bytes:
@@ -132,9 +137,17 @@ class WebApp:
                 hits = search(s, query, limit=PAGE_SIZE, everything=True)
         except FlorenceWatchError as exc:
             error, hits = str(exc), []
-        body = _page("search.html", title="florence-watch" + (f": {q}" if q else ""), q=q, folder=folder,
-                     since=since, has_text=has_text, error=error, searched=bool(q or folder or since or has_text),
-                     cards=[_card(h) for h in hits])
+        body = _page(
+            "search.html",
+            title="florence-watch" + (f": {q}" if q else ""),
+            q=q,
+            folder=folder,
+            since=since,
+            has_text=has_text,
+            error=error,
+            searched=bool(q or folder or since or has_text),
+            cards=[_card(h) for h in hits],
+        )
         return Response(HTTPStatus.OK, body)
 
     def image_page(self, f: File, image: Image) -> Response:
@@ -146,11 +159,20 @@ class WebApp:
         font = max(w, h) / 32  # in image pixels: the labels scale with the picture
         written = json.loads(f.written) if f.written else None
         body = _page(
-            "image.html", title=summary.caption or f.path, heading=summary.caption or os.path.basename(f.path),
-            caption=summary.caption, file_id=f.id, width=w, height=h, stage_px=max(480, min(w, VIEW_PX)),
-            font=font, layers=_layers(results, font), facts=_facts(summary, f, image, model),
+            "image.html",
+            title=summary.caption or f.path,
+            heading=summary.caption or os.path.basename(f.path),
+            caption=summary.caption,
+            file_id=f.id,
+            width=w,
+            height=h,
+            stage_px=max(480, min(w, VIEW_PX)),
+            font=font,
+            layers=_layers(results, font),
+            facts=_facts(summary, f, image, model),
             tags={k: _show(v) for k, v in written.get("tags", {}).items()} if written else None,
-            target=f.metadata_target or f.path, tag_state=f.tag_state,
+            target=f.metadata_target or f.path,
+            tag_state=f.tag_state,
         )
         return Response(HTTPStatus.OK, body)
 
@@ -222,15 +244,22 @@ def _region(shape: Shape, font: float) -> Region:
     corners = shape.polygon()
     x0, y0 = min(p[0] for p in corners), min(p[1] for p in corners)
     # The label sits just above the shape, or just inside it when the shape touches the picture's top.
-    return Region(shape.label, colour(shape.label), " ".join(f"{x:.1f},{y:.1f}" for x, y in corners),
-                  x0, max(font, y0 - 3))
+    return Region(
+        shape.label, colour(shape.label), " ".join(f"{x:.1f},{y:.1f}" for x, y in corners), x0, max(font, y0 - 3)
+    )
 
 
 def _facts(summary: Summary, f: File, image: Image, model: str | None) -> list[tuple[str, str]]:
     """The facts table's rows; empty facts are left out."""
-    rows = [("Caption", summary.caption), ("Description", summary.description), ("Text in the image", summary.ocr),
-            ("Keywords", ", ".join(summary.labels or [])), ("File", f.path),
-            ("Size", f"{image.width} × {image.height} {image.format or ''}"), ("Model", model or "")]
+    rows = [
+        ("Caption", summary.caption),
+        ("Description", summary.description),
+        ("Text in the image", summary.ocr),
+        ("Keywords", ", ".join(summary.labels or [])),
+        ("File", f.path),
+        ("Size", f"{image.width} × {image.height} {image.format or ''}"),
+        ("Model", model or ""),
+    ]
     return [(k, v) for k, v in rows if v]
 
 
@@ -261,8 +290,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("X-Content-Type-Options", "nosniff")
         self.send_header("Referrer-Policy", "no-referrer")
         # Nothing from elsewhere: no CDN, no fonts, no frames.
-        self.send_header("Content-Security-Policy", "default-src 'self'; style-src 'unsafe-inline'; "
-                         "script-src 'unsafe-inline'; img-src 'self'; frame-ancestors 'none'")
+        self.send_header(
+            "Content-Security-Policy",
+            "default-src 'self'; style-src 'unsafe-inline'; "
+            "script-src 'unsafe-inline'; img-src 'self'; frame-ancestors 'none'",
+        )
         self.send_header("Cache-Control", "private, max-age=3600" if r.cache else "no-store")
         self.end_headers()
         if not head:
@@ -280,8 +312,10 @@ def make_server(config: Config, db: Database, host: str | None = None, port: int
     try:
         server = ThreadingHTTPServer((host, port), handler)
     except OSError as exc:
-        raise FlorenceWatchError(f"cannot listen on {host}:{port}: {exc.strerror}"
-                                 + (" (is another serve running? set serve.port)" if exc.errno == 98 else "")) from None
+        raise FlorenceWatchError(
+            f"cannot listen on {host}:{port}: {exc.strerror}"
+            + (" (is another serve running? set serve.port)" if exc.errno == 98 else "")
+        ) from None
     server.daemon_threads = True
     return server
 

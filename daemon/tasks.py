@@ -35,22 +35,45 @@ TASKS = [
     Task("<MORE_DETAILED_CAPTION>", "", ("more-detailed-caption", "description", "describe"), "a paragraph"),
     Task("<OD>", "", ("objects", "od", "detect"), "objects with boxes", 512, "objects"),
     Task("<DENSE_REGION_CAPTION>", "", ("dense-regions", "dense"), "regions with a caption each", 512, "objects"),
-    Task("<REGION_PROPOSAL>", "", ("proposals", "region-proposal"), "boxes around anything object-like", 512,
-         "proposals"),
+    Task(
+        "<REGION_PROPOSAL>", "", ("proposals", "region-proposal"), "boxes around anything object-like", 512, "proposals"
+    ),
     Task("<CAPTION_TO_PHRASE_GROUNDING>", "text", ("ground", "grounding"), "where each phrase of TEXT is"),
-    Task("<REFERRING_EXPRESSION_SEGMENTATION>", "text", ("segment", "referring-segmentation"),
-         "a mask (polygon) of what TEXT refers to"),
-    Task("<REGION_TO_SEGMENTATION>", "region", ("segment-region", "region-segmentation"),
-         "a mask (polygon) of the object in --box"),
-    Task("<OPEN_VOCABULARY_DETECTION>", "text", ("detect-text", "open-vocabulary", "ovd"),
-         "boxes or polygons of things named by TEXT"),
+    Task(
+        "<REFERRING_EXPRESSION_SEGMENTATION>",
+        "text",
+        ("segment", "referring-segmentation"),
+        "a mask (polygon) of what TEXT refers to",
+    ),
+    Task(
+        "<REGION_TO_SEGMENTATION>",
+        "region",
+        ("segment-region", "region-segmentation"),
+        "a mask (polygon) of the object in --box",
+    ),
+    Task(
+        "<OPEN_VOCABULARY_DETECTION>",
+        "text",
+        ("detect-text", "open-vocabulary", "ovd"),
+        "boxes or polygons of things named by TEXT",
+    ),
     Task("<REGION_TO_CATEGORY>", "region", ("region-category", "classify-region"), "what the object in --box is"),
-    Task("<REGION_TO_DESCRIPTION>", "region", ("region-description", "describe-region"),
-         "a description of the region in --box"),
+    Task(
+        "<REGION_TO_DESCRIPTION>",
+        "region",
+        ("region-description", "describe-region"),
+        "a description of the region in --box",
+    ),
     Task("<REGION_TO_OCR>", "region", ("region-ocr", "read-region"), "the text in --box"),
     Task("<OCR>", "", ("ocr", "text"), "the text in the image", 512),
-    Task("<OCR_WITH_REGION>", "", ("ocr-regions", "text-regions"), "each line of text with its quadrilateral", 1024,
-         "text"),
+    Task(
+        "<OCR_WITH_REGION>",
+        "",
+        ("ocr-regions", "text-regions"),
+        "each line of text with its quadrilateral",
+        1024,
+        "text",
+    ),
 ]
 DEFAULT_TASKS = ("<CAPTION>", "<MORE_DETAILED_CAPTION>", "<OD>", "<OCR_WITH_REGION>")
 
@@ -93,11 +116,12 @@ def parse_box(value: str) -> tuple[float, float, float, float]:
     return x1, y1, x2, y2
 
 
-def check_input(task: Task, size: tuple[int, int], text: str | None = None,
-                box: tuple[float, float, float, float] | None = None) -> None:
+def check_input(
+    task: Task, size: tuple[int, int], text: str | None = None, box: tuple[float, float, float, float] | None = None
+) -> None:
     """A missing, unexpected or out-of-image input is a clear error (before any model is loaded)."""
     if task.takes == "text" and not (text or "").strip():
-        raise FlorenceWatchError(f"{task.token} needs TEXT: florence-watch ask IMAGE {task.aliases[0]} \"a red car\"")
+        raise FlorenceWatchError(f'{task.token} needs TEXT: florence-watch ask IMAGE {task.aliases[0]} "a red car"')
     if task.takes == "region" and box is None:
         raise FlorenceWatchError(f"{task.token} needs a region: --box x1,y1,x2,y2 (pixels)")
     if (text or "").strip() and task.takes != "text":
@@ -122,8 +146,13 @@ def region_tokens(box: tuple[float, float, float, float], size: tuple[int, int],
     return "".join(f"<loc_{int(v)}>" for v in bins[0].tolist())
 
 
-def prompt_for(task: Task, image: Image.Image, processor: Any, text: str | None = None,
-               box: tuple[float, float, float, float] | None = None) -> str:
+def prompt_for(
+    task: Task,
+    image: Image.Image,
+    processor: Any,
+    text: str | None = None,
+    box: tuple[float, float, float, float] | None = None,
+) -> str:
     """The task token followed by its input, as Florence2Processor expects it."""
     check_input(task, image.size, text, box)
     if task.takes == "text":
@@ -134,8 +163,13 @@ def prompt_for(task: Task, image: Image.Image, processor: Any, text: str | None 
     return task.token
 
 
-def ask(analyzer: Any, image: Image.Image, task: Task, text: str | None = None,
-        box: tuple[float, float, float, float] | None = None) -> Any:
+def ask(
+    analyzer: Any,
+    image: Image.Image,
+    task: Task,
+    text: str | None = None,
+    box: tuple[float, float, float, float] | None = None,
+) -> Any:
     """Run one task on one image with the analyzer's model; the parsed result."""
     from .analyze import naive_generate
 

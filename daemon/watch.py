@@ -214,8 +214,11 @@ class FolderWatcher:
             except OSError as exc:
                 if exc.errno not in (errno.EMFILE, errno.ENOSPC, errno.ENOSYS, errno.EINVAL, errno.EPERM):
                     raise
-                log.warning("inotify cannot watch these folders (%s): falling back to polling, "
-                            "which is slower; %s", exc.strerror or exc, INOTIFY_ADVICE)
+                log.warning(
+                    "inotify cannot watch these folders (%s): falling back to polling, which is slower; %s",
+                    exc.strerror or exc,
+                    INOTIFY_ADVICE,
+                )
                 try:
                     observer.stop()
                 except Exception:  # noqa: BLE001 - it may never have started

@@ -43,7 +43,6 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_florence(tmp_path_factory.mktemp("tiny-florence"))
 
 
-
 @pytest.fixture
 def open_test_pipeline() -> Iterator[PipelineFactory]:
     """``open_test_pipeline(config, analyzer=None, tag_threads=None)``: a pipeline built as the
@@ -65,8 +64,9 @@ def no_thread_leaks() -> Iterator[None]:
     deadline = time.monotonic() + 5
     leaked: list[threading.Thread] = []
     while time.monotonic() < deadline:
-        leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()
-                  and not t.name.startswith("pydevd")]
+        leaked = [
+            t for t in threading.enumerate() if t not in before and t.is_alive() and not t.name.startswith("pydevd")
+        ]
         if not leaked:
             break
         time.sleep(0.05)

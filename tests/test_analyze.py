@@ -55,7 +55,7 @@ def test_shared_features_are_token_identical_to_the_naive_loop(
     batch = len(IMAGES) if analyzer.device == "cpu" else 1
     try:
         images = [decode(corpus / n).image for n in IMAGES]
-        batched = [r for i in range(0, len(images), batch) for r in analyzer.analyze(images[i:i + batch])]
+        batched = [r for i in range(0, len(images), batch) for r in analyzer.analyze(images[i : i + batch])]
         for image, res in zip(images, batched, strict=True):
             for task in analyzer.tasks:
                 assert naive_generate(analyzer, image, task) == res[task], task
@@ -104,8 +104,9 @@ def real_shaped(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_real_tokenizer_and_processor_through_the_daemon_loader(real_shaped: Path, corpus: Path) -> None:
-    analyzer = FlorenceAnalyzer(ModelConfig(name=str(real_shaped), num_beams=1, max_new_tokens=8,
-                                            tasks=("<DETAILED_CAPTION>", "<OD>")))
+    analyzer = FlorenceAnalyzer(
+        ModelConfig(name=str(real_shaped), num_beams=1, max_new_tokens=8, tasks=("<DETAILED_CAPTION>", "<OD>"))
+    )
     proc = analyzer.processor
     assert len(proc.tokenizer) == 51290
     assert proc.tokenizer.convert_tokens_to_ids("<image>") == 51289
@@ -128,20 +129,26 @@ def test_clean_text_strips_florence_tokens() -> None:
 
 
 def test_summarize_maps_tasks_to_fields() -> None:
-    s = summarize({
-        "<CAPTION>": "a car",
-        "<MORE_DETAILED_CAPTION>": "A red car by a wall.",
-        "<OD>": {"bboxes": [[1, 2, 3, 4], [5, 6, 7, 8], [0, 0, 1, 1]], "labels": ["car", "wheel", "car"]},
-        "<OCR_WITH_REGION>": {"quad_boxes": [[0] * 8, [1] * 8], "labels": ["STOP", "NOW"]},
-    })
+    s = summarize(
+        {
+            "<CAPTION>": "a car",
+            "<MORE_DETAILED_CAPTION>": "A red car by a wall.",
+            "<OD>": {"bboxes": [[1, 2, 3, 4], [5, 6, 7, 8], [0, 0, 1, 1]], "labels": ["car", "wheel", "car"]},
+            "<OCR_WITH_REGION>": {"quad_boxes": [[0] * 8, [1] * 8], "labels": ["STOP", "NOW"]},
+        }
+    )
     assert (s.caption, s.description, s.ocr) == ("a car", "A red car by a wall.", "STOP NOW")
     assert s.labels == ["car", "wheel"]
-    assert s.objects == [{"label": "car", "box": [1, 2, 3, 4]}, {"label": "wheel", "box": [5, 6, 7, 8]},
-                         {"label": "car", "box": [0, 0, 1, 1]}]
+    assert s.objects == [
+        {"label": "car", "box": [1, 2, 3, 4]},
+        {"label": "wheel", "box": [5, 6, 7, 8]},
+        {"label": "car", "box": [0, 0, 1, 1]},
+    ]
 
 
-def test_out_of_memory_halves_the_batch(analyzer: FlorenceAnalyzer, corpus: Path,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_out_of_memory_halves_the_batch(
+    analyzer: FlorenceAnalyzer, corpus: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import torch
 
     images = [decode(corpus / n).image for n in IMAGES]
@@ -168,8 +175,9 @@ def test_out_of_memory_halves_the_batch(analyzer: FlorenceAnalyzer, corpus: Path
 
 
 def test_generation_settings_per_task(tiny_model: Path) -> None:
-    a = FlorenceAnalyzer(ModelConfig(name=str(tiny_model), num_beams={"<CAPTION>": 2, "<OD>": 1},
-                                     max_new_tokens={"<CAPTION>": 7}))
+    a = FlorenceAnalyzer(
+        ModelConfig(name=str(tiny_model), num_beams={"<CAPTION>": 2, "<OD>": 1}, max_new_tokens={"<CAPTION>": 7})
+    )
     assert a._generation_args("<CAPTION>") == {"max_new_tokens": 7, "num_beams": 2, "do_sample": False}
     assert a._generation_args("<OD>")["num_beams"] == 1
     assert a._generation_args("<OCR_WITH_REGION>") == {"max_new_tokens": 1024, "num_beams": 3, "do_sample": False}

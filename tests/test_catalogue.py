@@ -49,8 +49,9 @@ def test_config_and_export_accept_a_task_once_the_catalogue_has_it(monkeypatch: 
         check_task(task_named("caption"))
 
 
-def test_the_image_page_draws_a_new_tasks_layer(tmp_path: Path, open_test_pipeline: PipelineFactory,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_image_page_draws_a_new_tasks_layer(
+    tmp_path: Path, open_test_pipeline: PipelineFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(tasks, "TASKS", [*tasks.TASKS, NEW])
     config = make_config(tmp_path, metadata={"write": False}, serve={"thumbnails": str(tmp_path / "thumbs")})
     picture = tmp_path / "inbox" / "new.png"

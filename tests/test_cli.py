@@ -45,8 +45,7 @@ SEARCH_TABLE = [
 
 
 def _task_rows() -> list[str]:
-    return [rf"  {re.escape(t.aliases[0])} +{re.escape(t.token)} +(TEXT|--box)? +{re.escape(t.about)}"
-            for t in TASKS]
+    return [rf"  {re.escape(t.aliases[0])} +{re.escape(t.token)} +(TEXT|--box)? +{re.escape(t.about)}" for t in TASKS]
 
 
 def test_top_level_help_lists_each_command_with_its_summary_and_no_tables(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -64,19 +63,20 @@ def test_top_level_help_lists_each_command_with_its_summary_and_no_tables(monkey
 
 
 @pytest.mark.parametrize("command", ["search", "ask"])
-def test_search_and_ask_help_show_their_tables_line_by_line(command: str, capsys: pytest.CaptureFixture[str],
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_search_and_ask_help_show_their_tables_line_by_line(
+    command: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("COLUMNS", "80")  # narrower than the task table: it must not be rewrapped anyway
     with pytest.raises(SystemExit):
         main([command, "--help"])
     lines = capsys.readouterr().out.splitlines()
     if command == "search":
         start = lines.index(SEARCH_TABLE[0])
-        assert lines[start:start + len(SEARCH_TABLE)] == SEARCH_TABLE
+        assert lines[start : start + len(SEARCH_TABLE)] == SEARCH_TABLE
     else:
         start = lines.index("tasks (alias, token, input, what it gives):") + 1
         rows = _task_rows()
-        for line, row in zip(lines[start:start + len(rows)], rows, strict=True):
+        for line, row in zip(lines[start : start + len(rows)], rows, strict=True):
             assert re.fullmatch(row, line), (line, row)
 
 
@@ -118,8 +118,14 @@ def test_show_of_an_unknown_file(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "daemon", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})}, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "daemon", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        cwd=REPO,
+    )
 
 
 def test_missing_model_stops_with_advice_and_no_traceback(tmp_path: Path) -> None:
@@ -144,8 +150,9 @@ def test_scan_then_status_show_search_json(tmp_path: Path, tiny_model: Path) -> 
 
     status = json.loads(run_cli("--config", str(cfg), "status", "--json").stdout)
     assert {k: status[k] for k in ("indexed", "pending", "failed")} == {"indexed": 1, "pending": 0, "failed": 1}
-    assert status["failures"] == [{"path": str(files[1]), "reason":
-                                   "corrupt or truncated image: image file is truncated (8 bytes not processed)"}]
+    assert status["failures"] == [
+        {"path": str(files[1]), "reason": "corrupt or truncated image: image file is truncated (8 bytes not processed)"}
+    ]
 
     show = json.loads(run_cli("--config", str(cfg), "show", str(files[0]), "--json").stdout)
     assert {"path", "sha256", "caption", "description", "keywords", "ocr", "objects", "model"} <= set(show)
@@ -188,13 +195,18 @@ def test_install_service_writes_a_unit_systemd_accepts(tmp_path: Path, monkeypat
         pytest.skip("systemd-analyze not installed")
     runtime = tmp_path / "runtime"
     runtime.mkdir(mode=0o700)
-    proc = subprocess.run(["systemd-analyze", "--user", "verify", str(path)], capture_output=True, text=True,
-                          env={**os.environ, "XDG_RUNTIME_DIR": str(runtime)})
+    proc = subprocess.run(
+        ["systemd-analyze", "--user", "verify", str(path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "XDG_RUNTIME_DIR": str(runtime)},
+    )
     assert proc.returncode == 0, proc.stderr
 
 
-def test_install_service_command(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_install_service_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
     monkeypatch.delenv("FLORENCE_WATCH_CONFIG", raising=False)
     assert main(["install-service"]) == 0
@@ -203,8 +215,9 @@ def test_install_service_command(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "systemctl --user enable --now florence-watch" in out
 
 
-def test_retag_dry_run_then_for_real_without_the_model(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                       open_test_pipeline: Callable[..., Pipeline]) -> None:
+def test_retag_dry_run_then_for_real_without_the_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], open_test_pipeline: Callable[..., Pipeline]
+) -> None:
     inbox = tmp_path / "inbox"
     [path] = copy_corpus(["exiftool/XMP.jpg"], inbox)
     cfg = tmp_path / "config.toml"
@@ -220,23 +233,28 @@ def test_retag_dry_run_then_for_real_without_the_model(tmp_path: Path, capsys: p
     assert main(["--config", str(cfg), "retag", "--dry-run"]) == 0
     out, err = capsys.readouterr()
     assert out.splitlines()[0] == str(path)
-    assert "  XMP-lr:HierarchicalSubject: 'bright thing, ExifTool, Test, XMP' -> " \
-           "'ExifTool, Test, XMP, florence|bright thing'" in out
+    assert (
+        "  XMP-lr:HierarchicalSubject: 'bright thing, ExifTool, Test, XMP' -> "
+        "'ExifTool, Test, XMP, florence|bright thing'" in out
+    )
     assert "XMP-dc:Description: kept, a person wrote it" in out
     assert err.strip() == "1 indexed file(s): 1 would change, 0 failed"
     assert path.read_bytes() == before  # a dry run writes nothing
 
     assert main(["--config", str(cfg), "retag", str(inbox)]) == 0
     assert capsys.readouterr().err.strip() == "1 indexed file(s): 1 changed, 0 failed"
-    got = subprocess.run(["exiftool", "-j", "-XMP-lr:HierarchicalSubject", str(path)], capture_output=True,
-                         text=True, check=True).stdout
+    got = subprocess.run(
+        ["exiftool", "-j", "-XMP-lr:HierarchicalSubject", str(path)], capture_output=True, text=True, check=True
+    ).stdout
     assert json.loads(got)[0]["HierarchicalSubject"] == ["ExifTool", "Test", "XMP", "florence|bright thing"]
 
     assert main(["--config", str(cfg), "show", str(path)]) == 0
     shown = capsys.readouterr().out
     assert "in the file now / what florence-watch wrote:" in shown
-    assert "XMP-lr:HierarchicalSubject\n      now:   ExifTool, Test, XMP, florence|bright thing\n" \
-           "      wrote: ExifTool, Test, XMP, florence|bright thing\n" in shown
+    assert (
+        "XMP-lr:HierarchicalSubject\n      now:   ExifTool, Test, XMP, florence|bright thing\n"
+        "      wrote: ExifTool, Test, XMP, florence|bright thing\n" in shown
+    )
     assert main(["--config", str(cfg), "show", str(path), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["in_file"]["XMP-dc:Subject"] == ["ExifTool", "Test", "XMP", "bright thing"]

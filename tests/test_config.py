@@ -28,14 +28,18 @@ def test_defaults_without_a_file() -> None:
 @pytest.mark.parametrize(
     ("toml", "message"),
     [
-        ("[watch]\nfolder = ['x']\n", "bad.toml: watch.folder: unknown key (known: folders, recursive, settle_seconds, "
-         "polling, follow_symlinks)"),
+        (
+            "[watch]\nfolder = ['x']\n",
+            "bad.toml: watch.folder: unknown key (known: folders, recursive, settle_seconds, polling, follow_symlinks)",
+        ),
         ("[modle]\nname='x'\n", "bad.toml: modle: unknown section (known: watch, model, index, metadata, serve)"),
         ("[model]\ndevice = 'gpu'\n", "bad.toml: model.device: must be auto, cuda or cpu, not 'gpu'"),
         ("[metadata]\nwrite = 'yes'\n", "bad.toml: metadata.write: must be true or false, not 'yes'"),
         ("[watch]\nfolders = []\n", "bad.toml: watch.folders: must be a list of strings, not []"),
-        ("[model]\ntasks = ['<CAPTION_TO_PHRASE_GROUNDING>']\n",
-         "bad.toml: model.tasks: '<CAPTION_TO_PHRASE_GROUNDING>' is not a Florence-2 task without input"),
+        (
+            "[model]\ntasks = ['<CAPTION_TO_PHRASE_GROUNDING>']\n",
+            "bad.toml: model.tasks: '<CAPTION_TO_PHRASE_GROUNDING>' is not a Florence-2 task without input",
+        ),
         ("[model]\nbatch_size = -1\n", 'bad.toml: model.batch_size: must be "auto" or at least 1'),
         ("[index\n", "bad.toml: (file): not valid TOML"),
     ],

@@ -26,21 +26,34 @@ from daemon.testing.helpers import CORPUS, REPO, read_tags, wait_until, write_co
 
 pytestmark = pytest.mark.slow
 
-CORPUS_FILES = ["pillow/hopper.jpg", "pillow/flower.webp", "pillow/hopper.png", "exiftool/IPTC.jpg",
-                "exiftool/MWG.jpg", "pillow/hopper.gif", "pillow/hopper.heif", "pillow/bad/truncated_jpeg.jpg"]
+CORPUS_FILES = [
+    "pillow/hopper.jpg",
+    "pillow/flower.webp",
+    "pillow/hopper.png",
+    "exiftool/IPTC.jpg",
+    "exiftool/MWG.jpg",
+    "pillow/hopper.gif",
+    "pillow/hopper.heif",
+    "pillow/bad/truncated_jpeg.jpg",
+]
 
 
 class DaemonProcess:
     def __init__(self, config: Path, log: Path) -> None:
         self.log = log
         self._out = open(log, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "daemon", "--config", str(config), "run"],
-                                     stdout=self._out, stderr=subprocess.STDOUT, cwd=REPO,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "daemon", "--config", str(config), "run"],
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
 
     def wait_ready(self, timeout: float = 120) -> None:
-        assert wait_until(lambda: "start-up scan" in self.log.read_text() or self.proc.poll() is not None,
-                          timeout=timeout), self.log.read_text()
+        assert wait_until(
+            lambda: "start-up scan" in self.log.read_text() or self.proc.poll() is not None, timeout=timeout
+        ), self.log.read_text()
         assert self.proc.poll() is None, self.log.read_text()
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
@@ -66,9 +79,9 @@ def status(db: Database) -> dict:
         return index.status(s)
 
 
-
-def test_dropped_images_end_up_indexed_tagged_and_searchable(daemon_env: tuple[Path, Path, Database],
-                                                             tmp_path: Path) -> None:
+def test_dropped_images_end_up_indexed_tagged_and_searchable(
+    daemon_env: tuple[Path, Path, Database], tmp_path: Path
+) -> None:
     config, inbox, db = daemon_env
     daemon = DaemonProcess(config, tmp_path / "daemon.log")
     try:
@@ -82,8 +95,10 @@ def test_dropped_images_end_up_indexed_tagged_and_searchable(daemon_env: tuple[P
                 pixels_before[target] = decode(target).image.tobytes()
         (inbox / "notes.jpg").write_text("a text file with a .jpg name\n")
         expected = len(CORPUS_FILES) + 1
-        assert wait_until(lambda: (lambda st: st["indexed"] + st["failed"] == expected and st["pending"] == 0)(
-            status(db)), timeout=180), (status(db), daemon.log.read_text()[-3000:])
+        assert wait_until(
+            lambda: (lambda st: st["indexed"] + st["failed"] == expected and st["pending"] == 0)(status(db)),
+            timeout=180,
+        ), (status(db), daemon.log.read_text()[-3000:])
         st = status(db)
         assert st["indexed"] == 7 and st["failed"] == 2, st
         assert {Path(f["path"]).name: f["reason"] for f in st["failures"]} == {
@@ -115,8 +130,13 @@ def test_dropped_images_end_up_indexed_tagged_and_searchable(daemon_env: tuple[P
 
         hopper = infos[inbox / "hopper.jpg"]
         word = hopper["caption"].split()[0]
-        search = subprocess.run([sys.executable, "-m", "daemon", "--config", str(config), "search", word, "--json"],
-                                capture_output=True, text=True, cwd=REPO, check=True)
+        search = subprocess.run(
+            [sys.executable, "-m", "daemon", "--config", str(config), "search", word, "--json"],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            check=True,
+        )
         assert str(inbox / "hopper.jpg") in [h["path"] for h in json.loads(search.stdout)]
 
         # A file moved within the inbox is found under its new name, without a model run.
@@ -178,8 +198,9 @@ def test_sigkill_mid_run_and_restart_indexes_every_image_exactly_once(
     daemon = DaemonProcess(config, tmp_path / "final.log")
     try:
         daemon.wait_ready()
-        assert wait_until(lambda: status(db)["indexed"] == len(files) and status(db)["pending"] == 0,
-                          timeout=400), status(db)
+        assert wait_until(lambda: status(db)["indexed"] == len(files) and status(db)["pending"] == 0, timeout=400), (
+            status(db)
+        )
         time.sleep(1.5)
         assert daemon.stop(signal.SIGTERM) == 0
     finally:
@@ -204,8 +225,11 @@ def test_sigterm_during_a_long_batch_returns_it_to_the_queue_quickly(
     config, inbox, db = daemon_env
     slow = tmp_path / "slow.toml"
     # 3 beams and 1,024 tokens a task: one batch takes far longer than a shutdown may.
-    slow.write_text(config.read_text().replace("num_beams = 1", "num_beams = 3")
-                    .replace("max_new_tokens = 16", "max_new_tokens = 1024"))
+    slow.write_text(
+        config.read_text()
+        .replace("num_beams = 1", "num_beams = 3")
+        .replace("max_new_tokens = 16", "max_new_tokens = 1024")
+    )
     daemon = DaemonProcess(slow, tmp_path / "slow.log")
     try:
         daemon.wait_ready()

@@ -51,8 +51,7 @@ def indexed(tmp_path: Path, open_test_pipeline: PipelineFactory) -> tuple[Databa
     return pipeline.db, files
 
 
-def test_coco_export_loads_back_and_holds_every_detection(indexed: tuple[Database, list[Path]],
-                                                          tmp_path: Path) -> None:
+def test_coco_export_loads_back_and_holds_every_detection(indexed: tuple[Database, list[Path]], tmp_path: Path) -> None:
     db, files = indexed
     out = tmp_path / "out" / "coco.json"
     with db.transaction() as s:

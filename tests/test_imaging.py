@@ -16,10 +16,22 @@ from daemon.imaging import MAX_PIXELS, Decoded, Fingerprint, decode, sha256_file
 from daemon.testing.helpers import write_png
 
 GOOD = [
-    "pillow/hopper.jpg", "pillow/hopper.png", "pillow/hopper.webp", "pillow/hopper.tif", "pillow/hopper.gif",
-    "pillow/hopper.bmp", "pillow/hopper.avif", "pillow/hopper.heif", "pillow/frozenpond.mpo",
-    "pillow/16bit.cropped.tif", "pillow/i_trns.png", "pillow/hopper_gray.jpg", "pillow/bad/hopper_bad_exif.jpg",
-    "exiftool/ExifTool.tif", "exiftool/IPTC.jpg", "exiftool/PNG.png",
+    "pillow/hopper.jpg",
+    "pillow/hopper.png",
+    "pillow/hopper.webp",
+    "pillow/hopper.tif",
+    "pillow/hopper.gif",
+    "pillow/hopper.bmp",
+    "pillow/hopper.avif",
+    "pillow/hopper.heif",
+    "pillow/frozenpond.mpo",
+    "pillow/16bit.cropped.tif",
+    "pillow/i_trns.png",
+    "pillow/hopper_gray.jpg",
+    "pillow/bad/hopper_bad_exif.jpg",
+    "exiftool/ExifTool.tif",
+    "exiftool/IPTC.jpg",
+    "exiftool/PNG.png",
 ]
 
 
@@ -37,8 +49,9 @@ RED = (255, 0, 0)
     ("orientation", "red_corner"),
     [(6, (29, 0)), (8, (0, 59))],  # 6: turn 90° clockwise to display; 8: 90° anticlockwise
 )
-def test_exif_orientation_is_applied_in_memory_only(tmp_path: Path, orientation: int,
-                                                    red_corner: tuple[int, int]) -> None:
+def test_exif_orientation_is_applied_in_memory_only(
+    tmp_path: Path, orientation: int, red_corner: tuple[int, int]
+) -> None:
     # Stored 60 wide and 30 high, white with a red top-left corner: displayed 30 wide and 60 high.
     stored = Image.new("RGB", (60, 30), "white")
     stored.paste(RED, (0, 0, 12, 12))
@@ -66,8 +79,9 @@ def test_just_over_the_pixel_limit_is_refused_from_the_header(tmp_path: Path) ->
     assert 10_001 * 10_000 > MAX_PIXELS  # under Pillow's error (about 179 MP): the refusal is ours
     with pytest.raises(ImageError) as err:
         decode(write_png(tmp_path / "big.png", 10_001, 10_000))
-    assert err.value.reason == ("refused: image too large to decode safely "
-                                "(10001x10000 = 100,010,000 pixels, over the limit of 100,000,000)")
+    assert err.value.reason == (
+        "refused: image too large to decode safely (10001x10000 = 100,010,000 pixels, over the limit of 100,000,000)"
+    )
 
 
 def test_the_pixel_limit_itself_is_allowed(corpus: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -89,8 +103,17 @@ def test_between_pillows_warning_and_our_limit_still_decodes(tmp_path: Path) -> 
 
 def test_decoding_in_many_threads_leaves_pillow_and_warnings_alone(corpus: Path, tmp_path: Path) -> None:
     """Decoding shares no state between threads: Pillow's global limit and the warning filters stay put."""
-    normal = [corpus / name for name in ("pillow/hopper.jpg", "pillow/hopper.png", "pillow/hopper.webp",
-                                         "pillow/hopper.gif", "pillow/hopper.tif", "pillow/frozenpond.mpo")]
+    normal = [
+        corpus / name
+        for name in (
+            "pillow/hopper.jpg",
+            "pillow/hopper.png",
+            "pillow/hopper.webp",
+            "pillow/hopper.gif",
+            "pillow/hopper.tif",
+            "pillow/frozenpond.mpo",
+        )
+    ]
     bomb = write_png(tmp_path / "bomb.png", 30_000, 30_000)
     sizes = {path: decode(path).image.size for path in normal}  # decoded one at a time
     limit, filters = Image.MAX_IMAGE_PIXELS, warnings.filters
@@ -169,9 +192,20 @@ def test_missing_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("name", "expected"),
     [
-        ("a.jpg", True), ("A.JPEG", True), ("x.heic", True), ("r.NEF", True), ("p.png", True),
-        (".hidden.jpg", False), ("a.jpg.part", False), ("a.jpg.crdownload", False), ("a.jpg_exiftool_tmp", False),
-        ("a.jpg_original", False), ("a.xmp", False), ("a.jpg.xmp", False), ("notes.txt", False), ("noext", False),
+        ("a.jpg", True),
+        ("A.JPEG", True),
+        ("x.heic", True),
+        ("r.NEF", True),
+        ("p.png", True),
+        (".hidden.jpg", False),
+        ("a.jpg.part", False),
+        ("a.jpg.crdownload", False),
+        ("a.jpg_exiftool_tmp", False),
+        ("a.jpg_original", False),
+        ("a.xmp", False),
+        ("a.jpg.xmp", False),
+        ("notes.txt", False),
+        ("noext", False),
     ],
 )
 def test_candidate_names(name: str, expected: bool) -> None:
@@ -195,6 +229,7 @@ def test_read_errors_in_words() -> None:
     from daemon.imaging import read_error
 
     assert read_error("/p", PermissionError(13, "Permission denied")).reason == (
-        "permission denied: the daemon's user cannot read this file")
+        "permission denied: the daemon's user cannot read this file"
+    )
     assert read_error("/p", IsADirectoryError(21, "Is a directory")).reason == "is a folder, not a file"
     assert read_error("/p", OSError(5, "Input/output error")).reason == "cannot read: Input/output error"

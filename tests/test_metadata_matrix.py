@@ -66,9 +66,12 @@ def libheif_xmp(path: Path) -> dict[str, str]:
     heif = pillow_heif.open_heif(path)
     xmp = heif.info.get("xmp")
     assert xmp, f"no XMP in {path}"
-    ns = {"rdf": "http://www.w3.org/1999/02/22-rdf-syntax-ns#", "dc": "http://purl.org/dc/elements/1.1/",
-          "Iptc4xmpCore": "http://iptc.org/std/Iptc4xmpCore/1.0/xmlns/",
-          "lr": "http://ns.adobe.com/lightroom/1.0/"}
+    ns = {
+        "rdf": "http://www.w3.org/1999/02/22-rdf-syntax-ns#",
+        "dc": "http://purl.org/dc/elements/1.1/",
+        "Iptc4xmpCore": "http://iptc.org/std/Iptc4xmpCore/1.0/xmlns/",
+        "lr": "http://ns.adobe.com/lightroom/1.0/",
+    }
     root = ET.fromstring(xmp.decode("utf-8").strip("\x00"))
 
     def items(tag: str) -> list[str]:
@@ -80,7 +83,6 @@ def libheif_xmp(path: Path) -> dict[str, str]:
         "Xmp.dc.subject": ", ".join(items(f"{{{ns['dc']}}}subject")),
         "Xmp.lr.hierarchicalSubject": ", ".join(items(f"{{{ns['lr']}}}hierarchicalSubject")),
     }
-
 
 
 @pytest.mark.parametrize("name", sorted(MATRIX))

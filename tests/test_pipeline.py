@@ -24,8 +24,9 @@ from daemon.watch import walk_candidates
 class Env:
     """A pipeline over an inbox in tmp_path, built as the daemon builds it."""
 
-    def __init__(self, tmp_path: Path, open_test_pipeline: PipelineFactory, tag_threads: int | None = None,
-                 **sections: dict) -> None:
+    def __init__(
+        self, tmp_path: Path, open_test_pipeline: PipelineFactory, tag_threads: int | None = None, **sections: dict
+    ) -> None:
         self.tmp = tmp_path
         self.inbox = tmp_path / "inbox"
         self.inbox.mkdir(exist_ok=True)
@@ -43,16 +44,17 @@ def env(tmp_path: Path, open_test_pipeline: PipelineFactory) -> Env:
     return Env(tmp_path, open_test_pipeline)
 
 
-
 def test_images_are_indexed_tagged_and_searchable(env: Env) -> None:
-    files = copy_corpus(["pillow/hopper.jpg", "pillow/flower.jpg", "exiftool/Nikon.nef", "pillow/hopper.gif"],
-                        env.inbox)
+    files = copy_corpus(
+        ["pillow/hopper.jpg", "pillow/flower.jpg", "exiftool/Nikon.nef", "pillow/hopper.gif"], env.inbox
+    )
     env.run()
     with env.db.transaction() as s:
         st = index.status(s)
         assert (st["indexed"], st["failed"], st["pending"]) == (3, 1, 0)
-        assert st["failures"] == [{"path": str(files[2]), "reason":
-                                   "RAW file without an embedded preview image large enough to describe"}]
+        assert st["failures"] == [
+            {"path": str(files[2]), "reason": "RAW file without an embedded preview image large enough to describe"}
+        ]
         info = index.file_info(s, str(files[0]))
     assert info is not None
     assert info["caption"].startswith("a ") and info["model"] == "fake-florence"
@@ -92,16 +94,28 @@ def test_copies_and_moves_never_rerun_the_model(env: Env) -> None:
         assert s.scalar(select(func.count()).select_from(Image)) == 1
         assert s.scalar(select(func.count()).select_from(Result)) == 4
         states = {Path(f.path).name: (f.state, f.tag_state) for f in s.scalars(select(File))}
-    assert states == {"flower.jpg": ("deleted", "done"), "copy.jpg": ("indexed", "done"),
-                      "moved.jpg": ("indexed", "done"), "original-again.jpg": ("indexed", "done")}
+    assert states == {
+        "flower.jpg": ("deleted", "done"),
+        "copy.jpg": ("indexed", "done"),
+        "moved.jpg": ("indexed", "done"),
+        "original-again.jpg": ("indexed", "done"),
+    }
     alt = "XMP-iptcCore:AltTextAccessibility"
     values = {read_tags(env.inbox / n, alt)[alt] for n in ("copy.jpg", "moved.jpg", "original-again.jpg")}
     assert len(values) == 1  # the untagged copy was tagged from the index
 
 
 def test_bad_files_fail_alone_with_reasons(env: Env, corpus: Path) -> None:
-    copy_corpus(["pillow/bad/truncated_jpeg.jpg", "pillow/bad/broken.png", "pillow/bad/decompression_bomb.gif",
-                 "pillow/bad/hopper_bad_exif.jpg", "pillow/hopper.png"], env.inbox)
+    copy_corpus(
+        [
+            "pillow/bad/truncated_jpeg.jpg",
+            "pillow/bad/broken.png",
+            "pillow/bad/decompression_bomb.gif",
+            "pillow/bad/hopper_bad_exif.jpg",
+            "pillow/hopper.png",
+        ],
+        env.inbox,
+    )
     (env.inbox / "text.jpg").write_text("just some text\n")
     (env.inbox / "empty.jpg").write_bytes(b"")
     env.run()

@@ -20,8 +20,14 @@ JPEG = Target("/p/photo.jpg", embedded=True, extension=".jpg")
 PREV = {"tags": {ALT: "an old caption", DESC: "An old description."}, "keywords": ["cat"]}
 
 
-def run(current: dict[str, Any], previous: dict[str, Any] | None = None, target: Target = JPEG,
-        wanted: Wanted = WANT, decided: Decisions | None = None, **policy: Any) -> Any:
+def run(
+    current: dict[str, Any],
+    previous: dict[str, Any] | None = None,
+    target: Target = JPEG,
+    wanted: Wanted = WANT,
+    decided: Decisions | None = None,
+    **policy: Any,
+) -> Any:
     return plan(wanted, current, previous, MetadataConfig(**policy), target, decided)
 
 
@@ -30,22 +36,35 @@ TEXT_RULES = [
     ("empty gets ours", {}, None, {}, ALT, "a dog on a sofa"),
     ("a person's alt text stays", {ALT: "Grace, at home"}, None, {}, ALT, None),
     ("our earlier alt text is replaced", {ALT: "an old caption"}, PREV, {}, ALT, "a dog on a sofa"),
-    ("overwrite replaces a person's", {ALT: "Grace, at home"}, None, {"alt_text": "overwrite"}, ALT,
-     "a dog on a sofa"),
+    ("overwrite replaces a person's", {ALT: "Grace, at home"}, None, {"alt_text": "overwrite"}, ALT, "a dog on a sofa"),
     ("off never writes", {}, None, {"alt_text": "off"}, ALT, None),
-    ("camera boilerplate counts as empty", {EXIF_DESC: "OLYMPUS DIGITAL CAMERA"}, None, {}, EXIF_DESC,
-     "A brown dog lies on a red sofa."),
+    (
+        "camera boilerplate counts as empty",
+        {EXIF_DESC: "OLYMPUS DIGITAL CAMERA"},
+        None,
+        {},
+        EXIF_DESC,
+        "A brown dog lies on a red sofa.",
+    ),
     ("a person's text in one description keeps all three", {IPTC_DESC: "My dog"}, None, {}, DESC, None),
-    ("our earlier description is replaced", {DESC: "An old description."}, PREV, {}, DESC,
-     "A brown dog lies on a red sofa."),
+    (
+        "our earlier description is replaced",
+        {DESC: "An old description."},
+        PREV,
+        {},
+        DESC,
+        "A brown dog lies on a red sofa.",
+    ),
     ("description off", {}, None, {"description": "off"}, DESC, None),
 ]
 
 
-@pytest.mark.parametrize(("case", "current", "previous", "policy", "field", "expected"), TEXT_RULES,
-                         ids=[r[0] for r in TEXT_RULES])
-def test_text_field_rules(case: str, current: dict, previous: dict | None, policy: dict, field: str,
-                          expected: str | None) -> None:
+@pytest.mark.parametrize(
+    ("case", "current", "previous", "policy", "field", "expected"), TEXT_RULES, ids=[r[0] for r in TEXT_RULES]
+)
+def test_text_field_rules(
+    case: str, current: dict, previous: dict | None, policy: dict, field: str, expected: str | None
+) -> None:
     out = run(current, previous, **policy)
     assert out.written["tags"].get(field) == expected
     assert (field in out.changed) == (expected is not None and current.get(field) != expected)
@@ -64,8 +83,9 @@ KEYWORD_RULES = [
 ]
 
 
-@pytest.mark.parametrize(("case", "now", "prev", "policy", "expected"), KEYWORD_RULES,
-                         ids=[r[0] for r in KEYWORD_RULES])
+@pytest.mark.parametrize(
+    ("case", "now", "prev", "policy", "expected"), KEYWORD_RULES, ids=[r[0] for r in KEYWORD_RULES]
+)
 def test_keyword_rules(case: str, now: list[str], prev: list[str], policy: dict, expected: list[str] | None) -> None:
     out = run({SUBJ: now, IPTC_KW: now} if now else {}, {"tags": {}, "keywords": prev}, **policy)
     assert out.written["tags"].get(SUBJ) == expected
@@ -76,8 +96,11 @@ def test_keyword_rules(case: str, now: list[str], prev: list[str], policy: dict,
 
 
 def test_hierarchy_keeps_a_persons_tree_and_adds_ours_under_the_parent() -> None:
-    out = run({HIER: ["People|Grace", "florence|cat"], SUBJ: ["Grace", "cat"], TREE: ["People/Grace"]},
-              {"tags": {}, "keywords": ["cat"]}, keyword_parent="florence")
+    out = run(
+        {HIER: ["People|Grace", "florence|cat"], SUBJ: ["Grace", "cat"], TREE: ["People/Grace"]},
+        {"tags": {}, "keywords": ["cat"]},
+        keyword_parent="florence",
+    )
     assert out.written["tags"][HIER] == ["People|Grace", "florence|dog", "florence|sofa"]
     assert out.written["tags"][TREE] == ["People/Grace", "florence/dog", "florence/sofa"]
     assert out.written["tags"][SUBJ] == ["Grace", "dog", "sofa"]
@@ -87,14 +110,17 @@ def test_digikam_tree_only_where_the_file_has_one() -> None:
     assert TREE not in run({}).written["tags"]
 
 
-@pytest.mark.parametrize(("target", "iptc", "exif"), [
-    (JPEG, True, True),
-    (Target("/p/a.tif", True, ".tif"), True, True),
-    (Target("/p/a.png", True, ".png"), False, True),
-    (Target("/p/a.webp", True, ".webp"), False, True),
-    (Target("/p/a.nef.xmp", False, ".nef"), False, False),  # a sidecar: XMP only
-    (Target("/p/a.jpg.xmp", False, ".jpg"), False, False),
-])
+@pytest.mark.parametrize(
+    ("target", "iptc", "exif"),
+    [
+        (JPEG, True, True),
+        (Target("/p/a.tif", True, ".tif"), True, True),
+        (Target("/p/a.png", True, ".png"), False, True),
+        (Target("/p/a.webp", True, ".webp"), False, True),
+        (Target("/p/a.nef.xmp", False, ".nef"), False, False),  # a sidecar: XMP only
+        (Target("/p/a.jpg.xmp", False, ".jpg"), False, False),
+    ],
+)
 def test_tag_families_per_target(target: Target, iptc: bool, exif: bool) -> None:
     out = run({}, target=target)
     assert (IPTC_DESC in out.written["tags"] and IPTC_KW in out.written["tags"]) == iptc
@@ -125,27 +151,75 @@ def test_alt_text_is_cut_at_a_word_and_iptc_keywords_at_64_bytes() -> None:
 
 # --- a person's removals are decisions ------------------------------------------
 
-WROTE = {"tags": {ALT: "a dog on a sofa", DESC: "A brown dog.", SUBJ: ["cat", "sofa"], IPTC_KW: ["cat", "sofa"],
-                  HIER: ["cat", "sofa"]}, "keywords": ["cat", "sofa"]}
+WROTE = {
+    "tags": {
+        ALT: "a dog on a sofa",
+        DESC: "A brown dog.",
+        SUBJ: ["cat", "sofa"],
+        IPTC_KW: ["cat", "sofa"],
+        HIER: ["cat", "sofa"],
+    },
+    "keywords": ["cat", "sofa"],
+}
 KEPT = {ALT: "a dog on a sofa", DESC: "A brown dog."}
 
 # (case, what the file holds now, decisions stored before, expected keywords, expected fields)
 DECISIONS = [
-    ("nothing removed", {**KEPT, SUBJ: ["cat", "sofa"], IPTC_KW: ["cat", "sofa"], HIER: ["cat", "sofa"]},
-     Decisions(), set(), set()),
-    ("a keyword removed everywhere", {**KEPT, SUBJ: ["sofa", "holiday"], IPTC_KW: ["sofa", "holiday"],
-                                      HIER: ["sofa", "holiday"]}, Decisions(), {"cat"}, set()),
-    ("removed from dc:subject only", {**KEPT, SUBJ: ["sofa"], IPTC_KW: ["cat", "sofa"], HIER: ["cat", "sofa"]},
-     Decisions(), {"cat"}, set()),
-    ("the description changed", {ALT: "a dog on a sofa", DESC: "Rex, asleep", SUBJ: ["cat", "sofa"],
-                                 IPTC_KW: ["cat", "sofa"], HIER: ["cat", "sofa"]}, Decisions(), set(), {"description"}),
-    ("the alt text removed", {DESC: "A brown dog.", SUBJ: ["cat", "sofa"], IPTC_KW: ["cat", "sofa"],
-                              HIER: ["cat", "sofa"]}, Decisions(), set(), {"alt_text"}),
-    ("earlier decisions stay", {**KEPT, SUBJ: ["cat", "sofa"], IPTC_KW: ["cat", "sofa"], HIER: ["cat", "sofa"]},
-     Decisions(frozenset({"dog"}), frozenset({"alt_text"})), {"dog"}, {"alt_text"}),
-    ("a keyword added back takes the decision back", {**KEPT, SUBJ: ["cat", "sofa", "dog"], IPTC_KW: ["cat", "sofa"],
-                                                      HIER: ["cat", "sofa"]},
-     Decisions(frozenset({"dog"})), set(), set()),
+    (
+        "nothing removed",
+        {**KEPT, SUBJ: ["cat", "sofa"], IPTC_KW: ["cat", "sofa"], HIER: ["cat", "sofa"]},
+        Decisions(),
+        set(),
+        set(),
+    ),
+    (
+        "a keyword removed everywhere",
+        {**KEPT, SUBJ: ["sofa", "holiday"], IPTC_KW: ["sofa", "holiday"], HIER: ["sofa", "holiday"]},
+        Decisions(),
+        {"cat"},
+        set(),
+    ),
+    (
+        "removed from dc:subject only",
+        {**KEPT, SUBJ: ["sofa"], IPTC_KW: ["cat", "sofa"], HIER: ["cat", "sofa"]},
+        Decisions(),
+        {"cat"},
+        set(),
+    ),
+    (
+        "the description changed",
+        {
+            ALT: "a dog on a sofa",
+            DESC: "Rex, asleep",
+            SUBJ: ["cat", "sofa"],
+            IPTC_KW: ["cat", "sofa"],
+            HIER: ["cat", "sofa"],
+        },
+        Decisions(),
+        set(),
+        {"description"},
+    ),
+    (
+        "the alt text removed",
+        {DESC: "A brown dog.", SUBJ: ["cat", "sofa"], IPTC_KW: ["cat", "sofa"], HIER: ["cat", "sofa"]},
+        Decisions(),
+        set(),
+        {"alt_text"},
+    ),
+    (
+        "earlier decisions stay",
+        {**KEPT, SUBJ: ["cat", "sofa"], IPTC_KW: ["cat", "sofa"], HIER: ["cat", "sofa"]},
+        Decisions(frozenset({"dog"}), frozenset({"alt_text"})),
+        {"dog"},
+        {"alt_text"},
+    ),
+    (
+        "a keyword added back takes the decision back",
+        {**KEPT, SUBJ: ["cat", "sofa", "dog"], IPTC_KW: ["cat", "sofa"], HIER: ["cat", "sofa"]},
+        Decisions(frozenset({"dog"})),
+        set(),
+        set(),
+    ),
 ]
 
 
@@ -166,12 +240,20 @@ def test_a_removed_keyword_is_not_written_back_and_a_removed_field_stays_empty()
 
 def test_a_copy_still_holding_a_rejected_keyword_loses_it() -> None:
     copy = {**KEPT, SUBJ: ["cat", "sofa"], IPTC_KW: ["cat", "sofa"], HIER: ["cat", "sofa"]}
-    out = run(copy, WROTE, decided=Decisions(frozenset({"cat"})),
-              wanted=Wanted("a dog on a sofa", "A brown dog.", ["cat", "sofa"]))
+    out = run(
+        copy,
+        WROTE,
+        decided=Decisions(frozenset({"cat"})),
+        wanted=Wanted("a dog on a sofa", "A brown dog.", ["cat", "sofa"]),
+    )
     assert out.written["tags"][SUBJ] == ["sofa"] and out.decisions.keywords == {"cat"}
 
 
 def test_when_every_keyword_of_ours_is_rejected_the_list_is_cleared() -> None:
-    out = run({SUBJ: ["cat"], IPTC_KW: ["cat"], HIER: ["cat"]}, {"tags": {SUBJ: ["cat"]}, "keywords": ["cat"]},
-              decided=Decisions(frozenset({"cat"})), wanted=Wanted("", "", ["cat"]))
+    out = run(
+        {SUBJ: ["cat"], IPTC_KW: ["cat"], HIER: ["cat"]},
+        {"tags": {SUBJ: ["cat"]}, "keywords": ["cat"]},
+        decided=Decisions(frozenset({"cat"})),
+        wanted=Wanted("", "", ["cat"]),
+    )
     assert f"-{SUBJ}=" in out.args and out.written["tags"][SUBJ] == []

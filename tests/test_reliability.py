@@ -54,9 +54,11 @@ class RunningDaemon:
 
     def settled(self, total: int, timeout: float = 60, interval: float = 0.1) -> dict:
         """Wait until *total* files are indexed or failed and nothing is pending."""
+
         def done() -> bool:
             st = self.status()
             return st["indexed"] + st["failed"] >= total and st["pending"] == 0
+
         assert wait_until(done, timeout=timeout, interval=interval), self.status()
         assert self.error is None, self.error
         return self.status()
@@ -112,7 +114,7 @@ def test_real_copy_tools_each_file_processed_exactly_once(running: RunningDaemon
     data = srcs[6].read_bytes()
     with open(inbox / "slow.jpg", "wb") as f:  # a slow writer: 8 chunks over ~3 s
         for i in range(8):
-            f.write(data[i * len(data) // 8:(i + 1) * len(data) // 8])
+            f.write(data[i * len(data) // 8 : (i + 1) * len(data) // 8])
             f.flush()
             time.sleep(0.4)
     st = running.settled(7)
@@ -243,8 +245,10 @@ def test_load_2000_images_at_once(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert (st["indexed"], st["failed"]) == (2000, 0)
     rate = 2000 / seconds
     with capsys.disabled():
-        print(f"\nload: 2000 images, watch -> hash -> index -> exiftool: {seconds:.1f} s, {rate:.1f} images/s, "
-              f"peak RSS grew {rss_growth_mib:.0f} MiB")
+        print(
+            f"\nload: 2000 images, watch -> hash -> index -> exiftool: {seconds:.1f} s, {rate:.1f} images/s, "
+            f"peak RSS grew {rss_growth_mib:.0f} MiB"
+        )
     assert rss_growth_mib < 300  # the backlog lives in the database, not in memory
 
 
@@ -313,19 +317,33 @@ def test_permissions_as_an_unprivileged_user(tmp_path: Path) -> None:
         (inbox / "ro").chmod(0o555)  # neither the file nor a sidecar can be written
         locked_before = paths["locked.jpg"].read_bytes()
 
-        proc = subprocess.run([sys.executable, "-c", _AS_USER_SCRIPT, str(root), str(REPO), str(uid),
-                               *[str(p) for p in paths.values()]],
-                              capture_output=True, text=True, timeout=300, cwd=root)
+        proc = subprocess.run(
+            [sys.executable, "-c", _AS_USER_SCRIPT, str(root), str(REPO), str(uid), *[str(p) for p in paths.values()]],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=root,
+        )
         assert proc.returncode == 0, proc.stderr
         st = json.loads(proc.stdout.strip().splitlines()[-1])
         # Nothing loaded after giving up root: a checkout the user cannot read would fail there.
         assert st["imported_late"] == []
         assert st["indexed"] == 3 and st["pending"] == 0
-        assert st["failures"] == [{"path": str(paths["unreadable.jpg"]),
-                                   "reason": "permission denied: the daemon's user cannot read this file"}]
-        assert st["metadata_failures"] == [{"path": str(paths["ro/photo.jpg"]), "reason": (
-            f"metadata not written: cannot write metadata: neither the file nor a sidecar in {inbox / 'ro'} "
-            "is writable")}]
+        assert st["failures"] == [
+            {
+                "path": str(paths["unreadable.jpg"]),
+                "reason": "permission denied: the daemon's user cannot read this file",
+            }
+        ]
+        assert st["metadata_failures"] == [
+            {
+                "path": str(paths["ro/photo.jpg"]),
+                "reason": (
+                    f"metadata not written: cannot write metadata: neither the file nor a sidecar in {inbox / 'ro'} "
+                    "is writable"
+                ),
+            }
+        ]
         tags = st["tag_states"]
         assert (tags[str(paths["ok.jpg"])], tags[str(paths["locked.jpg"])]) == ("done", "done")
         assert paths["locked.jpg"].read_bytes() == locked_before

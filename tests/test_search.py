@@ -22,7 +22,7 @@ from daemon.search import MARK_END, MARK_START, fts_query, parse, search
         ("desc:sofa ocr:total objects:wheel", '{description} : "sofa" AND {ocr} : "total" AND {labels} : "wheel"', ""),
         ("Caption:Red", '{caption} : "Red"', ""),
         ("car -dog", '"car"', '"dog"'),
-        ("-label:dog -\"red sofa\"", "", '{labels} : "dog" OR "red sofa"'),
+        ('-label:dog -"red sofa"', "", '{labels} : "dog" OR "red sofa"'),
         ("cat OR dog", '"cat" OR "dog"', ""),
         ("a b OR c", '"a" AND "b" OR "c"', ""),
         ("OR a OR", '"a"', ""),
@@ -63,8 +63,10 @@ def test_filters_parse_and_bad_dates_are_explained(tmp_path: Path) -> None:
 # Documents of deleted files are never found, but still count in bm25's statistics. Without
 # these, "red" or "car" would be in most documents: bm25 then gives them no weight, every
 # score is 0 and the order of the hits says nothing.
-OTHERS = [(f"/old/{word}.jpg", f"a {word} in a field", f"A {word} stands in a green field.", "", word, "2020-01-01")
-          for word in ("tree", "horse", "house", "tractor", "fence", "barn")]
+OTHERS = [
+    (f"/old/{word}.jpg", f"a {word} in a field", f"A {word} stands in a green field.", "", word, "2020-01-01")
+    for word in ("tree", "horse", "house", "tractor", "fence", "barn")
+]
 
 
 @pytest.fixture
@@ -173,9 +175,39 @@ def test_filters_alone_and_with_words(db: Database, filters: dict, paths: list[s
     db.close()
 
 
-NASTY = ['"', "'", '""', "NEAR(", "NEAR(a b, 2)", "a:b:c", "*", "^a", "--", "(", ")", "{caption}", "{caption} : x",
-         "caption:(", "caption:*", "\\", "%", "_", "OR", "NOT", "AND", "a AND OR NOT b", "\x00", "x" * 5000,
-         "'; DROP TABLE files; --", "label:", "-\"", "path:\"/p", "日本語 -", "caption:\"\"", "col:\"a\" OR -"]
+NASTY = [
+    '"',
+    "'",
+    '""',
+    "NEAR(",
+    "NEAR(a b, 2)",
+    "a:b:c",
+    "*",
+    "^a",
+    "--",
+    "(",
+    ")",
+    "{caption}",
+    "{caption} : x",
+    "caption:(",
+    "caption:*",
+    "\\",
+    "%",
+    "_",
+    "OR",
+    "NOT",
+    "AND",
+    "a AND OR NOT b",
+    "\x00",
+    "x" * 5000,
+    "'; DROP TABLE files; --",
+    "label:",
+    '-"',
+    'path:"/p',
+    "日本語 -",
+    'caption:""',
+    'col:"a" OR -',
+]
 
 
 @pytest.mark.parametrize("query", NASTY)

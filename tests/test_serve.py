@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 SCRIPT = "<script>window.pwned=1</script>"
 BREAKOUT = '"><svg onload=window.pwned=2>'  # out of an attribute, into an element
 TEMPLATE = "{{ 7*7 }}"  # would show 49 if model text ever became template source
-HOSTILE = f'{SCRIPT} & {BREAKOUT} {TEMPLATE}'  # night.jpg's caption
+HOSTILE = f"{SCRIPT} & {BREAKOUT} {TEMPLATE}"  # night.jpg's caption
 HOSTILE_DESCRIPTION = f"A night {TEMPLATE} {SCRIPT}"
 HOSTILE_LABELS = [BREAKOUT, "<img src=x onerror=window.pwned=3>", TEMPLATE]  # objects, and so keywords
 HOSTILE_OCR = [SCRIPT, TEMPLATE]  # text regions, and so the text in the image
@@ -44,11 +44,17 @@ class HostileAnalyzer(FakeAnalyzer):
             if im.size == (300, 200):  # night.jpg
                 r["<CAPTION>"] = HOSTILE
                 r["<MORE_DETAILED_CAPTION>"] = HOSTILE_DESCRIPTION
-                r["<OD>"] = {"bboxes": [[10 + 40 * i, 20, 40 + 40 * i, 90] for i in range(len(HOSTILE_LABELS))],
-                             "labels": HOSTILE_LABELS}
-                r["<OCR_WITH_REGION>"] = {"quad_boxes": [[10, 120 + 30 * i, 200, 120 + 30 * i, 200, 140 + 30 * i,
-                                                          10, 140 + 30 * i] for i in range(len(HOSTILE_OCR))],
-                                          "labels": HOSTILE_OCR}
+                r["<OD>"] = {
+                    "bboxes": [[10 + 40 * i, 20, 40 + 40 * i, 90] for i in range(len(HOSTILE_LABELS))],
+                    "labels": HOSTILE_LABELS,
+                }
+                r["<OCR_WITH_REGION>"] = {
+                    "quad_boxes": [
+                        [10, 120 + 30 * i, 200, 120 + 30 * i, 200, 140 + 30 * i, 10, 140 + 30 * i]
+                        for i in range(len(HOSTILE_OCR))
+                    ],
+                    "labels": HOSTILE_OCR,
+                }
         return out
 
 
@@ -124,10 +130,22 @@ def test_thumbnails_are_made_once_and_cached_on_disk(site: Site, tmp_path: Path)
     assert Image.open(__import__("io").BytesIO(view)).size == Image.open(site.files[1]).size  # small: not resized
 
 
-@pytest.mark.parametrize("path", [
-    "/thumb/../../etc/passwd", "/view/..%2f..%2fetc%2fpasswd", "/image/999999", "/thumb/-1", "/image/1/../../x",
-    "//etc/passwd", "/etc/passwd", "/file?path=/etc/passwd", "/thumb/1%00", "/view/" + "9" * 40, "/static/../x",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/thumb/../../etc/passwd",
+        "/view/..%2f..%2fetc%2fpasswd",
+        "/image/999999",
+        "/thumb/-1",
+        "/image/1/../../x",
+        "//etc/passwd",
+        "/etc/passwd",
+        "/file?path=/etc/passwd",
+        "/thumb/1%00",
+        "/view/" + "9" * 40,
+        "/static/../x",
+    ],
+)
 def test_only_indexed_files_are_served(site: Site, path: str) -> None:
     status, _headers, body = site.get(path)
     assert status == 404
@@ -161,8 +179,9 @@ def test_every_text_is_escaped_and_nothing_comes_from_elsewhere(site: Site) -> N
         assert text in page  # there, as text
 
 
-def test_an_error_is_a_500_page_and_the_server_goes_on(site: Site, monkeypatch: pytest.MonkeyPatch,
-                                                      caplog: pytest.LogCaptureFixture) -> None:
+def test_an_error_is_a_500_page_and_the_server_goes_on(
+    site: Site, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     def fail(target: str) -> None:
         raise RuntimeError(f"<b>{target}</b>")
 
@@ -187,8 +206,10 @@ def _chromium() -> tuple[str, str]:
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     driver = shutil.which("chromedriver")
     if not (browser and driver):
-        pytest.fail("the browser test needs Debian's chromium and chromium-driver: "
-                    "sudo apt-get install chromium chromium-driver (make test installs them as root)")
+        pytest.fail(
+            "the browser test needs Debian's chromium and chromium-driver: "
+            "sudo apt-get install chromium chromium-driver (make test installs them as root)"
+        )
     return browser, driver
 
 
@@ -200,8 +221,15 @@ def chrome() -> Iterator[WebDriver]:
     browser, driver_path = _chromium()
     opts = webdriver.ChromeOptions()
     opts.binary_location = browser
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1280,1000", "--no-first-run", "--disable-extensions"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,1000",
+        "--no-first-run",
+        "--disable-extensions",
+    ):
         opts.add_argument(arg)
     os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium Manager look for drivers online
     driver = webdriver.Chrome(options=opts, service=webdriver.ChromeService(executable_path=driver_path))
@@ -230,8 +258,11 @@ def test_in_a_real_browser_search_open_and_toggle_the_overlay(site: Site, chrome
     assert driver.execute_script("return [...document.images].every(i => i.complete && i.naturalWidth > 0)")
     cards[0].click()
     wait.until(lambda d: d.find_elements(By.ID, "overlay"))
-    wait.until(lambda d: d.execute_script("const i = document.getElementById('picture');"
-                                          "return i.complete && i.naturalWidth > 0"))
+    wait.until(
+        lambda d: d.execute_script(
+            "const i = document.getElementById('picture');return i.complete && i.naturalWidth > 0"
+        )
+    )
     objects = driver.find_element(By.CSS_SELECTOR, 'g.layer[data-layer="objects"] polygon')
     assert objects.is_displayed()
     # The overlay lies on the picture: the box's top-left corner is the picture's top-left corner.
@@ -299,15 +330,26 @@ def test_in_a_real_browser_the_models_text_is_only_text(site: Site, chrome: WebD
     assert all(t.is_displayed() for t in labels)
     label_texts = [t.text for t in labels]
     assert label_texts == [*HOSTILE_LABELS, *HOSTILE_OCR]
-    assert driver.execute_script("return [...document.querySelectorAll('#overlay title')].map(t => t.textContent)") \
-        == [*HOSTILE_LABELS, *HOSTILE_OCR]
+    assert driver.execute_script("return [...document.querySelectorAll('#overlay title')].map(t => t.textContent)") == [
+        *HOSTILE_LABELS,
+        *HOSTILE_OCR,
+    ]
     written = _rows(driver, "h2 ~ table")
     assert written["XMP-iptcCore:AltTextAccessibility"] == HOSTILE
     assert written["XMP-dc:Description"] == HOSTILE_DESCRIPTION
     assert written["XMP-dc:Subject"] == ", ".join(HOSTILE_LABELS)
     # {{ 7*7 }} stayed itself wherever it was shown (the labels: compared whole above); nothing made it 49.
-    spots = [driver.title, facts["Caption"], facts["Description"], facts["Keywords"], facts["Text in the image"],
-             written["XMP-dc:Description"], written["XMP-dc:Subject"], card_caption, snip_text]
+    spots = [
+        driver.title,
+        facts["Caption"],
+        facts["Description"],
+        facts["Keywords"],
+        facts["Text in the image"],
+        written["XMP-dc:Description"],
+        written["XMP-dc:Subject"],
+        card_caption,
+        snip_text,
+    ]
     assert all(TEMPLATE in text and "49" not in text for text in spots)
 
 
@@ -324,8 +366,9 @@ def test_serve_command_listens_on_loopback_and_answers(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, tmp_path / "no-model")  # serving needs no model
     with cfg.open("a") as fh:
         fh.write(f'[serve]\nport = 0\nthumbnails = "{tmp_path / "thumbs"}"\n')
-    proc = subprocess.Popen([sys.executable, "-m", "daemon", "--config", str(cfg), "serve"], cwd=REPO,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "daemon", "--config", str(cfg), "serve"], cwd=REPO, stderr=subprocess.PIPE, text=True
+    )
     assert proc.stderr is not None
     try:
         line = proc.stderr.readline()

@@ -29,7 +29,6 @@ def writer() -> Iterator[MetadataWriter]:
     w.close()
 
 
-
 def pixels(path: Path) -> str:
     return hashlib.sha256(decode(path).image.tobytes()).hexdigest()
 
@@ -49,16 +48,24 @@ def pixels(path: Path) -> str:
         ("exiftool/DNG.dng", False, False),
     ],
 )
-def test_fields_round_trip_per_format(writer: MetadataWriter, tmp_path: Path, name: str, embedded: bool,
-                                      iptc: bool) -> None:
+def test_fields_round_trip_per_format(
+    writer: MetadataWriter, tmp_path: Path, name: str, embedded: bool, iptc: bool
+) -> None:
     [path] = copy_corpus([name], tmp_path)
     before_bytes = path.read_bytes()
     before_pixels = pixels(path) if not name.endswith((".nef", ".dng")) else None
     out = writer.write(path, alt_text=f"alt {NON_LATIN}", description=f"desc {NON_LATIN}", keywords=["dog", "日本"])
     target = Path(out.target)
     assert target == (path if embedded else path.with_name(path.name + ".xmp"))
-    got = read_tags(target, "XMP-iptcCore:AltTextAccessibility", "XMP-dc:Description", "XMP-dc:Subject",
-                        "XMP-lr:HierarchicalSubject", "IPTC:Keywords", "IPTC:Caption-Abstract")
+    got = read_tags(
+        target,
+        "XMP-iptcCore:AltTextAccessibility",
+        "XMP-dc:Description",
+        "XMP-dc:Subject",
+        "XMP-lr:HierarchicalSubject",
+        "IPTC:Keywords",
+        "IPTC:Caption-Abstract",
+    )
     assert got["XMP-iptcCore:AltTextAccessibility"] == f"alt {NON_LATIN}"
     assert got["XMP-dc:Description"] == f"desc {NON_LATIN}"
     assert got["XMP-dc:Subject"] == ["dog", "日本"]
@@ -78,9 +85,16 @@ def test_fields_round_trip_per_format(writer: MetadataWriter, tmp_path: Path, na
 def test_a_persons_description_and_keywords_survive(writer: MetadataWriter, tmp_path: Path) -> None:
     [path] = copy_corpus(["exiftool/MWG.jpg"], tmp_path)
     out = writer.write(path, alt_text="a small test image", description="ours", keywords=["square"])
-    got = read_tags(path, "XMP-dc:Description", "IFD0:ImageDescription", "IPTC:Caption-Abstract",
-                        "XMP-dc:Subject", "IPTC:Keywords", "XMP-lr:HierarchicalSubject",
-                        "XMP-iptcCore:AltTextAccessibility")
+    got = read_tags(
+        path,
+        "XMP-dc:Description",
+        "IFD0:ImageDescription",
+        "IPTC:Caption-Abstract",
+        "XMP-dc:Subject",
+        "IPTC:Keywords",
+        "XMP-lr:HierarchicalSubject",
+        "XMP-iptcCore:AltTextAccessibility",
+    )
     assert got["XMP-dc:Description"] == "WRONG-XMP-Description"
     assert got["IFD0:ImageDescription"] == "RIGHT-EXIF-Description"
     assert got["IPTC:Caption-Abstract"] == "WRONG-IPTC-Description"
@@ -88,8 +102,12 @@ def test_a_persons_description_and_keywords_survive(writer: MetadataWriter, tmp_
     assert got["IPTC:Keywords"] == ["WRONG1of2-IPTC-Keywords", "WRONG2of2-IPTC-Keywords", "square"]
     # HierarchicalSubject holds every keyword (Immich reads it instead of dc:subject).
     assert set(got["XMP-lr:HierarchicalSubject"]) == {
-        "RIGHT1of2-XMP-Keywords", "RIGHT2of2-XMP-Keywords", "WRONG1of2-IPTC-Keywords", "WRONG2of2-IPTC-Keywords",
-        "square"}
+        "RIGHT1of2-XMP-Keywords",
+        "RIGHT2of2-XMP-Keywords",
+        "WRONG1of2-IPTC-Keywords",
+        "WRONG2of2-IPTC-Keywords",
+        "square",
+    }
     assert got["XMP-iptcCore:AltTextAccessibility"] == "a small test image"
     assert set(out.kept) == {"XMP-dc:Description", "IFD0:ImageDescription", "IPTC:Caption-Abstract"}
 
@@ -98,12 +116,13 @@ def test_retag_replaces_only_our_own_values(writer: MetadataWriter, tmp_path: Pa
     [path] = copy_corpus(["exiftool/IPTC.jpg"], tmp_path)
     first = writer.write(path, alt_text="first alt", description="first", keywords=["cat", "sofa"])
     # A person adds a keyword after us.
-    subprocess.run(["exiftool", "-overwrite_original", "-XMP-dc:Subject+=holiday", str(path)], check=True,
-                   capture_output=True)
-    second = writer.write(path, alt_text="second alt", description="second", keywords=["dog"],
-                          previous=first.written)
-    got = read_tags(path, "XMP-dc:Subject", "IPTC:Keywords", "XMP-iptcCore:AltTextAccessibility",
-                        "IPTC:Caption-Abstract")
+    subprocess.run(
+        ["exiftool", "-overwrite_original", "-XMP-dc:Subject+=holiday", str(path)], check=True, capture_output=True
+    )
+    second = writer.write(path, alt_text="second alt", description="second", keywords=["dog"], previous=first.written)
+    got = read_tags(
+        path, "XMP-dc:Subject", "IPTC:Keywords", "XMP-iptcCore:AltTextAccessibility", "IPTC:Caption-Abstract"
+    )
     assert got["XMP-dc:Subject"] == ["holiday", "dog"]
     assert got["IPTC:Keywords"] == ["ExifTool", "Test", "IPTC", "dog"]
     assert got["XMP-iptcCore:AltTextAccessibility"] == "second alt"  # still ours: replaced
@@ -114,21 +133,29 @@ def test_retag_replaces_only_our_own_values(writer: MetadataWriter, tmp_path: Pa
 def test_alt_text_a_person_edited_is_kept(writer: MetadataWriter, tmp_path: Path) -> None:
     [path] = copy_corpus(["pillow/hopper.jpg"], tmp_path)
     first = writer.write(path, alt_text="ours", description="ours too", keywords=[])
-    subprocess.run(["exiftool", "-overwrite_original", "-XMP-iptcCore:AltTextAccessibility=Grace Hopper, portrait",
-                    str(path)], check=True, capture_output=True)
-    out = writer.write(path, alt_text="new model text", description="new description", keywords=[],
-                       previous=first.written)
+    subprocess.run(
+        ["exiftool", "-overwrite_original", "-XMP-iptcCore:AltTextAccessibility=Grace Hopper, portrait", str(path)],
+        check=True,
+        capture_output=True,
+    )
+    out = writer.write(
+        path, alt_text="new model text", description="new description", keywords=[], previous=first.written
+    )
     got = read_tags(path, "XMP-iptcCore:AltTextAccessibility", "XMP-dc:Description")
-    assert got == {"SourceFile": str(path), "XMP-iptcCore:AltTextAccessibility": "Grace Hopper, portrait",
-                   "XMP-dc:Description": "new description"}
+    assert got == {
+        "SourceFile": str(path),
+        "XMP-iptcCore:AltTextAccessibility": "Grace Hopper, portrait",
+        "XMP-dc:Description": "new description",
+    }
     assert out.kept == ["XMP-iptcCore:AltTextAccessibility"]
 
 
 def test_newline_injection_cannot_erase_tags(writer: MetadataWriter, tmp_path: Path) -> None:
     [path] = copy_corpus(["exiftool/IPTC.jpg"], tmp_path)
     before = read_tags(path, "IPTC:all")
-    writer.write(path, alt_text="caption\n-all=", description="x\r\n-IPTC:all=\n-o\n/tmp/evil.jpg",
-                 keywords=["k\n-all="])
+    writer.write(
+        path, alt_text="caption\n-all=", description="x\r\n-IPTC:all=\n-o\n/tmp/evil.jpg", keywords=["k\n-all="]
+    )
     after = read_tags(path, "IPTC:all", "XMP-iptcCore:AltTextAccessibility", "XMP-dc:Subject")
     for key, value in before.items():
         if key not in ("SourceFile", "IPTC:Keywords", "IPTC:CodedCharacterSet"):
@@ -174,11 +201,15 @@ def test_stale_exiftool_temp_files_are_removed(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("boilerplate", ["OLYMPUS DIGITAL CAMERA", "SONY DSC", "   "])
-def test_camera_boilerplate_is_not_a_persons_description(writer: MetadataWriter, tmp_path: Path,
-                                                         boilerplate: str) -> None:
+def test_camera_boilerplate_is_not_a_persons_description(
+    writer: MetadataWriter, tmp_path: Path, boilerplate: str
+) -> None:
     [path] = copy_corpus(["pillow/hopper.jpg"], tmp_path)
-    subprocess.run(["exiftool", "-overwrite_original", f"-EXIF:ImageDescription={boilerplate}", str(path)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["exiftool", "-overwrite_original", f"-EXIF:ImageDescription={boilerplate}", str(path)],
+        check=True,
+        capture_output=True,
+    )
     writer.write(path, alt_text="a", description="A portrait of a woman in uniform.", keywords=[])
     assert read_tags(path, "IFD0:ImageDescription")["IFD0:ImageDescription"] == "A portrait of a woman in uniform."
 
@@ -193,10 +224,20 @@ def test_policy_overwrite_and_off(tmp_path: Path) -> None:
     [path] = copy_corpus(["exiftool/MWG.jpg"], tmp_path)
     with writer_with(description="overwrite", alt_text="off", keywords="off") as w:
         w.write(path, alt_text="ours", description="A new description", keywords=["square"])
-    got = read_tags(path, "XMP-dc:Description", "IFD0:ImageDescription", "IPTC:Caption-Abstract",
-                        "XMP-iptcCore:AltTextAccessibility", "XMP-dc:Subject")
-    assert got["XMP-dc:Description"] == got["IFD0:ImageDescription"] == got["IPTC:Caption-Abstract"] == (
-        "A new description")
+    got = read_tags(
+        path,
+        "XMP-dc:Description",
+        "IFD0:ImageDescription",
+        "IPTC:Caption-Abstract",
+        "XMP-iptcCore:AltTextAccessibility",
+        "XMP-dc:Subject",
+    )
+    assert (
+        got["XMP-dc:Description"]
+        == got["IFD0:ImageDescription"]
+        == got["IPTC:Caption-Abstract"]
+        == ("A new description")
+    )
     assert "XMP-iptcCore:AltTextAccessibility" not in got  # off: never touched
     assert got["XMP-dc:Subject"] == ["RIGHT1of2-XMP-Keywords", "RIGHT2of2-XMP-Keywords"]
 
@@ -225,14 +266,23 @@ def test_pre_existing_keywords_survive_every_run(writer: MetadataWriter, tmp_pat
         new = new if isinstance(new, list) else [new]
         assert new[: len(old)] == old, tag  # every person's keyword, in order
         if old or tag == "XMP-dc:Subject":
-            assert new[len(old):] == ["tree"], tag  # and only our latest ones
+            assert new[len(old) :] == ["tree"], tag  # and only our latest ones
 
 
 def test_digikam_tagslist_and_keyword_parent(tmp_path: Path) -> None:
     [path] = copy_corpus(["pillow/hopper.jpg"], tmp_path)
-    subprocess.run(["exiftool", "-overwrite_original", "-XMP-digiKam:TagsList=People/Grace",
-                    "-XMP-lr:HierarchicalSubject=People|Grace", "-XMP-dc:Subject=Grace", str(path)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            "exiftool",
+            "-overwrite_original",
+            "-XMP-digiKam:TagsList=People/Grace",
+            "-XMP-lr:HierarchicalSubject=People|Grace",
+            "-XMP-dc:Subject=Grace",
+            str(path),
+        ],
+        check=True,
+        capture_output=True,
+    )
     with writer_with(keyword_parent="florence") as w:
         first = w.write(path, alt_text="a", description="d", keywords=["uniform", "portrait"])
         w.write(path, alt_text="a", description="d", keywords=["portrait"], previous=first.written)
@@ -270,8 +320,11 @@ def test_sidecar_modes(tmp_path: Path, mode: str, name: str, expected: str) -> N
 def test_lightroom_style_sidecar_name_and_an_existing_sidecar_is_updated(tmp_path: Path) -> None:
     [path] = copy_corpus(["exiftool/Nikon.nef"], tmp_path)
     sidecar = tmp_path / "Nikon.xmp"
-    subprocess.run(["exiftool", "-o", str(sidecar), "-XMP-xmp:Rating=4", "-XMP-dc:Subject=raw", str(path)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["exiftool", "-o", str(sidecar), "-XMP-xmp:Rating=4", "-XMP-dc:Subject=raw", str(path)],
+        check=True,
+        capture_output=True,
+    )
     with writer_with(sidecar_name="{stem}.xmp") as w:
         out = w.write(path, alt_text="a", description="d", keywords=["k"])
     assert out.target == str(sidecar)
@@ -289,8 +342,9 @@ def test_read_only_file_gets_a_sidecar(writer: MetadataWriter, tmp_path: Path) -
     assert out.target == str(path) + ".xmp" and path.read_bytes() == before
 
 
-def test_unwritable_file_gets_a_sidecar_even_as_root(writer: MetadataWriter, tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unwritable_file_gets_a_sidecar_even_as_root(
+    writer: MetadataWriter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Root ignores permission bits, and CI runs as root: deny write access the
     # way a read-only mount would, for the image only (the sidecar is real).
     import daemon.metadata.exiftool as tag
@@ -301,22 +355,25 @@ def test_unwritable_file_gets_a_sidecar_even_as_root(writer: MetadataWriter, tmp
     monkeypatch.setattr(tag.os, "access", lambda p, mode: False if Path(p) == path else real_access(p, mode))
     out = writer.write(path, alt_text="a read-only photo", description="d", keywords=["k"])
     assert out.target == str(path) + ".xmp" and path.read_bytes() == before
-    assert read_tags(Path(out.target), "XMP-iptcCore:AltTextAccessibility")[
-        "XMP-iptcCore:AltTextAccessibility"] == "a read-only photo"
+    assert (
+        read_tags(Path(out.target), "XMP-iptcCore:AltTextAccessibility")["XMP-iptcCore:AltTextAccessibility"]
+        == "a read-only photo"
+    )
 
 
 def test_iptc_byte_limits_never_split_a_character(writer: MetadataWriter, tmp_path: Path) -> None:
     [path] = copy_corpus(["pillow/hopper.jpg"], tmp_path)
     long_kw = "日本語" * 10  # 90 UTF-8 bytes; IPTC keywords hold 64
     long_desc = "Ελληνικά " * 300  # ~5,100 bytes; IPTC captions hold 2,000
-    writer.write(path, alt_text='a "quoted" \'alt\' text', description=long_desc, keywords=[long_kw])
-    got = read_tags(path, "IPTC:Keywords", "XMP-dc:Subject", "IPTC:Caption-Abstract",
-                        "XMP-iptcCore:AltTextAccessibility")
+    writer.write(path, alt_text="a \"quoted\" 'alt' text", description=long_desc, keywords=[long_kw])
+    got = read_tags(
+        path, "IPTC:Keywords", "XMP-dc:Subject", "IPTC:Caption-Abstract", "XMP-iptcCore:AltTextAccessibility"
+    )
     iptc_kw = got["IPTC:Keywords"][0] if isinstance(got["IPTC:Keywords"], list) else got["IPTC:Keywords"]
     assert len(iptc_kw.encode()) <= 64 and long_kw.startswith(iptc_kw) and len(iptc_kw) == 21
     assert got["XMP-dc:Subject"] == [long_kw]
     assert len(got["IPTC:Caption-Abstract"].encode()) <= 2000 and long_desc.startswith(got["IPTC:Caption-Abstract"])
-    assert got["XMP-iptcCore:AltTextAccessibility"] == 'a "quoted" \'alt\' text'
+    assert got["XMP-iptcCore:AltTextAccessibility"] == "a \"quoted\" 'alt' text"
 
 
 def test_read_many_reads_what_read_reads(writer: MetadataWriter, tmp_path: Path) -> None:
@@ -330,8 +387,9 @@ def test_read_many_reads_what_read_reads(writer: MetadataWriter, tmp_path: Path)
     assert got[paths[1]]["XMP-dc:Description"] == NON_LATIN
 
 
-def test_read_many_leaves_out_what_it_could_not_read(writer: MetadataWriter, tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_read_many_leaves_out_what_it_could_not_read(
+    writer: MetadataWriter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     good, vanishing = copy_corpus(["exiftool/MWG.jpg", "pillow/hopper.jpg"], tmp_path)
     text = tmp_path / "text.jpg"
     text.write_text("not a jpeg")
@@ -355,4 +413,7 @@ def test_a_fresh_read_is_not_needed_when_the_caller_read_the_file(writer: Metada
     out = writer.write(path, alt_text="alt", description="ours", keywords=["square"], current=current)
     assert out.before == current
     assert read_tags(path, "XMP-dc:Subject")["XMP-dc:Subject"] == [
-        "RIGHT1of2-XMP-Keywords", "RIGHT2of2-XMP-Keywords", "square"]
+        "RIGHT1of2-XMP-Keywords",
+        "RIGHT2of2-XMP-Keywords",
+        "square",
+    ]

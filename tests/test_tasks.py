@@ -30,11 +30,19 @@ from .test_export import validate_coco
 
 # What each kind of task's parsed result looks like.
 SHAPES = {
-    "<CAPTION>": str, "<DETAILED_CAPTION>": str, "<MORE_DETAILED_CAPTION>": str, "<OCR>": str,
-    "<REGION_TO_CATEGORY>": str, "<REGION_TO_DESCRIPTION>": str, "<REGION_TO_OCR>": str,
-    "<OD>": {"bboxes", "labels"}, "<DENSE_REGION_CAPTION>": {"bboxes", "labels"},
-    "<REGION_PROPOSAL>": {"bboxes", "labels"}, "<CAPTION_TO_PHRASE_GROUNDING>": {"bboxes", "labels"},
-    "<REFERRING_EXPRESSION_SEGMENTATION>": {"polygons", "labels"}, "<REGION_TO_SEGMENTATION>": {"polygons", "labels"},
+    "<CAPTION>": str,
+    "<DETAILED_CAPTION>": str,
+    "<MORE_DETAILED_CAPTION>": str,
+    "<OCR>": str,
+    "<REGION_TO_CATEGORY>": str,
+    "<REGION_TO_DESCRIPTION>": str,
+    "<REGION_TO_OCR>": str,
+    "<OD>": {"bboxes", "labels"},
+    "<DENSE_REGION_CAPTION>": {"bboxes", "labels"},
+    "<REGION_PROPOSAL>": {"bboxes", "labels"},
+    "<CAPTION_TO_PHRASE_GROUNDING>": {"bboxes", "labels"},
+    "<REFERRING_EXPRESSION_SEGMENTATION>": {"polygons", "labels"},
+    "<REGION_TO_SEGMENTATION>": {"polygons", "labels"},
     "<OPEN_VOCABULARY_DETECTION>": {"bboxes", "bboxes_labels", "polygons", "polygons_labels"},
     "<OCR_WITH_REGION>": {"quad_boxes", "labels"},
 }
@@ -72,10 +80,19 @@ def test_every_task_runs_on_the_tiny_model(analyzer: FlorenceAnalyzer, hopper: I
 
 @pytest.mark.parametrize(
     ("name", "token"),
-    [("objects", "<OD>"), ("<OD>", "<OD>"), ("od", "<OD>"), ("OD", "<OD>"), ("caption", "<CAPTION>"),
-     ("ocr", "<OCR>"), ("ground", "<CAPTION_TO_PHRASE_GROUNDING>"),
-     ("segment", "<REFERRING_EXPRESSION_SEGMENTATION>"), ("segment-region", "<REGION_TO_SEGMENTATION>"),
-     ("describe-region", "<REGION_TO_DESCRIPTION>"), ("  Dense  ", "<DENSE_REGION_CAPTION>")],
+    [
+        ("objects", "<OD>"),
+        ("<OD>", "<OD>"),
+        ("od", "<OD>"),
+        ("OD", "<OD>"),
+        ("caption", "<CAPTION>"),
+        ("ocr", "<OCR>"),
+        ("ground", "<CAPTION_TO_PHRASE_GROUNDING>"),
+        ("segment", "<REFERRING_EXPRESSION_SEGMENTATION>"),
+        ("segment-region", "<REGION_TO_SEGMENTATION>"),
+        ("describe-region", "<REGION_TO_DESCRIPTION>"),
+        ("  Dense  ", "<DENSE_REGION_CAPTION>"),
+    ],
 )
 def test_aliases_and_raw_tokens(name: str, token: str) -> None:
     assert task_named(name).token == token
@@ -112,8 +129,9 @@ def test_region_becomes_florence_location_bins(analyzer: FlorenceAnalyzer) -> No
         ("region-ocr", None, (50, 0, 10, 5), "--box 50,0,10,5 is not a region of this 128x128 image"),
     ],
 )
-def test_wrong_inputs_are_clear_errors(analyzer: FlorenceAnalyzer, hopper: Image.Image, task: str,
-                                       text: str | None, box: tuple | None, message: str) -> None:
+def test_wrong_inputs_are_clear_errors(
+    analyzer: FlorenceAnalyzer, hopper: Image.Image, task: str, text: str | None, box: tuple | None, message: str
+) -> None:
     with pytest.raises(FlorenceWatchError) as err:
         prompt_for(task_named(task), hopper, analyzer.processor, text, box)
     assert str(err.value).startswith(message)
@@ -130,7 +148,11 @@ def test_shapes_of_every_result_kind() -> None:
     assert shapes("a caption") == []
     assert shapes({"bboxes": [[1, 2, 3, 4]], "labels": ["dog"]}) == [Shape("box", (1, 2, 3, 4), "dog")]
     assert shapes({"quad_boxes": [[0, 0, 4, 0, 4, 2, 0, 2]], "labels": ["STOP"]})[0].polygon() == [
-        (0, 0), (4, 0), (4, 2), (0, 2)]
+        (0, 0),
+        (4, 0),
+        (4, 2),
+        (0, 2),
+    ]
     two_parts = {"polygons": [[[0, 0, 5, 0, 5, 5], [6, 6, 8, 6, 8, 8]]], "labels": ["cat"]}
     assert [s.label for s in shapes(two_parts)] == ["cat", "cat"]
     ovd = {"bboxes": [[1, 1, 2, 2]], "bboxes_labels": ["car"], "polygons": [], "polygons_labels": []}
@@ -143,7 +165,7 @@ def test_drawing_marks_a_copy_and_leaves_the_image_alone(hopper: Image.Image) ->
     out = draw(hopper, [Shape("box", (10, 40, 100, 120), "hat"), Shape("polygon", (5, 5, 60, 5, 30, 30), "")])
     assert hashlib.sha256(hopper.tobytes()).hexdigest() == before
     assert out.size == hopper.size and out is not hopper
-    expected = tuple(int(colour("hat")[i:i + 2], 16) for i in (1, 3, 5))
+    expected = tuple(int(colour("hat")[i : i + 2], 16) for i in (1, 3, 5))
     assert out.getpixel((55, 120)) == expected  # on the box's bottom edge
     assert out.getpixel((55, 80)) == hopper.getpixel((55, 80))  # inside: untouched
 
@@ -177,16 +199,19 @@ def test_ask_command_refuses_bad_input_before_loading_the_model(tmp_path: Path) 
 
 def _indexed_twice(tmp_path: Path, open_test_pipeline: Callable[..., Pipeline]) -> tuple[Pipeline, list[Path]]:
     """Two copies of one image indexed by the fake model (whose captions all say "picture")."""
-    files = [*copy_corpus(["pillow/hopper.jpg"], tmp_path / "inbox" / "a"),
-             *copy_corpus(["pillow/hopper.jpg"], tmp_path / "inbox" / "b")]
+    files = [
+        *copy_corpus(["pillow/hopper.jpg"], tmp_path / "inbox" / "a"),
+        *copy_corpus(["pillow/hopper.jpg"], tmp_path / "inbox" / "b"),
+    ]
     pipeline = open_test_pipeline(make_config(tmp_path, metadata={"write": False}))
     pipeline.offer(files)
     pipeline.drain()
     return pipeline, files
 
 
-def test_find_loads_the_model_only_when_a_match_decodes(tmp_path: Path, open_test_pipeline: Callable[..., Pipeline],
-                                                       analyzer: FlorenceAnalyzer) -> None:
+def test_find_loads_the_model_only_when_a_match_decodes(
+    tmp_path: Path, open_test_pipeline: Callable[..., Pipeline], analyzer: FlorenceAnalyzer
+) -> None:
     pipeline, files = _indexed_twice(tmp_path, open_test_pipeline)
 
     def no_model() -> FlorenceAnalyzer:
@@ -218,8 +243,9 @@ def test_find_asks_for_any_of_the_words() -> None:
 
 def test_find_grounds_the_phrase_in_the_best_matches(tmp_path: Path, tiny_model: Path) -> None:
     cfg = write_config(tmp_path, tiny_model)
-    files = copy_corpus(["pillow/hopper.jpg"], tmp_path / "inbox" / "a") + copy_corpus(["pillow/hopper.jpg"],
-                                                                                     tmp_path / "inbox" / "b")
+    files = copy_corpus(["pillow/hopper.jpg"], tmp_path / "inbox" / "a") + copy_corpus(
+        ["pillow/hopper.jpg"], tmp_path / "inbox" / "b"
+    )
     assert run_cli("--config", str(cfg), "scan", str(tmp_path / "inbox")).returncode == 0
     show = json.loads(run_cli("--config", str(cfg), "show", str(files[0]), "--json").stdout)
     phrase = " ".join(show["caption"].split()[:2])  # words the index holds for this image
@@ -231,8 +257,9 @@ def test_find_grounds_the_phrase_in_the_best_matches(tmp_path: Path, tiny_model:
     assert sorted(f["path"] for f in found) == sorted(map(str, files))  # a copy has the same caption
     for f in found:
         assert all(len(b["box"]) == 4 for b in f["boxes"])
-    assert sorted(p.name for p in drawn.iterdir()) == [f"{i:02d}-{Path(f['path']).name}.png"
-                                                       for i, f in enumerate(found, 1)]
+    assert sorted(p.name for p in drawn.iterdir()) == [
+        f"{i:02d}-{Path(f['path']).name}.png" for i, f in enumerate(found, 1)
+    ]
     none = run_cli("--config", str(cfg), "find", "zebra crossing", "--folder", str(tmp_path / "inbox"))
     assert none.returncode == 0 and "no indexed image mentions 'zebra crossing'" in none.stderr
 

@@ -68,7 +68,7 @@ def test_a_slow_writer_is_not_handed_on_until_it_stops(watched: tuple[Path, Reco
     target = inbox / "slow.jpg"
     with open(target, "wb") as f:
         for i in range(0, len(data), len(data) // 8):
-            f.write(data[i:i + len(data) // 8])
+            f.write(data[i : i + len(data) // 8])
             f.flush()
             time.sleep(0.2)
             assert rec.settled == []
@@ -125,8 +125,9 @@ def test_walk_skips_hidden_folders_and_symlink_loops(tmp_path: Path) -> None:
     assert list(walk_candidates(tmp_path)) == [str(tmp_path / "sub" / "a.jpg")]
 
 
-def test_falls_back_to_polling_when_inotify_is_exhausted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                         caplog: pytest.LogCaptureFixture) -> None:
+def test_falls_back_to_polling_when_inotify_is_exhausted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     import errno
 
     from watchdog.observers.polling import PollingObserver

@@ -5,6 +5,17 @@ from .plan import Outcome, Wanted, plan, sanitize
 from .tagger import Tagger, TagRequest, retag, tag_file, tag_request
 
 __all__ = [
-    "MetadataWriter", "Outcome", "TagRequest", "Tagger", "Wanted", "plan", "remove_stale_temp_files", "retag",
-    "sanitize", "sidecar_path", "tag_file", "tag_request", "target_for",
+    "MetadataWriter",
+    "Outcome",
+    "TagRequest",
+    "Tagger",
+    "Wanted",
+    "plan",
+    "remove_stale_temp_files",
+    "retag",
+    "sanitize",
+    "sidecar_path",
+    "tag_file",
+    "tag_request",
+    "target_for",
 ]

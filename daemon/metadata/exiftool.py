@@ -23,8 +23,10 @@ from .plan import LIST_KEYS, READ_KEYS, Decisions, Outcome, Target, Wanted, plan
 
 log = logging.getLogger(__name__)
 
-INSTALL_ADVICE = ("exiftool is not installed: install Debian's libimage-exiftool-perl "
-                  "(sudo apt-get install libimage-exiftool-perl) or set metadata.write = false")
+INSTALL_ADVICE = (
+    "exiftool is not installed: install Debian's libimage-exiftool-perl "
+    "(sudo apt-get install libimage-exiftool-perl) or set metadata.write = false"
+)
 
 
 class ExifToolPool:
@@ -142,9 +144,19 @@ class MetadataWriter:
             out.update((by_name[d["SourceFile"]], our_fields(d)) for d in data if d.get("SourceFile") in by_name)
         return out
 
-    def write(self, path: str | Path, *, alt_text: str, description: str, keywords: list[str],
-              previous: dict[str, Any] | None = None, decided: Decisions | None = None, dry_run: bool = False,
-              current: dict[str, Any] | None = None, read_at: Stat | None = None) -> Outcome:
+    def write(
+        self,
+        path: str | Path,
+        *,
+        alt_text: str,
+        description: str,
+        keywords: list[str],
+        previous: dict[str, Any] | None = None,
+        decided: Decisions | None = None,
+        dry_run: bool = False,
+        current: dict[str, Any] | None = None,
+        read_at: Stat | None = None,
+    ) -> Outcome:
         """Write our fields into *path* (or its sidecar), keeping a person's work and decisions.
 
         *previous* is what the index says we wrote last time, *decided* the
@@ -176,11 +188,14 @@ class MetadataWriter:
 
     @staticmethod
     def _check_writable(path: str | Path, target: Path, embedded: bool) -> None:
-        if not embedded and not os.access(target.parent, os.W_OK) and not (
-            target.exists() and os.access(target, os.W_OK)
+        if (
+            not embedded
+            and not os.access(target.parent, os.W_OK)
+            and not (target.exists() and os.access(target, os.W_OK))
         ):
-            raise MetadataError(path, f"cannot write metadata: neither the file nor a sidecar in {target.parent} "
-                                "is writable")
+            raise MetadataError(
+                path, f"cannot write metadata: neither the file nor a sidecar in {target.parent} is writable"
+            )
 
 
 Stat = tuple[int, int, int] | None  # (inode, size, mtime_ns) of a target; None when it does not exist

@@ -128,9 +128,12 @@ def decide(stored: Decisions, previous: dict[str, Any] | None, current: dict[str
     ours: list[str] = prev.get("keywords", [])
     holds = {tag[1]: set(current.get(tag[1], [])) for tag in (SUBJECT, IPTC_KEYWORDS)}
     leaves = {h.rsplit("|", 1)[-1] for h in current.get(HIERARCHY[1], [])}
-    removed = {k for k in ours if any(
-        (key in prev_tags and _ours_in(k, prev_tags[key]) and not _ours_in(k, holds[key])) for key in holds
-    ) or (HIERARCHY[1] in prev_tags and k not in leaves)}
+    removed = {
+        k
+        for k in ours
+        if any((key in prev_tags and _ours_in(k, prev_tags[key]) and not _ours_in(k, holds[key])) for key in holds)
+        or (HIERARCHY[1] in prev_tags and k not in leaves)
+    }
     added_back = {k for k in stored.keywords if k in holds[SUBJECT[1]] and k not in ours}
     fields = set(stored.fields)
     for name, tags in (("alt_text", (ALT,)), ("description", DESCRIPTIONS)):
@@ -157,8 +160,14 @@ class Outcome:
     decisions: Decisions = field(default_factory=Decisions)  # the person's, as of this write
 
 
-def plan(wanted: Wanted, current: dict[str, Any], previous: dict[str, Any] | None, config: MetadataConfig,
-         target: Target, decided: Decisions | None = None) -> Outcome:
+def plan(
+    wanted: Wanted,
+    current: dict[str, Any],
+    previous: dict[str, Any] | None,
+    config: MetadataConfig,
+    target: Target,
+    decided: Decisions | None = None,
+) -> Outcome:
     """Decide what to write: *current* is what the target holds now, *previous* what we wrote last time,
     *decided* the person's earlier decisions about this image."""
     decisions = decide(decided or Decisions(), previous, current)
@@ -174,8 +183,9 @@ def plan(wanted: Wanted, current: dict[str, Any], previous: dict[str, Any] | Non
 
 
 class _Planner:
-    def __init__(self, current: dict[str, Any], previous: dict[str, Any], config: MetadataConfig,
-                 target: Target) -> None:
+    def __init__(
+        self, current: dict[str, Any], previous: dict[str, Any], config: MetadataConfig, target: Target
+    ) -> None:
         self.current, self.config, self.target = current, config, target
         self.prev_tags: dict[str, Any] = previous.get("tags", {})
         self.prev_keywords: list[str] = previous.get("keywords", [])
@@ -194,10 +204,15 @@ class _Planner:
         desc = cut_words(sanitize(wanted.description), XMP_DESCRIPTION_CHARS)
         groups = [
             ("alt_text", self.config.alt_text, {ALT: cut_words(sanitize(wanted.alt_text), self.config.alt_text_max)}),
-            ("description", self.config.description, {
-                tag: cut_bytes(desc, IPTC_CAPTION_BYTES) if tag[0].startswith("IPTC") else desc
-                for tag in DESCRIPTIONS if self.target.carries(tag)
-            }),
+            (
+                "description",
+                self.config.description,
+                {
+                    tag: cut_bytes(desc, IPTC_CAPTION_BYTES) if tag[0].startswith("IPTC") else desc
+                    for tag in DESCRIPTIONS
+                    if self.target.carries(tag)
+                },
+            ),
         ]
         for name, policy, values in groups:
             values = {tag: v for tag, v in values.items() if v}
@@ -211,8 +226,9 @@ class _Planner:
 
     def merged(self, tag: Tag, ours: list[str], earlier: set[str]) -> list[str]:
         """A person's entries of *tag* (unless policy is overwrite) followed by ours; our *earlier* ones go."""
-        kept = [] if self.config.keywords == "overwrite" else [
-            k for k in self.current.get(tag[1], []) if k not in earlier]
+        kept = (
+            [] if self.config.keywords == "overwrite" else [k for k in self.current.get(tag[1], []) if k not in earlier]
+        )
         return list(dict.fromkeys(kept + ours))
 
     def keywords(self, ours: list[str]) -> None:

@@ -92,8 +92,15 @@ def _describe(d: Decisions) -> str:
     return ", ".join([*sorted(d.keywords), *sorted(d.fields)]) or "nothing"
 
 
-def write_one(writer: MetadataWriter, request: TagRequest, *, current: dict[str, Any] | None = None,
-              read_at: Stat = None, check_settled: bool = True, dry_run: bool = False) -> Written | None:
+def write_one(
+    writer: MetadataWriter,
+    request: TagRequest,
+    *,
+    current: dict[str, Any] | None = None,
+    read_at: Stat = None,
+    check_settled: bool = True,
+    dry_run: bool = False,
+) -> Written | None:
     """Carry out *request* (nothing is recorded); None when postponed because the file is changing.
 
     *current* is what the target held when read just now, used only if the
@@ -133,12 +140,14 @@ def record(session: Session, done: list[Written]) -> None:
         if w.outcome is None:
             index.record_tag_failure(session, w.request.file_id, w.reason)
         elif w.fp is not None:
-            index.record_tag(session, w.request.file_id, written=w.outcome.written, target=w.outcome.target,
-                             sha256=w.sha256, fp=w.fp)
+            index.record_tag(
+                session, w.request.file_id, written=w.outcome.written, target=w.outcome.target, sha256=w.sha256, fp=w.fp
+            )
             if w.outcome.decisions != w.request.fields["decided"]:
                 log.info("%s: a person's decision recorded: not %s", w.request.path, _describe(w.outcome.decisions))
-                index.record_decisions(session, w.request.image_id, w.outcome.decisions.keywords,
-                                       w.outcome.decisions.fields)
+                index.record_decisions(
+                    session, w.request.image_id, w.outcome.decisions.keywords, w.outcome.decisions.fields
+                )
 
 
 class Tagger:
@@ -178,7 +187,7 @@ class Tagger:
         with self.db.transaction() as s:
             pending = list(s.scalars(select(File.id).where(File.state == "indexed", File.tag_state == "pending")))
         for i in range(0, len(pending), GROUP):
-            self.write_group(list(pending[i:i + GROUP]))
+            self.write_group(list(pending[i : i + GROUP]))
 
     def _work(self) -> None:
         running = True
@@ -201,14 +210,27 @@ class Tagger:
     def write_group(self, items: list[int | TagRequest]) -> int:
         """Read several files in one go, write each, record them together; returns how many were written."""
         with self.db.transaction() as s:
-            requests = [r for r in (item if isinstance(item, TagRequest) else load_tag_request(s, item, self.model)
-                                    for item in items) if r is not None]
+            requests = [
+                r
+                for r in (
+                    item if isinstance(item, TagRequest) else load_tag_request(s, item, self.model) for item in items
+                )
+                if r is not None
+            ]
         with self._claimed({r.path for r in requests}):
             targets = [_target(self.writer, r) for r in requests]
             stats = {t: stat_of(t) for t in targets if t is not None}  # before the read: see write()
             current = self.writer.read_many(list(stats))
-            done = [w for r, t in zip(requests, targets, strict=True) if (w := write_one(
-                self.writer, r, current=current.get(t) if t else None, read_at=stats.get(t) if t else None)) is not None]
+            done = [
+                w
+                for r, t in zip(requests, targets, strict=True)
+                if (
+                    w := write_one(
+                        self.writer, r, current=current.get(t) if t else None, read_at=stats.get(t) if t else None
+                    )
+                )
+                is not None
+            ]
             if done:
                 with self.db.transaction(write=True) as s:
                     record(s, done)
@@ -248,8 +270,9 @@ def tag_file(db: Database, writer: MetadataWriter, file_id: int, *, dry_run: boo
     return done.outcome if done is not None else None
 
 
-def retag(db: Database, writer: MetadataWriter, paths: Iterable[str | Path] = (), *,
-          dry_run: bool = False) -> Iterator[tuple[str, Outcome | None]]:
+def retag(
+    db: Database, writer: MetadataWriter, paths: Iterable[str | Path] = (), *, dry_run: bool = False
+) -> Iterator[tuple[str, Outcome | None]]:
     """Rewrite metadata from the index (no model run) for indexed files under *paths* (all if none)."""
     roots = [os.path.abspath(p) for p in paths]
     with db.transaction() as s:

@@ -34,15 +34,26 @@ REAL_FILES = SHARED / "florence-2-large-files"
 PipelineFactory = Callable[..., "Pipeline"]
 
 # The fields florence-watch writes, as exiftool -G1 names them when reading.
-OUR_TAGS = ("XMP-iptcCore:AltTextAccessibility", "XMP-dc:Description", "XMP-dc:Subject",
-            "XMP-lr:HierarchicalSubject", "IPTC:Keywords", "IPTC:Caption-Abstract", "IFD0:ImageDescription")
+OUR_TAGS = (
+    "XMP-iptcCore:AltTextAccessibility",
+    "XMP-dc:Description",
+    "XMP-dc:Subject",
+    "XMP-lr:HierarchicalSubject",
+    "IPTC:Keywords",
+    "IPTC:Caption-Abstract",
+    "IFD0:ImageDescription",
+)
 _LIST_TAGS = ("XMP-dc:Subject", "XMP-lr:HierarchicalSubject", "IPTC:Keywords", "XMP-digiKam:TagsList")
 
 
 def read_tags(path: Path | str, *tags: str) -> dict[str, Any]:
     """*tags* (default: ours) as a separate exiftool process reads them back; keyword tags as lists."""
-    out = subprocess.run(["exiftool", "-j", "-G1", "-struct", *[f"-{t}" for t in tags or OUR_TAGS], str(path)],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["exiftool", "-j", "-G1", "-struct", *[f"-{t}" for t in tags or OUR_TAGS], str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     data: dict[str, Any] = json.loads(out)[0]
     for key in _LIST_TAGS:
         if key in data and not isinstance(data[key], list):
@@ -79,10 +90,18 @@ def write_config(tmp_path: Path, model: Path | str, **sections: dict[str, Any]) 
     cfg = make_config(tmp_path, model, **sections)
     path = tmp_path / "config.toml"
     lines = [
-        "[watch]", f"folders = [{str(cfg.watch.folders[0])!r}]", f"settle_seconds = {cfg.watch.settle_seconds}",
-        "[model]", f"name = {str(model)!r}", "num_beams = 1", "max_new_tokens = 16",
-        "[index]", f"database = {cfg.index.database!r}", f"max_attempts = {cfg.index.max_attempts}",
-        "[metadata]", f"write = {'true' if cfg.metadata.write else 'false'}",
+        "[watch]",
+        f"folders = [{str(cfg.watch.folders[0])!r}]",
+        f"settle_seconds = {cfg.watch.settle_seconds}",
+        "[model]",
+        f"name = {str(model)!r}",
+        "num_beams = 1",
+        "max_new_tokens = 16",
+        "[index]",
+        f"database = {cfg.index.database!r}",
+        f"max_attempts = {cfg.index.max_attempts}",
+        "[metadata]",
+        f"write = {'true' if cfg.metadata.write else 'false'}",
     ]
     path.write_text("\n".join(lines).replace("'", '"') + "\n", encoding="utf-8")
     return path
@@ -137,11 +156,16 @@ def write_png(path: Path, width: int, height: int, complete: bool = False) -> Pa
     The header alone is what a decompression bomb shows before any pixel is decoded,
     and it costs a few bytes; a complete one stays small too, as its rows are all zero.
     """
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     rows = height if complete else 8
     pixels = zlib.compress(b"\x00" * (1 + (width + 7) // 8) * rows, 9)  # each row: filter byte, then bits
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
-                     + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+        + chunk(b"IDAT", pixels)
+        + chunk(b"IEND", b"")
+    )
     return path

@@ -34,11 +34,26 @@ FLORENCE_SPECIAL_TOKENS: list[str] = (
     ["<od>", "</od>", "<ocr>", "</ocr>"]
     + [f"<loc_{i}>" for i in range(1000)]
     + [
-        "<cap>", "</cap>", "<ncap>", "</ncap>", "<dcap>", "</dcap>",
-        "<grounding>", "</grounding>", "<seg>", "</seg>", "<sep>",
-        "<region_cap>", "</region_cap>", "<region_to_desciption>",
-        "</region_to_desciption>", "<proposal>", "</proposal>",
-        "<poly>", "</poly>", "<and>",
+        "<cap>",
+        "</cap>",
+        "<ncap>",
+        "</ncap>",
+        "<dcap>",
+        "</dcap>",
+        "<grounding>",
+        "</grounding>",
+        "<seg>",
+        "</seg>",
+        "<sep>",
+        "<region_cap>",
+        "</region_cap>",
+        "<region_to_desciption>",
+        "</region_to_desciption>",
+        "<proposal>",
+        "</proposal>",
+        "<poly>",
+        "</poly>",
+        "<and>",
     ]
 )
 IMAGE_TOKEN = "<image>"
@@ -114,8 +129,12 @@ def build_tokenizer(vocab: dict[str, int], merges: list[tuple[str, str]]) -> Any
     """A native Florence-2 tokenizer: BART BPE + Florence tokens + <image>."""
     from transformers import AddedToken, BartTokenizer
 
-    tokenizer = BartTokenizer(vocab=vocab, merges=merges, add_prefix_space=False,  # type: ignore[arg-type]
-                              model_max_length=1024)  # its stub says str; the class takes the pairs
+    tokenizer = BartTokenizer(
+        vocab=vocab,
+        merges=merges,
+        add_prefix_space=False,  # type: ignore[arg-type]
+        model_max_length=1024,
+    )  # its stub says str; the class takes the pairs
     tokenizer.add_special_tokens({"extra_special_tokens": FLORENCE_SPECIAL_TOKENS})
     # <image> must come after the Florence tokens (id 51289 with the real
     # vocabulary) and be registered by name so the processor finds it.
