@@ -72,22 +72,7 @@ class Pipeline:
 
     def offer(self, paths: Iterable[str | Path]) -> int:
         """Queue the paths that are new or changed since we last saw or wrote them."""
-        seen: dict[str, Fingerprint] = {}
-        for p in paths:
-            path = os.path.abspath(p)
-            if not is_candidate(path):
-                continue
-            try:
-                seen[path] = Fingerprint.of(path)
-            except OSError:
-                continue  # gone already; the delete event handles it
-        with self.db.transaction() as s:
-            same = index.unchanged(s, seen)
-        fresh = [path for path in seen if path not in same]
-        if fresh:
-            with self.db.transaction(write=True) as s:
-                jobs.enqueue(s, fresh)
-        return len(fresh)
+        return offer(self.db, paths)
 
     def forget(self, path: str | Path) -> None:
         """A file or folder was deleted or moved away."""
@@ -201,14 +186,39 @@ class Pipeline:
 
     def fail(self, job_id: int, path: str, reason: str) -> None:
         """Record a failed attempt at *path*; it is retried until index.max_attempts."""
-        with self.db.transaction(write=True) as s:
-            gave_up = jobs.fail(s, job_id, reason, self.config.index.max_attempts)
-            if gave_up:
-                index.record_failure(s, path, reason)
+        fail(self.db, job_id, path, reason, self.config.index.max_attempts)
+
+
+def offer(db: Database, paths: Iterable[str | Path]) -> int:
+    """Queue the image files among *paths* that are new or changed since we last saw or wrote them."""
+    seen: dict[str, Fingerprint] = {}
+    for p in paths:
+        path = os.path.abspath(p)
+        if not is_candidate(path):
+            continue
+        try:
+            seen[path] = Fingerprint.of(path)
+        except OSError:
+            continue  # gone already; the delete event handles it
+    with db.transaction() as s:
+        same = index.unchanged(s, seen)
+    fresh = [path for path in seen if path not in same]
+    if fresh:
+        with db.transaction(write=True) as s:
+            jobs.enqueue(s, fresh)
+    return len(fresh)
+
+
+def fail(db: Database, job_id: int, path: str, reason: str, max_attempts: int) -> None:
+    """Record a failed attempt; after *max_attempts* the file is listed as failed with *reason*."""
+    with db.transaction(write=True) as s:
+        gave_up = jobs.fail(s, job_id, reason, max_attempts)
         if gave_up:
-            log.error("%s: %s", path, reason)
-        else:
-            log.warning("%s: %s (will retry)", path, reason)
+            index.record_failure(s, path, reason)
+    if gave_up:
+        log.error("%s: %s", path, reason)
+    else:
+        log.warning("%s: %s (will retry)", path, reason)
 
 
 class Prefetch:

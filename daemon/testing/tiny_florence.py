@@ -131,10 +131,10 @@ def build_tokenizer(vocab: dict[str, int], merges: list[tuple[str, str]]) -> Any
 
     tokenizer = BartTokenizer(
         vocab=vocab,
-        merges=merges,
-        add_prefix_space=False,  # type: ignore[arg-type]
+        merges=merges,  # type: ignore[arg-type]  # its stub says str; the class takes the pairs
+        add_prefix_space=False,
         model_max_length=1024,
-    )  # its stub says str; the class takes the pairs
+    )
     tokenizer.add_special_tokens({"extra_special_tokens": FLORENCE_SPECIAL_TOKENS})
     # <image> must come after the Florence tokens (id 51289 with the real
     # vocabulary) and be registered by name so the processor finds it.
