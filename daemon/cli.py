@@ -332,6 +332,14 @@ def cmd_show(args: argparse.Namespace, config: Config, config_file: Path | None)
         info.pop("results", None)
         print(json.dumps(info, ensure_ascii=False, indent=2))
         return 0
+    _print_file_info(info)
+    return 0
+
+
+def _print_file_info(info: dict[str, Any]) -> None:
+    """show's table: what the index knows, then the file's tags now beside what we wrote."""
+    target = info["metadata"]["target"]
+    rejected = [*info["rejected"], *(f"({field})" for field in info["rejected_fields"])]
     rows = [
         ("path", info["path"]),
         ("state", info["state"] + (f" ({info['error']})" if info["error"] else "")),
@@ -340,13 +348,10 @@ def cmd_show(args: argparse.Namespace, config: Config, config_file: Path | None)
         ("caption", info["caption"] or "-"),
         ("description", info["description"] or "-"),
         ("keywords", ", ".join(info["keywords"]) or "-"),
+        ("rejected", ", ".join(rejected) + "   (removed by a person: never written again)" if rejected else "-"),
         ("ocr", info["ocr"] or "-"),
         ("objects", "; ".join(f"{o['label']} {o['box']}" for o in info["objects"]) or "-"),
-        (
-            "metadata",
-            f"{info['metadata']['state']}"
-            + (f" -> {info['metadata']['target']}" if info["metadata"]["target"] else ""),
-        ),
+        ("metadata", info["metadata"]["state"] + (f" -> {target}" if target else "")),
     ]
     for key, value in rows:
         print(f"{key:12} {value}")
@@ -357,7 +362,6 @@ def cmd_show(args: argparse.Namespace, config: Config, config_file: Path | None)
         for tag in dict.fromkeys([*now, *written]):
             mark = "" if now.get(tag) == written.get(tag) else "   (differs)" if tag in written else ""
             print(f"  {tag}\n      now:   {_short(now.get(tag))}\n      wrote: {_short(written.get(tag))}{mark}")
-    return 0
 
 
 def _short(value: Any) -> str:

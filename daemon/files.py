@@ -76,6 +76,26 @@ def is_candidate(path: str | Path) -> bool:
     return extension(name) in IMAGE_EXTENSIONS
 
 
+def is_sidecar(path: str | Path) -> bool:
+    """An XMP sidecar (``photo.jpg.xmp`` or ``photo.xmp``) that a person's photo tool may edit."""
+    name = os.path.basename(str(path))
+    return bool(name) and not name.startswith(".") and name.lower().endswith(".xmp")
+
+
+# Names another program's save leaves beside a file while it writes it: exiftool's
+# temp file, editors' backups and temp copies. Looked up by name: no folder scan.
+_WRITING = ("{}_exiftool_tmp", "{}.tmp", "{}~", "{}.swp", ".{}.swp", "{}.part", "{}.partial")
+
+
+def being_written(path: str | Path) -> str | None:
+    """The name of another program's temp file beside *path* while it saves it, if there is one."""
+    folder, name = os.path.split(str(path))
+    for pattern in _WRITING:
+        if os.path.lexists(os.path.join(folder, pattern.format(name))):
+            return pattern.format(name)
+    return None
+
+
 def is_ignored_path(path: str | Path, roots: list[Path]) -> bool:
     """True if any folder between a watched root and *path* is hidden (.git, .thumbnails, ...)."""
     p = Path(path)

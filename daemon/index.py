@@ -49,6 +49,26 @@ def image_for_content(session: Session, content_key: str) -> Image | None:
     return session.scalars(select(Image).where(Image.content_key == content_key).order_by(Image.id)).first()
 
 
+def images_without_content_key(session: Session) -> list[tuple[int, str, tuple[int | None, int | None, int | None]]]:
+    """Images indexed before content keys existed: (image id, one of its files, that file's recorded stat)."""
+    rows = session.execute(
+        select(Image.id, File.path, File.inode, File.size, File.mtime_ns)
+        .join(File, File.image_id == Image.id)
+        .where(Image.content_key.is_(None), File.state == "indexed")
+        .order_by(Image.id)
+    )
+    first: dict[int, tuple[str, tuple[int | None, int | None, int | None]]] = {}
+    for image_id, path, *stat in rows:
+        first.setdefault(image_id, (path, (stat[0], stat[1], stat[2])))
+    return [(i, path, stat) for i, (path, stat) in first.items()]
+
+
+def set_content_key(session: Session, image_id: int, key: str) -> None:
+    image = session.get(Image, image_id)
+    if image is not None and image.content_key is None:
+        image.content_key = key
+
+
 def has_results(session: Session, image_id: int, model: str, tasks: tuple[str, ...]) -> bool:
     done = set(session.scalars(select(Result.task).where(Result.image_id == image_id, Result.model == model)))
     return set(tasks) <= done
@@ -237,6 +257,15 @@ def record_tag(
     if sha256 is not None:
         f.sha256 = sha256
     f.inode, f.size, f.mtime_ns = fp.inode, fp.size, fp.mtime_ns
+
+
+def files_tagged_in(session: Session, targets: list[str]) -> list[int]:
+    """Indexed files whose metadata we wrote into one of *targets* (sidecars), by id."""
+    return list(
+        session.scalars(
+            select(File.id).where(File.metadata_target.in_(targets), File.state == "indexed", File.tag_state == "done")
+        )
+    )
 
 
 def record_tag_failure(session: Session, file_id: int, reason: str) -> None:

@@ -25,7 +25,7 @@ from .analyze import Analyzer, Interrupted
 from .config import Config
 from .db import Database, Image
 from .errors import ImageError
-from .files import is_candidate
+from .files import is_candidate, is_sidecar
 from .imaging import Decoded, Fingerprint, content_key, decode, sha256_file
 from .metadata import MetadataWriter, Tagger, tag_request
 from .results import summarize
@@ -71,8 +71,19 @@ class Pipeline:
             self.tagger.close()
 
     def offer(self, paths: Iterable[str | Path]) -> int:
-        """Queue the paths that are new or changed since we last saw or wrote them."""
-        return offer(self.db, paths)
+        """Queue the paths that are new or changed since we last saw or wrote them.
+
+        A changed sidecar of ours (darktable or digiKam edited it) is read
+        again: what the person removed there becomes their decision.
+        """
+        absolute = [os.path.abspath(p) for p in paths]
+        sidecars = [p for p in absolute if is_sidecar(p)]
+        if sidecars and self.tagger is not None:
+            with self.db.transaction() as s:
+                owners = index.files_tagged_in(s, sidecars)
+            for file_id in owners:
+                self.tagger.submit(file_id)
+        return offer(self.db, absolute)
 
     def forget(self, path: str | Path) -> None:
         """A file or folder was deleted or moved away."""
@@ -86,6 +97,7 @@ class Pipeline:
             n = jobs.recover(s)
         if n:
             log.info("requeued %d job(s) interrupted by a previous shutdown", n)
+        backfill_content_keys(self.db)
         if self.tagger is not None:
             self.tagger.recover()
 
@@ -207,6 +219,32 @@ def offer(db: Database, paths: Iterable[str | Path]) -> int:
         with db.transaction(write=True) as s:
             jobs.enqueue(s, fresh)
     return len(fresh)
+
+
+def backfill_content_keys(db: Database) -> int:
+    """Give images indexed before content keys existed their key, from a file still as we last saw it.
+
+    Decoding, not the model: an index from an older version keeps every
+    result, and a later metadata edit of its files is then recognised. A
+    file changed since we saw it is skipped: its pixels may be new.
+    """
+    with db.transaction() as s:
+        todo = index.images_without_content_key(s)
+    done = 0
+    for image_id, path, recorded in todo:
+        try:
+            if Fingerprint.of(path).stat != recorded:
+                continue
+            key = content_key(decode(path).image)
+        except (ImageError, OSError) as exc:
+            log.warning("%s: no content key (%s)", path, getattr(exc, "reason", exc))
+            continue
+        with db.transaction(write=True) as s:
+            index.set_content_key(s, image_id, key)
+        done += 1
+    if done:
+        log.info("content keys computed for %d image(s) indexed by an earlier version", done)
+    return done
 
 
 def fail(db: Database, job_id: int, path: str, reason: str, max_attempts: int) -> None:

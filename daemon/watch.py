@@ -33,7 +33,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from .files import is_candidate, is_ignored_path, is_under
+from .files import is_candidate, is_ignored_path, is_sidecar, is_under
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,7 @@ class FolderWatcher:
             # A folder created or moved in: its files bring no events of their own.
             for p in walk_candidates(Path(path), self.follow_symlinks):
                 self.tracker.touch(p)
-        elif is_candidate(path):
+        elif is_candidate(path) or is_sidecar(path):  # a sidecar edited by a photo tool: see Pipeline.offer
             self.tracker.touch(path)
 
     def start(self) -> None:

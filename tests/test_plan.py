@@ -232,7 +232,7 @@ def test_decisions(case: str, current: dict, stored: Decisions, keywords: set[st
 def test_a_removed_keyword_is_not_written_back_and_a_removed_field_stays_empty() -> None:
     now = {DESC: "A brown dog.", SUBJ: ["sofa", "holiday"], IPTC_KW: ["sofa", "holiday"], HIER: ["sofa", "holiday"]}
     out = run(now, WROTE, wanted=Wanted("a dog on a sofa", "A brown dog.", ["cat", "sofa", "dog"]))
-    assert out.written["tags"][SUBJ] == ["holiday", "sofa", "dog"]
+    assert out.written["tags"][SUBJ] == ["sofa", "holiday", "dog"]  # the file's order, then what is new
     assert "cat" not in out.written["tags"][IPTC_KW] and "cat" not in out.written["tags"][HIER]
     assert ALT not in out.written["tags"] and not any(a.startswith(f"-{ALT}") for a in out.args)
     assert out.decisions == Decisions(frozenset({"cat"}), frozenset({"alt_text"}))
@@ -257,3 +257,16 @@ def test_when_every_keyword_of_ours_is_rejected_the_list_is_cleared() -> None:
         wanted=Wanted("", "", ["cat"]),
     )
     assert f"-{SUBJ}=" in out.args and out.written["tags"][SUBJ] == []
+
+
+def test_a_tool_that_drops_iptc_and_the_hierarchy_decides_nothing() -> None:
+    # Some tools save XMP only: IPTC keywords and HierarchicalSubject vanish, dc:subject stays.
+    got = decide(Decisions(), WROTE, {**KEPT, SUBJ: ["cat", "sofa"]})
+    assert got == Decisions()
+
+
+def test_a_file_already_as_wanted_is_not_rewritten_for_order() -> None:
+    now = {**KEPT, SUBJ: ["sofa", "holiday"], HIER: ["sofa", "holiday"]}
+    sidecar = Target("/p/photo.jpg.xmp", embedded=False, extension=".jpg")  # XMP only
+    out = run(now, WROTE, target=sidecar, wanted=Wanted("a dog on a sofa", "A brown dog.", ["cat", "sofa"]))
+    assert out.args == [] and out.decisions.keywords == {"cat"}

@@ -24,61 +24,24 @@ from PIL import Image
 from sqlalchemy import func, select
 
 from daemon import index
-from daemon.config import Config, database_url
+from daemon.config import database_url
 from daemon.db import Database, File
 from daemon.db import Image as ImageRow
-from daemon.runner import Daemon
 from daemon.search import search
-from daemon.testing.helpers import CORPUS, REPO, FakeAnalyzer, PipelineFactory, make_config, wait_until, write_png
-
-
-class RunningDaemon:
-    def __init__(self, config: Config) -> None:
-        self.analyzer = FakeAnalyzer()
-        self.daemon = Daemon(config, analyzer=self.analyzer)
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="test-daemon")
-        self.db = Database(database_url(config.index.database))
-        self.inbox = config.folders[0]
-        self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            self.daemon.run()
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
-            self.error = exc
-
-    def status(self) -> dict:
-        with self.db.transaction() as s:
-            return index.status(s)
-
-    def settled(self, total: int, timeout: float = 60, interval: float = 0.1) -> dict:
-        """Wait until *total* files are indexed or failed and nothing is pending."""
-
-        def done() -> bool:
-            st = self.status()
-            return st["indexed"] + st["failed"] >= total and st["pending"] == 0
-
-        assert wait_until(done, timeout=timeout, interval=interval), self.status()
-        assert self.error is None, self.error
-        return self.status()
-
-    def images_analyzed(self) -> int:
-        return sum(self.analyzer.calls)
-
-    def stop(self) -> None:
-        self.daemon.request_stop()
-        self.thread.join(timeout=30)
-        assert not self.thread.is_alive()
-        self.db.close()
-        assert self.error is None, self.error
+from daemon.testing.helpers import (
+    CORPUS,
+    REPO,
+    PipelineFactory,
+    RunningDaemon,
+    make_config,
+    wait_until,
+    write_png,
+)
 
 
 @pytest.fixture
 def running(tmp_path: Path) -> Iterator[RunningDaemon]:
-    d = RunningDaemon(make_config(tmp_path, metadata={"write": True}))
-    assert wait_until(lambda: d.inbox.exists(), timeout=10)
-    time.sleep(0.5)  # observers scheduled
+    d = RunningDaemon(make_config(tmp_path, metadata={"write": True})).started()
     yield d
     d.stop()
 

@@ -120,26 +120,42 @@ class Decisions:
 def decide(stored: Decisions, previous: dict[str, Any] | None, current: dict[str, Any]) -> Decisions:
     """*stored* decisions, plus what of ours (*previous*) the file no longer holds, less keywords added back.
 
-    A keyword counts as removed when a keyword tag we wrote it into lacks it
-    now; as added back when the file holds it although we did not write it.
+    dc:subject and the XMP alt text and description are what every photo
+    tool edits: one of ours missing there is a decision. IPTC keywords, the
+    hierarchy and the EXIF/IPTC descriptions count only while the file still
+    has that tag at all: some tools drop a whole tag family when they save,
+    which is no decision about our words. A keyword the file holds although
+    we did not write it there is the person adding it back.
     """
     prev = previous or {}
     prev_tags: dict[str, Any] = prev.get("tags", {})
     ours: list[str] = prev.get("keywords", [])
-    holds = {tag[1]: set(current.get(tag[1], [])) for tag in (SUBJECT, IPTC_KEYWORDS)}
-    leaves = {h.rsplit("|", 1)[-1] for h in current.get(HIERARCHY[1], [])}
-    removed = {
-        k
-        for k in ours
-        if any((key in prev_tags and _ours_in(k, prev_tags[key]) and not _ours_in(k, holds[key])) for key in holds)
-        or (HIERARCHY[1] in prev_tags and k not in leaves)
-    }
-    added_back = {k for k in stored.keywords if k in holds[SUBJECT[1]] and k not in ours}
+    subject = set(current.get(SUBJECT[1], []))
+    removed = {k for k in ours if _removed(k, prev_tags, current)}
+    added_back = {k for k in stored.keywords if k in subject and k not in ours}
     fields = set(stored.fields)
     for name, tags in (("alt_text", (ALT,)), ("description", DESCRIPTIONS)):
-        if any(t[1] in prev_tags and current.get(t[1]) != prev_tags[t[1]] for t in tags):
-            fields.add(name)
+        for t in tags:
+            edited = t[1] in prev_tags and current.get(t[1]) != prev_tags[t[1]]
+            if edited and (t[1] in current or t in (ALT, DESCRIPTIONS[0])):
+                fields.add(name)
     return Decisions(frozenset((stored.keywords | removed) - added_back), frozenset(fields))
+
+
+def _removed(keyword: str, prev_tags: dict[str, Any], current: dict[str, Any]) -> bool:
+    """Whether a keyword tag we wrote *keyword* into lacks it now (see decide)."""
+    for tag in (SUBJECT, IPTC_KEYWORDS, HIERARCHY):
+        if tag[1] not in prev_tags or (tag != SUBJECT and tag[1] not in current):
+            continue
+        now = current.get(tag[1], [])
+        if tag == HIERARCHY:
+            if keyword in {h.rsplit("|", 1)[-1] for h in prev_tags[tag[1]]} and keyword not in {
+                h.rsplit("|", 1)[-1] for h in now
+            }:
+                return True
+        elif _ours_in(keyword, prev_tags[tag[1]]) and not _ours_in(keyword, now):
+            return True
+    return False
 
 
 def _ours_in(keyword: str, values: Any) -> bool:
@@ -225,10 +241,14 @@ class _Planner:
                 self.set(tag, value)
 
     def merged(self, tag: Tag, ours: list[str], earlier: set[str]) -> list[str]:
-        """A person's entries of *tag* (unless policy is overwrite) followed by ours; our *earlier* ones go."""
-        kept = (
-            [] if self.config.keywords == "overwrite" else [k for k in self.current.get(tag[1], []) if k not in earlier]
-        )
+        """*tag*'s entries as the file has them, less our *earlier* ones we no longer want, then ours not yet there.
+
+        The file's order is kept, so a file that already holds what we want
+        is not rewritten. With policy overwrite the list is ours alone.
+        """
+        if self.config.keywords == "overwrite":
+            return list(dict.fromkeys(ours))
+        kept = [k for k in self.current.get(tag[1], []) if k not in earlier or k in ours]
         return list(dict.fromkeys(kept + ours))
 
     def keywords(self, ours: list[str]) -> None:

@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 from .. import index
 from ..db import Database, File
 from ..errors import ImageError, MetadataError
-from ..files import is_under
+from ..files import being_written, is_under
 from ..imaging import Fingerprint, sha256_file
 from ..results import Summary
 from .exiftool import MetadataWriter, Stat, stat_of
@@ -120,6 +120,10 @@ def write_one(
                 log.info("%s changed since it was read; metadata write postponed", path)
                 return None
             log.info("%s already holds our metadata (write interrupted before it was recorded)", path)
+        busy = being_written(path) or being_written(writer.target_for(path))
+        if busy:
+            log.info("%s is being saved by another program (%s): metadata write postponed", path, busy)
+            return None
         outcome = writer.write(path, **fields, current=current, read_at=read_at if current is not None else None)
         fp = Fingerprint.of(path)
         # Rehash only when the file is not the one the index last read: our

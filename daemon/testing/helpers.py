@@ -8,18 +8,23 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import struct
 import subprocess
+import tempfile
+import threading
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from ..config import Config, parse_config
+from .. import index
+from ..config import Config, database_url, parse_config
+from ..db import Database
 from ..results import TaskResults
 
 if TYPE_CHECKING:
@@ -124,7 +129,7 @@ class FakeAnalyzer:
     def preprocess(self, image: Image.Image) -> None:
         return None
 
-    def analyze(self, images: list[Image.Image], pixels: object = None) -> list[TaskResults]:
+    def analyze(self, images: Sequence[Image.Image], pixels: Sequence[Any] | None = None) -> list[TaskResults]:
         self.calls.append(len(images))
         return [self.describe(im) for im in images]
 
@@ -169,3 +174,82 @@ def write_png(path: Path, width: int, height: int, complete: bool = False) -> Pa
         + chunk(b"IEND", b"")
     )
     return path
+
+
+class RunningDaemon:
+    """The real daemon (watchdog, queue, exiftool) in a thread of the test, with a fake model."""
+
+    def __init__(self, config: Config, analyzer: FakeAnalyzer | None = None) -> None:
+        from ..runner import Daemon
+
+        self.analyzer = analyzer or FakeAnalyzer()
+        self.daemon = Daemon(config, analyzer=self.analyzer)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="test-daemon")
+        self.db = Database(database_url(config.index.database))
+        self.inbox = config.folders[0]
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.daemon.run()
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            self.error = exc
+
+    def started(self) -> RunningDaemon:
+        """Wait until the folders are watched (the first scan has run)."""
+        assert wait_until(lambda: self.inbox.exists(), timeout=10)
+        time.sleep(0.5)  # observers scheduled
+        return self
+
+    def status(self) -> dict[str, Any]:
+        with self.db.transaction() as s:
+            return index.status(s)
+
+    def settled(self, total: int, timeout: float = 60, interval: float = 0.1) -> dict[str, Any]:
+        """Wait until *total* files are indexed or failed and nothing is pending."""
+
+        def done() -> bool:
+            st = self.status()
+            return st["indexed"] + st["failed"] >= total and st["pending"] == 0
+
+        assert wait_until(done, timeout=timeout, interval=interval), self.status()
+        assert self.error is None, self.error
+        return self.status()
+
+    def images_analyzed(self) -> int:
+        return sum(self.analyzer.calls)
+
+    def stop(self) -> None:
+        self.daemon.request_stop()
+        self.thread.join(timeout=30)
+        assert not self.thread.is_alive()
+        self.db.close()
+        assert self.error is None, self.error
+
+
+def raw_with_preview(name: str, dest: Path, seed: int = 0) -> Path:
+    """A corpus RAW file (exiftool/Nikon.nef, exiftool/DNG.dng) with a camera-like JPEG preview in it.
+
+    exiftool's test RAW files carry no preview, and the daemon describes a
+    RAW file by its embedded preview (as photo tools show it).
+    """
+    [path] = copy_corpus([name], dest)
+    set_raw_preview(path, seed)
+    return path
+
+
+def set_raw_preview(path: Path, seed: int) -> None:
+    """Put a 160x120 noise JPEG (different for each *seed*) into *path* as its JpgFromRaw."""
+    rng = random.Random(seed)
+    im = Image.new("RGB", (160, 120))
+    im.putdata([(rng.randrange(256), rng.randrange(256), rng.randrange(256)) for _ in range(160 * 120)])
+    with tempfile.TemporaryDirectory() as tmp:
+        preview = Path(tmp, "preview.jpg")
+        im.save(preview, quality=90)
+        # -m: the test files' minor format warnings would otherwise stop the write.
+        subprocess.run(
+            ["exiftool", "-m", "-q", "-overwrite_original", f"-JpgFromRaw<={preview}", str(path)],
+            check=True,
+            capture_output=True,
+        )
