@@ -57,6 +57,7 @@ test: lint test-tools
 bench: setup
 	$(PY) bench/throughput.py
 	$(PY) bench/search.py
+	$(PY) bench/identity.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache *.egg-info

@@ -83,17 +83,26 @@ def is_sidecar(path: str | Path) -> bool:
 
 
 # Names another program's save leaves beside a file while it writes it: exiftool's
-# temp file, editors' backups and temp copies. Looked up by name: no folder scan.
+# temp file, editors' backups and temp copies.
 _WRITING = ("{}_exiftool_tmp", "{}.tmp", "{}~", "{}.swp", ".{}.swp", "{}.part", "{}.partial")
+_TEMP_ENDINGS = ("_exiftool_tmp", ".tmp", "~", ".swp", ".part", ".partial")  # what every name above ends with
 
 
-def being_written(path: str | Path) -> str | None:
-    """The name of another program's temp file beside *path* while it saves it, if there is one."""
-    folder, name = os.path.split(str(path))
-    for pattern in _WRITING:
-        if os.path.lexists(os.path.join(folder, pattern.format(name))):
-            return pattern.format(name)
-    return None
+class TempFiles:
+    """Other programs' temp files, listed once per folder: a group of writes shares the listing."""
+
+    def __init__(self) -> None:
+        self._by_folder: dict[str, set[str]] = {}
+
+    def beside(self, path: str | Path) -> str | None:
+        """The name of another program's temp file beside *path* while it saves it, if there is one."""
+        folder, name = os.path.split(str(path))
+        if folder not in self._by_folder:
+            try:
+                self._by_folder[folder] = {n for n in os.listdir(folder or ".") if n.endswith(_TEMP_ENDINGS)}
+            except OSError:
+                self._by_folder[folder] = set()
+        return next((p.format(name) for p in _WRITING if p.format(name) in self._by_folder[folder]), None)
 
 
 def is_ignored_path(path: str | Path, roots: list[Path]) -> bool:

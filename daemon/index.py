@@ -46,7 +46,15 @@ def image_for_hash(session: Session, sha256: str) -> Image | None:
 
 def image_for_content(session: Session, content_key: str) -> Image | None:
     """The image whose decoded pixels hash to *content_key* (the same picture, whatever its metadata)."""
-    return session.scalars(select(Image).where(Image.content_key == content_key).order_by(Image.id)).first()
+    return images_for_content(session, [content_key]).get(content_key)
+
+
+def images_for_content(session: Session, keys: list[str]) -> dict[str, Image]:
+    """image_for_content for several keys in one query."""
+    found: dict[str, Image] = {}
+    for image in session.scalars(select(Image).where(Image.content_key.in_(keys)).order_by(Image.id.desc())):
+        found[image.content_key or ""] = image  # the oldest image wins: it came first
+    return found
 
 
 def images_without_content_key(session: Session) -> list[tuple[int, str, tuple[int | None, int | None, int | None]]]:
@@ -96,6 +104,7 @@ class Analysed:
     results: TaskResults
     summary: Summary
     content_key: str | None = None
+    image_id: int | None = None  # an indexed image with the same pixels (metadata edited, or a new model)
 
 
 def store_batch(session: Session, model: str, batch: list[Analysed]) -> list[File]:
@@ -107,7 +116,7 @@ def store_batch(session: Session, model: str, batch: list[Analysed]) -> list[Fil
     shas = list(dict.fromkeys(a.sha256 for a in batch))
     images = {i.sha256: i for i in session.scalars(select(Image).where(Image.sha256.in_(shas)))}
     for a in batch:  # the same picture with other metadata (a new model's results for it, say)
-        same = image_for_content(session, a.content_key) if a.content_key and a.sha256 not in images else None
+        same = session.get(Image, a.image_id) if a.image_id and a.sha256 not in images else None
         if same is not None:
             images[a.sha256] = same
     new: dict[str, Image] = {}
@@ -346,12 +355,28 @@ def summary_for_file(session: Session, f: File, model: str | None) -> Summary:
 # --- a person's decisions ----------------------------------------------------------
 
 
-def decisions_for(session: Session, image_id: int | None) -> tuple[frozenset[str], frozenset[str]]:
+Decided = tuple[frozenset[str], frozenset[str]]  # keywords, fields
+
+
+def decisions_for(session: Session, image_id: int | None) -> Decided:
     """The keywords and fields a person removed from this image: (keywords, fields)."""
-    if image_id is None:
-        return frozenset(), frozenset()
-    rows = session.execute(select(Rejection.kind, Rejection.value).where(Rejection.image_id == image_id)).all()
-    return (frozenset(v for k, v in rows if k == "keyword"), frozenset(k for k, _v in rows if k != "keyword"))
+    return decisions_for_images(session, [image_id]).get(image_id or 0, (frozenset(), frozenset()))
+
+
+def decisions_for_images(session: Session, image_ids: list[int | None]) -> dict[int, Decided]:
+    """decisions_for several images in one query; an image without decisions is left out."""
+    ids = [i for i in dict.fromkeys(image_ids) if i is not None]
+    rows = session.execute(
+        select(Rejection.image_id, Rejection.kind, Rejection.value).where(Rejection.image_id.in_(ids))
+    ).all()
+    out: dict[int, tuple[set[str], set[str]]] = {}
+    for image_id, kind, value in rows:
+        keywords, fields = out.setdefault(image_id, (set(), set()))
+        if kind == "keyword":
+            keywords.add(value)
+        else:
+            fields.add(kind)
+    return {i: (frozenset(k), frozenset(f)) for i, (k, f) in out.items()}
 
 
 def record_decisions(session: Session, image_id: int, keywords: frozenset[str], fields: frozenset[str]) -> None:

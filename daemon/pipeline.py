@@ -44,6 +44,23 @@ class _Work:
     decoded: Decoded
     content_key: str
     pixels: Any = None  # the model's input tensor, made in the decode thread
+    image_id: int | None = None  # the indexed image with these pixels, if any
+
+    def analysed(self, results: Any) -> index.Analysed:
+        """This file with the model's *results*, ready for the index."""
+        d = self.decoded
+        return index.Analysed(
+            self.path,
+            self.sha256,
+            self.fp,
+            d.width,
+            d.height,
+            d.format,
+            results,
+            summarize(results),
+            self.content_key,
+            self.image_id,
+        )
 
 
 class Pipeline:
@@ -77,12 +94,8 @@ class Pipeline:
         again: what the person removed there becomes their decision.
         """
         absolute = [os.path.abspath(p) for p in paths]
-        sidecars = [p for p in absolute if is_sidecar(p)]
-        if sidecars and self.tagger is not None:
-            with self.db.transaction() as s:
-                owners = index.files_tagged_in(s, sidecars)
-            for file_id in owners:
-                self.tagger.submit(file_id)
+        if self.tagger is not None:
+            self.tagger.recheck([p for p in absolute if is_sidecar(p)])
         return offer(self.db, absolute)
 
     def forget(self, path: str | Path) -> None:
@@ -120,6 +133,7 @@ class Pipeline:
             self.prefetch.release(work)
             return 0
         self.prefetch.start_next()
+        work = self.prefetch.link_by_content(work)
         if work:
             if stop is not None and hasattr(self.analyzer, "should_stop"):
                 self.analyzer.should_stop = stop.is_set
@@ -170,26 +184,16 @@ class Pipeline:
 
     def _store(self, work: list[_Work], results: list[Any]) -> None:
         """One transaction for the batch: every file's results and its job's completion, or none."""
-        batch = [
-            index.Analysed(
-                w.path,
-                w.sha256,
-                w.fp,
-                w.decoded.width,
-                w.decoded.height,
-                w.decoded.format,
-                res,
-                summarize(res),
-                w.content_key,
-            )
-            for w, res in zip(work, results, strict=True)
-        ]
+        batch = [w.analysed(res) for w, res in zip(work, results, strict=True)]
         with self.db.transaction(write=True) as s:
             files = index.store_batch(s, self.analyzer.model_id, batch)
             for f in files:
                 f.tag_state = "pending" if self.tagger else "off"
             jobs.finish(s, *(w.job_id for w in work))
-            requests = [tag_request(s, f, a.summary) for f, a in zip(files, batch, strict=True)]
+            decided = index.decisions_for_images(s, [f.image_id for f in files])
+            requests = [
+                tag_request(f, a.summary, decided.get(f.image_id or 0)) for f, a in zip(files, batch, strict=True)
+            ]
         for w in work:
             log.info("indexed %s", w.path)
         if self.tagger is not None:
@@ -199,6 +203,10 @@ class Pipeline:
     def fail(self, job_id: int, path: str, reason: str) -> None:
         """Record a failed attempt at *path*; it is retried until index.max_attempts."""
         fail(self.db, job_id, path, reason, self.config.index.max_attempts)
+
+
+def _by_content(key: str) -> Callable[[Session], Image | None]:
+    return lambda s: index.image_for_content(s, key)
 
 
 def offer(db: Database, paths: Iterable[str | Path]) -> int:
@@ -315,9 +323,7 @@ class Prefetch:
             if self._link_known(job_id, path, fp, sha, lambda s: index.image_for_hash(s, sha)):
                 return None
             decoded = decode(path)
-            key = content_key(decoded.image)
-            if self._link_known(job_id, path, fp, sha, lambda s: index.image_for_content(s, key)):
-                return None
+            key = content_key(decoded.image)  # looked up for the whole batch: link_by_content
             return _Work(job_id, path, fp, sha, decoded, key, self.analyzer.preprocess(decoded.image))
         except ImageError as exc:
             self.pipeline.fail(job_id, path, exc.reason)
@@ -325,6 +331,23 @@ class Prefetch:
             log.exception("unexpected error preparing %s", path)
             self.pipeline.fail(job_id, path, f"unexpected error: {exc}")
         return None
+
+    def link_by_content(self, work: list[_Work]) -> list[_Work]:
+        """Link the files whose pixels are an image already described (a metadata edit); the rest.
+
+        One query for the batch: most files are new.
+        """
+        with self.db.transaction() as s:
+            found = index.images_for_content(s, [w.content_key for w in work])
+            known = {key for key, image in found.items() if self._known(s, image) is not None}
+        for w in work:  # the picture is indexed, but not by this model: its results join that image
+            w.image_id = found[w.content_key].id if w.content_key in found else None
+        linked = {
+            w.job_id
+            for w in work
+            if w.content_key in known and self._link_known(w.job_id, w.path, w.fp, w.sha256, _by_content(w.content_key))
+        }
+        return [w for w in work if w.job_id not in linked]
 
     def _known(self, s: Session, image: Image | None) -> Image | None:
         """*image*, if the model has already described it."""

@@ -107,6 +107,9 @@ def test_a_removed_keyword_stays_removed(
         d.stop()
     assert_persons_edit_kept(target)
     assert show_json(cfg, path, capsys)["rejected"] == ["cat"]
+    assert main(["--config", str(cfg), "show", str(path)]) == 0
+    shown = "rejected     cat, (description)   (removed by a person: never written again)"
+    assert shown in capsys.readouterr().out.splitlines()
 
     d = RunningDaemon(config, TaggingModel()).started()  # a restart
     try:

@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 from .. import index
 from ..db import Database, File
 from ..errors import ImageError, MetadataError
-from ..files import being_written, is_under
+from ..files import TempFiles, is_under
 from ..imaging import Fingerprint, sha256_file
 from ..results import Summary
 from .exiftool import MetadataWriter, Stat, stat_of
@@ -50,10 +50,10 @@ class TagRequest:
     fields: dict[str, Any]  # MetadataWriter.write's keyword arguments
 
 
-def tag_request(session: Session, f: File, summary: Summary) -> TagRequest:
-    """What *f* should carry, given the summary of its image's results and the person's decisions."""
+def tag_request(f: File, summary: Summary, decided: index.Decided | None) -> TagRequest:
+    """What *f* should carry: its image's summary, less the person's decisions about the image."""
     assert f.image_id is not None
-    keywords, fields = index.decisions_for(session, f.image_id)
+    keywords, fields = decided or (frozenset(), frozenset())
     return TagRequest(
         file_id=f.id,
         image_id=f.image_id,
@@ -74,7 +74,7 @@ def load_tag_request(session: Session, file_id: int, model: str | None) -> TagRe
     f = session.get(File, file_id)
     if f is None or f.image_id is None:
         return None
-    return tag_request(session, f, index.summary_for_file(session, f, model))
+    return tag_request(f, index.summary_for_file(session, f, model), index.decisions_for(session, f.image_id))
 
 
 @dataclass
@@ -100,6 +100,7 @@ def write_one(
     read_at: Stat = None,
     check_settled: bool = True,
     dry_run: bool = False,
+    temps: TempFiles | None = None,
 ) -> Written | None:
     """Carry out *request* (nothing is recorded); None when postponed because the file is changing.
 
@@ -120,7 +121,8 @@ def write_one(
                 log.info("%s changed since it was read; metadata write postponed", path)
                 return None
             log.info("%s already holds our metadata (write interrupted before it was recorded)", path)
-        busy = being_written(path) or being_written(writer.target_for(path))
+        temps = temps or TempFiles()
+        busy = temps.beside(path) or temps.beside(writer.target_for(path))
         if busy:
             log.info("%s is being saved by another program (%s): metadata write postponed", path, busy)
             return None
@@ -175,6 +177,14 @@ class Tagger:
         else:
             self.write_group([item])
 
+    def recheck(self, sidecars: list[str]) -> None:
+        """Read these sidecars of ours again (a photo tool edited them): a removal there is a decision."""
+        if sidecars:
+            with self.db.transaction() as s:
+                owners = index.files_tagged_in(s, sidecars)
+            for file_id in owners:
+                self.submit(file_id)
+
     def wait(self) -> None:
         """Block until every submitted write is done."""
         self._queue.join()
@@ -213,32 +223,31 @@ class Tagger:
 
     def write_group(self, items: list[int | TagRequest]) -> int:
         """Read several files in one go, write each, record them together; returns how many were written."""
-        with self.db.transaction() as s:
-            requests = [
-                r
-                for r in (
-                    item if isinstance(item, TagRequest) else load_tag_request(s, item, self.model) for item in items
-                )
-                if r is not None
-            ]
+        requests = self._requests(items)
         with self._claimed({r.path for r in requests}):
             targets = [_target(self.writer, r) for r in requests]
             stats = {t: stat_of(t) for t in targets if t is not None}  # before the read: see write()
             current = self.writer.read_many(list(stats))
-            done = [
-                w
-                for r, t in zip(requests, targets, strict=True)
-                if (
-                    w := write_one(
-                        self.writer, r, current=current.get(t) if t else None, read_at=stats.get(t) if t else None
-                    )
-                )
-                is not None
-            ]
+            temps = TempFiles()
+            done: list[Written] = []
+            for r, t in zip(requests, targets, strict=True):
+                now, read_at = (current.get(t), stats.get(t)) if t is not None else (None, None)
+                w = write_one(self.writer, r, current=now, read_at=read_at, temps=temps)
+                if w is not None:
+                    done.append(w)
             if done:
                 with self.db.transaction(write=True) as s:
                     record(s, done)
         return sum(w.outcome is not None for w in done)
+
+    def _requests(self, items: list[int | TagRequest]) -> list[TagRequest]:
+        """Requests as given, and those of file ids loaded from the index (None: not an indexed image)."""
+        loaded: dict[int, TagRequest | None] = {}
+        ids = [i for i in items if not isinstance(i, TagRequest)]
+        if ids:
+            with self.db.transaction() as s:
+                loaded = {i: load_tag_request(s, i, self.model) for i in ids}
+        return [r for r in (i if isinstance(i, TagRequest) else loaded[i] for i in items) if r is not None]
 
     @contextmanager
     def _claimed(self, paths: set[str]) -> Iterator[None]:
