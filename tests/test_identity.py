@@ -71,8 +71,11 @@ def test_a_metadata_edit_runs_no_model_and_a_pixel_edit_does(
     assert (sum(model.calls), images(pipeline)) == (1, 1)
 
     # Another program writes metadata into the file itself (-m: the RAW test files' minor warnings).
-    subprocess.run(["exiftool", "-m", "-q", "-overwrite_original", "-XMP-xmp:Rating=4", "-XMP-dc:Subject+=mine",
-                    str(path)], check=True, capture_output=True)
+    subprocess.run(
+        ["exiftool", "-m", "-q", "-overwrite_original", "-XMP-xmp:Rating=4", "-XMP-dc:Subject+=mine", str(path)],
+        check=True,
+        capture_output=True,
+    )
     assert read_tags(path, "XMP-xmp:Rating")["XMP-xmp:Rating"] == 4
     assert pipeline.offer([path]) == 1  # its bytes changed
     pipeline.drain()
@@ -151,4 +154,3 @@ def test_our_write_never_replaces_a_newer_edit(tmp_path: Path) -> None:
         out = writer.write(path, alt_text="a", description="d", keywords=["ours"], current=current, read_at=read_at)
     assert read_tags(path)["XMP-dc:Subject"] == ["theirs", "ours"]
     assert out.before.get("XMP-dc:Subject") == ["theirs"]  # planned again from what the file held then
-
