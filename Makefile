@@ -31,11 +31,14 @@ exiftool:
 
 # exiv2 reads the metadata back independently of exiftool; rsync is one of
 # the copy tools the reliability tests drop files with; Chromium and its
-# driver run the web page's browser test (Selenium drives them).
-TEST_PACKAGES := exiv2 rsync chromium chromium-driver
+# driver run the web page's browser test (Selenium drives them); the
+# PostgreSQL server backs the tests of several workers on one index (the
+# tests start a throwaway cluster of their own, never the system's).
+TEST_PACKAGES := exiv2 rsync chromium chromium-driver postgresql
 test-tools:
 	@command -v exiv2 >/dev/null 2>&1 && command -v rsync >/dev/null 2>&1 \
-	  && command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || { \
+	  && command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 \
+	  && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(TEST_PACKAGES); \
 	  else \

@@ -215,18 +215,29 @@ def _json(value: Any) -> None:
 # --- commands, in the order of the help ---------------------------------------------
 
 
+def _run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--role",
+        choices=("all", "watch", "work"),
+        default="all",
+        help="all (default): watch and process; watch: only watch and queue (no model, e.g. a NAS); "
+        "work: only process the queue (several machines sharing one PostgreSQL index)",
+    )
+
+
 @command(
     "run",
     "Run the daemon: watch the folders, process new images.",
-    "florence-watch --config config.toml run",
+    "florence-watch --config config.toml run --role work",
     description="Run the daemon in the foreground: watch the folders and process new images\nuntil stopped.",
     info_logs=True,
+    arguments=_run_arguments,
 )
 def cmd_run(args: argparse.Namespace, config: Config, config_file: Path | None) -> int:
     from .runner import Daemon
 
     log.info("florence-watch %s, configuration: %s", __version__, config_file or "built-in defaults")
-    daemon = Daemon(config)
+    daemon = Daemon(config, role=args.role)
     daemon.install_signal_handlers()
     daemon.run()
     return 0
@@ -403,6 +414,13 @@ def cmd_status(args: argparse.Namespace, config: Config, config_file: Path | Non
         _json(st)
         return 0
     print(f"indexed {st['indexed']}   pending {st['pending']}   failed {st['failed']}")
+    q = st["queue"]
+    print(f"queue: {q['pending']} waiting, {q['running']} being processed, {q['metadata']} metadata writes to do")
+    for w in st["workers"]:
+        print(
+            f"  worker {w['host']}:{w['pid']}  {w['role']:5}  {w['device'] or '-':8}  {w['images_per_s']:6.2f} images/s"
+            f"  {w['processed']} done  heartbeat {w['seconds_since_heartbeat']:.0f} s ago"
+        )
     for f in st["failures"]:
         print(f"  failed: {f['path']}\n          {f['reason']}")
     for f in st["metadata_failures"]:

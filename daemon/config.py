@@ -57,6 +57,26 @@ class ModelConfig:
 class IndexConfig:
     database: str = field(default_factory=default_database)
     max_attempts: int = 3
+    # A job claim lasts this long without a heartbeat; then any worker may take the job.
+    lease_seconds: float = 60.0
+    # Paths as the watcher records them -> where this host sees them ("/volume1/photos" = "/mnt/photos").
+    path_map: dict[str, str] = field(default_factory=dict)
+
+    def local(self, path: str) -> str:
+        """*path* (the index's form) as this host sees it: the longest matching prefix is replaced."""
+        return _remap(path, self.path_map)
+
+    def indexed(self, path: str) -> str:
+        """*path* as this host sees it, in the index's (the watcher's) form."""
+        return _remap(path, {v: k for k, v in self.path_map.items()})
+
+
+def _remap(path: str, prefixes: dict[str, str]) -> str:
+    for src in sorted(prefixes, key=len, reverse=True):
+        root = src.rstrip("/")
+        if path == root or path.startswith(root + "/"):
+            return prefixes[src].rstrip("/") + path[len(root) :]
+    return path
 
 
 POLICIES = ("fill", "overwrite", "off")
@@ -181,6 +201,18 @@ def _parse_section(section: str, cls: type, values: dict[str, Any], source: str)
             raise ConfigError(source, dotted, f"unknown key (known: {', '.join(known)})")
         if dotted == "model.batch_size" and value == "auto":
             value = 0
+        if dotted == "index.path_map":
+            if not isinstance(value, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) and k.startswith("/") and v.startswith("/")
+                for k, v in value.items()
+            ):
+                raise ConfigError(
+                    source,
+                    dotted,
+                    f'must be a table of absolute paths, e.g. {{ "/volume1/photos" = "/mnt/photos" }}, not {value!r}',
+                )
+            kwargs[key] = dict(value)
+            continue
         if dotted == "model.num_beams" and isinstance(value, dict):
             kwargs[key] = _check(dotted, value, dict.fromkeys(inputless(), defaults.num_beams), source)
             continue
@@ -258,6 +290,8 @@ def _validate(section: str, obj: Any, source: str) -> None:
         raise ConfigError(source, "serve.port", "must be between 0 and 65535 (0: any free port)")
     if section == "index" and obj.max_attempts < 1:
         raise ConfigError(source, "index.max_attempts", "must be at least 1")
+    if section == "index" and obj.lease_seconds < 3:
+        raise ConfigError(source, "index.lease_seconds", "must be at least 3")
     if section == "metadata":
         if "{name}" not in obj.sidecar_name and "{stem}" not in obj.sidecar_name:
             raise ConfigError(source, "metadata.sidecar_name", 'must contain {name} or {stem}, e.g. "{name}.xmp"')

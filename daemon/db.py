@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import cast
 
 from sqlalchemy import (
+    BigInteger,
     Connection,
     ForeignKey,
     Index,
@@ -82,14 +83,18 @@ class File(Base):
     sha256: Mapped[str | None] = mapped_column(String(64), index=True)
     # Fingerprint recorded after we last read or wrote the file: an event
     # whose stat matches it is our own write coming back.
-    inode: Mapped[int | None] = mapped_column(Integer)
-    size: Mapped[int | None] = mapped_column(Integer)
-    mtime_ns: Mapped[int | None] = mapped_column(Integer)
+    # 64-bit: nanosecond times, inode numbers and sizes overflow a 32-bit INTEGER (PostgreSQL's).
+    inode: Mapped[int | None] = mapped_column(BigInteger)
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int | None] = mapped_column(BigInteger)
     state: Mapped[str] = mapped_column(String(16), default="pending")  # pending|indexed|failed|deleted
     error: Mapped[str | None] = mapped_column(Text)
     tag_state: Mapped[str] = mapped_column(String(16), default="none")  # none|pending|done|skipped|failed
     written: Mapped[str | None] = mapped_column(Text)  # JSON: exactly what we wrote
     metadata_target: Mapped[str | None] = mapped_column(Text)  # the file or its sidecar
+    # The worker writing this file's metadata now, until when: two never write one file at once.
+    tag_owner: Mapped[str | None] = mapped_column(String(255))
+    tag_lease_until: Mapped[float | None] = mapped_column()
     updated_at: Mapped[float] = mapped_column(default=now, onupdate=now)
 
 
@@ -116,7 +121,9 @@ class Job(Base):
     state: Mapped[str] = mapped_column(String(16), default="pending")  # pending|running|failed
     attempts: Mapped[int] = mapped_column(default=0)
     error: Mapped[str | None] = mapped_column(Text)
-    owner: Mapped[str | None] = mapped_column(String(64))  # host:pid of the claiming process
+    owner: Mapped[str | None] = mapped_column(String(255))  # host:pid:start of the worker that claimed it
+    # The claim is a lease: renewed by the owner's heartbeat; once past, any worker may take the job.
+    lease_until: Mapped[float | None] = mapped_column()
     # The file changed again while its job was running: run it once more.
     dirty: Mapped[bool] = mapped_column(default=False, server_default="0")
     not_before: Mapped[float] = mapped_column(default=0.0)
@@ -133,6 +140,21 @@ class Document(Base):
     description: Mapped[str] = mapped_column(Text, default="")
     ocr: Mapped[str] = mapped_column(Text, default="")
     labels: Mapped[str] = mapped_column(Text, default="")
+
+
+class Worker(Base):
+    """A running ``florence-watch run`` process: what it does, how fast, when it was last heard from."""
+
+    __tablename__ = "workers"
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)  # host:pid:start, as in Job.owner
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column()
+    role: Mapped[str] = mapped_column(String(16))  # all | watch | work
+    device: Mapped[str] = mapped_column(String(64), default="")
+    images_per_s: Mapped[float] = mapped_column(default=0.0)
+    processed: Mapped[int] = mapped_column(BigInteger, default=0)
+    started_at: Mapped[float] = mapped_column(default=now)
+    heartbeat: Mapped[float] = mapped_column(default=now)
 
 
 class Rejection(Base):
@@ -202,11 +224,97 @@ def _m0004_content_key_and_rejections(conn: Connection) -> None:
     Base.metadata.create_all(conn, tables=_tables(Rejection))
 
 
+def _add_columns(conn: Connection, table: str, columns: dict[str, str]) -> None:
+    """ALTER TABLE ... ADD COLUMN for each of *columns* (name -> SQL type) the table lacks."""
+    have = {c["name"] for c in inspect(conn).get_columns(table)}
+    for name, sql_type in columns.items():
+        if name not in have:
+            conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}")
+
+
+def _m0005_scale_out(conn: Connection) -> None:
+    # Leases for several workers, a workers table, and 64-bit file stats on PostgreSQL
+    # (SQLite's INTEGER is 64-bit already).
+    _add_columns(conn, "jobs", {"lease_until": "FLOAT"})
+    _add_columns(conn, "files", {"tag_owner": "VARCHAR(255)", "tag_lease_until": "FLOAT"})
+    Base.metadata.create_all(conn, tables=_tables(Worker))
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(
+            "ALTER TABLE files ALTER COLUMN inode TYPE BIGINT, ALTER COLUMN size TYPE BIGINT, "
+            "ALTER COLUMN mtime_ns TYPE BIGINT"
+        )
+        conn.exec_driver_sql("ALTER TABLE jobs ALTER COLUMN owner TYPE VARCHAR(255)")
+
+
+def _m0006_postgres_search(conn: Connection) -> None:
+    """PostgreSQL's own full-text search: tsvectors kept current by a trigger, GIN indexes (see search.py).
+
+    Words are cut as SQLite's FTS5 cuts them (unicode61 remove_diacritics 2), so that both backends
+    find the same documents: florence_search_words() lowercases, drops combining accents and makes
+    every other character that is not a letter or a digit a space (search.py sends each query word
+    through it too), and the florence_search configuration strips accents (café = cafe) with the
+    unaccent extension, where this role may create it.
+    """
+    from sqlalchemy.exc import DBAPIError  # only this migration tolerates a failing statement
+
+    if conn.dialect.name != "postgresql":
+        return  # SQLite searches with FTS5 (0002)
+    try:  # unaccent is trusted (PostgreSQL 13+): the database's owner may create it
+        with conn.begin_nested():  # a savepoint: a refusal must not abort the migration
+            conn.exec_driver_sql("CREATE EXTENSION IF NOT EXISTS unaccent")
+    except DBAPIError as exc:  # no privilege, or no contrib on the server: search keeps accents apart
+        log.warning("search will not fold accents: CREATE EXTENSION unaccent failed: %s", str(exc.orig).strip())
+    schema = conn.exec_driver_sql(
+        "SELECT quote_ident(n.nspname) FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
+        "WHERE e.extname = 'unaccent'"
+    ).scalar()
+    conn.exec_driver_sql("CREATE TEXT SEARCH CONFIGURATION florence_search (COPY = simple)")
+    if schema:  # the token types that can hold non-ASCII letters
+        conn.exec_driver_sql(
+            "ALTER TEXT SEARCH CONFIGURATION florence_search ALTER MAPPING FOR word, numword, hword, hword_part, "
+            f"numhword, hword_numpart WITH {schema}.unaccent, simple"
+        )
+    # ICU's letters and lower case, whatever the database's locale: in the C locale [[:alnum:]] is ASCII only.
+    icu = conn.exec_driver_sql("SELECT 1 FROM pg_collation WHERE collname = 'und-x-icu'").scalar()
+    arg = 't COLLATE "und-x-icu"' if icu else "t"
+    words = f"regexp_replace(regexp_replace(lower({arg}), '[\\u0300-\\u036f]+', '', 'g'), '[^[:alnum:]]+', ' ', 'g')"
+    # ts_headline reads the text with PostgreSQL's parser ("/p/a.jpg" is one word there): cut it
+    # where florence_search_words() cuts, with chr(1), which the parser skips and we then remove.
+    cut = f"regexp_replace({arg}, '[^[:alnum:]\\u0300-\\u036f]+', chr(1) || '\\&' || chr(1), 'g')"
+    pure = "LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE"
+    conn.exec_driver_sql(f"CREATE FUNCTION florence_search_words(t text) RETURNS text {pure} AS $$ SELECT {words} $$")
+    conn.exec_driver_sql(
+        f"CREATE FUNCTION florence_search_headline(t text, q tsquery, options text) RETURNS text {pure} "
+        f"AS $$ SELECT replace(ts_headline('florence_search', {cut}, q, options), chr(1), '') $$"
+    )
+    # A '-' between fields, deleted again, leaves a gap in the positions: a phrase never spans two
+    # fields (FTS5 matches a phrase within one column). The path has a vector of its own: 5 fields, 4 weights.
+    fields = (("caption", "A"), ("description", "B"), ("ocr", "C"), ("labels", "D"))
+    vector = "to_tsvector('florence_search', florence_search_words(coalesce(NEW.{}, '')))"
+    weighted = " || '-:1'::tsvector || ".join(f"setweight({vector.format(f)}, '{w}')" for f, w in fields)
+    conn.exec_driver_sql(
+        "CREATE FUNCTION documents_tsv() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        f"NEW.tsv := ts_delete({weighted}, '-'); NEW.path_tsv := {vector.format('path')}; RETURN NEW; END $$"
+    )
+    conn.exec_driver_sql("ALTER TABLE documents ADD COLUMN tsv tsvector, ADD COLUMN path_tsv tsvector")
+    conn.exec_driver_sql(
+        "CREATE TRIGGER documents_tsv BEFORE INSERT OR UPDATE OF caption, description, ocr, labels, path "
+        "ON documents FOR EACH ROW EXECUTE FUNCTION documents_tsv()"
+    )
+    conn.exec_driver_sql("UPDATE documents SET path = path")  # fill the vectors of existing rows
+    # Without fastupdate: a search never scans a list of pending entries (up to 4 MB of them). The
+    # daemon writes a few documents a second, and a new one's words go straight into the index.
+    conn.exec_driver_sql("CREATE INDEX ix_documents_tsv ON documents USING GIN (tsv) WITH (fastupdate = off)")
+    conn.exec_driver_sql("CREATE INDEX ix_documents_path_tsv ON documents USING GIN (path_tsv) WITH (fastupdate = off)")
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0001_initial", _m0001_initial),
     ("0002_fts", _m0002_fts),
     ("0003_jobs_dirty", _m0003_jobs_dirty),
     ("0004_content_key_and_rejections", _m0004_content_key_and_rejections),
+    ("0005_scale_out", _m0005_scale_out),
+    ("0006_postgres_search", _m0006_postgres_search),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -284,6 +392,11 @@ class Database:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def display_url(url: str) -> str:
+    """*url* for messages and logs: a file path for SQLite, the password masked otherwise."""
+    return _display(url)
 
 
 def _display(url: str) -> str:

@@ -7,16 +7,18 @@ commit themselves: the caller decides what belongs to one transaction.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import Table, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from .db import Document, File, Image, Job, Rejection, Result, chunks
+from .db import Document, File, Image, Job, Rejection, Result, chunks, now
 from .files import under
 from .imaging import Fingerprint
 from .results import Summary, TaskResults, summarize
+from .workers import list_workers
 
 
 def file_by_path(session: Session, path: str) -> File | None:
@@ -277,6 +279,43 @@ def files_tagged_in(session: Session, targets: list[str]) -> list[int]:
     )
 
 
+def mark_tag_pending(session: Session, file_ids: list[int]) -> None:
+    """These files' metadata is to be read and written again (by whichever worker gets to it)."""
+    if file_ids:
+        files = cast(Table, File.__table__)
+        session.execute(update(files).where(files.c.id.in_(file_ids)).values(tag_state="pending", updated_at=0.0))
+
+
+def claim_tags(session: Session, file_ids: list[int], owner: str, lease_s: float) -> set[int]:
+    """Claim the right to write these files' metadata now; the ids this *owner* holds (others' are busy)."""
+    t = now()
+    files = cast(Table, File.__table__)
+    free = or_(files.c.tag_owner.is_(None), files.c.tag_owner == owner, files.c.tag_lease_until < t)
+    session.execute(
+        update(files).where(files.c.id.in_(file_ids), free).values(tag_owner=owner, tag_lease_until=t + lease_s)
+    )
+    return set(session.scalars(select(File.id).where(File.id.in_(file_ids), File.tag_owner == owner)))
+
+
+def release_dead_tag_claims(session: Session, dead: Callable[[str], bool]) -> int:
+    """Free the metadata-write claims of workers that are *dead* (a crash left them); how many."""
+    owners = [o for o in session.scalars(select(File.tag_owner).where(File.tag_owner.is_not(None)).distinct()) if o]
+    stale = [o for o in owners if dead(o)]
+    if stale:
+        files = cast(Table, File.__table__)
+        session.execute(update(files).where(files.c.tag_owner.in_(stale)).values(tag_owner=None, tag_lease_until=None))
+    return len(stale)
+
+
+def release_tags(session: Session, file_ids: list[int], owner: str) -> None:
+    files = cast(Table, File.__table__)
+    session.execute(
+        update(files)
+        .where(files.c.id.in_(file_ids), files.c.tag_owner == owner)
+        .values(tag_owner=None, tag_lease_until=None)
+    )
+
+
 def record_tag_failure(session: Session, file_id: int, reason: str) -> None:
     f = session.get(File, file_id)
     if f is not None:
@@ -284,7 +323,7 @@ def record_tag_failure(session: Session, file_id: int, reason: str) -> None:
 
 
 def status(session: Session) -> dict[str, Any]:
-    """Counts of indexed, pending and failed files, with the failures' reasons."""
+    """Counts of indexed, pending and failed files, with the failures' reasons; the queue and the workers."""
     by_state = dict(session.execute(select(File.state, func.count()).group_by(File.state)).all())
     jobs = dict(session.execute(select(Job.state, func.count()).group_by(Job.state)).all())
     failures = [
@@ -310,6 +349,8 @@ def status(session: Session) -> dict[str, Any]:
         "failed": len(failures),
         "failures": failures,
         "metadata_failures": tag_failures,
+        "queue": {"pending": jobs.get("pending", 0), "running": jobs.get("running", 0), "metadata": tag_pending},
+        "workers": list_workers(session),
     }
 
 

@@ -1,29 +1,38 @@
 """The durable job queue: a table in the index database.
 
 A job is one path to (re)process. Claiming marks jobs ``running`` with the
-claiming process as owner; finishing a job deletes it in the same
-transaction that stores its results, so a crash leaves either the pending
-job or the finished results, never half of each. At start-up, jobs whose
-owner process is gone go back to ``pending``.
+claiming worker as owner (host, pid and start time) and a lease: the owner's
+heartbeat renews it, and once it has run out any worker may claim the job
+again, so the jobs of a worker that died (SIGKILL, power cut, a host that
+vanished) go back to the queue by themselves. On PostgreSQL several workers
+claim at once with ``FOR UPDATE SKIP LOCKED``; SQLite's write lock
+serialises claims. Finishing a job deletes it in the same transaction that
+stores its results, and only while its claim is still the finisher's own,
+so a crash leaves either the job or the results, never half of each, and
+no job is stored twice.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Iterable
 from typing import cast
 
-from sqlalchemy import Table, delete, func, select, update
+from sqlalchemy import Table, and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from .db import Job, chunks, now
 
 RETRY_DELAYS_S = (5.0, 30.0, 120.0)
+LEASE_S = 60.0  # how long a claim lasts without a heartbeat (index.lease_seconds)
+_STARTED = int(time.time())
 
 
 def owner_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """This process as a job owner: host, pid and start time (a pid alone means nothing on another host)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_STARTED}"
 
 
 def enqueue(session: Session, paths: Iterable[str]) -> int:
@@ -43,16 +52,48 @@ def enqueue(session: Session, paths: Iterable[str]) -> int:
     return len(unique)
 
 
-def claim(session: Session, limit: int, owner: str | None = None) -> list[Job]:
-    """Take up to *limit* due jobs, oldest first."""
-    jobs = list(
-        session.scalars(
-            select(Job).where(Job.state == "pending", Job.not_before <= now()).order_by(Job.id).limit(limit)
+def claim(session: Session, limit: int, owner: str | None = None, lease_s: float = LEASE_S) -> list[Job]:
+    """Take up to *limit* due jobs, oldest first: pending ones, and running ones whose lease ran out."""
+    t = now()
+    query = (
+        select(Job)
+        .where(
+            or_(
+                and_(Job.state == "pending", Job.not_before <= t),
+                and_(Job.state == "running", Job.lease_until.is_not(None), Job.lease_until < t),
+            )
         )
+        .order_by(Job.id)
+        .limit(limit)
     )
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)  # other workers take the next rows, never these
+    jobs = list(session.scalars(query))
     for job in jobs:
-        job.state, job.owner = "running", owner or owner_id()
+        job.state, job.owner, job.lease_until = "running", owner or owner_id(), t + lease_s
     return jobs
+
+
+def renew(session: Session, owner: str, lease_s: float = LEASE_S) -> int:
+    """The heartbeat: extend the leases of *owner*'s running jobs; how many it holds."""
+    jobs = cast(Table, Job.__table__)
+    result = session.execute(
+        update(jobs).where(jobs.c.owner == owner, jobs.c.state == "running").values(lease_until=now() + lease_s)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def owned(session: Session, job_ids: Iterable[int], owner: str) -> set[int]:
+    """Those of *job_ids* still claimed by *owner*, locked until the transaction ends.
+
+    A worker whose lease ran out may find its jobs taken by another: it
+    must not store their results too.
+    """
+    ids = list(job_ids)
+    query = select(Job.id).where(Job.id.in_(ids), Job.owner == owner, Job.state == "running")
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update()
+    return set(session.scalars(query))
 
 
 def finish(session: Session, *job_ids: int) -> None:
@@ -64,7 +105,7 @@ def finish(session: Session, *job_ids: int) -> None:
     session.execute(
         update(jobs)
         .where(jobs.c.id.in_(job_ids))
-        .values(state="pending", dirty=False, owner=None, attempts=0, not_before=0.0)
+        .values(state="pending", dirty=False, owner=None, lease_until=None, attempts=0, not_before=0.0)
     )
 
 
@@ -76,6 +117,7 @@ def fail(session: Session, job_id: int, reason: str, max_attempts: int) -> bool:
     if job.dirty:  # it changed while we tried: try the new content afresh
         job.state, job.dirty, job.owner, job.attempts, job.not_before = "pending", False, None, 0, 0.0
         return False
+    job.owner = job.lease_until = None
     job.attempts += 1
     job.error = reason
     if job.attempts >= max_attempts:
@@ -86,23 +128,46 @@ def fail(session: Session, job_id: int, reason: str, max_attempts: int) -> bool:
     return False
 
 
-def release(session: Session, job_ids: Iterable[int]) -> None:
-    """Give claimed jobs back to the queue untouched (shutdown before processing)."""
+def release(session: Session, job_ids: Iterable[int], delay_s: float = 0.0, reason: str | None = None) -> None:
+    """Give claimed jobs back to the queue untouched: at shutdown, or (after *delay_s*, with *reason*) a
+    file this host cannot see, for another worker or a later try."""
     ids = list(job_ids)
     if ids:
-        session.execute(update(Job).where(Job.id.in_(ids)).values(state="pending", owner=None))
+        session.execute(
+            update(Job)
+            .where(Job.id.in_(ids), Job.state == "running")
+            .values(state="pending", owner=None, lease_until=None, not_before=now() + delay_s, error=reason)
+        )
 
 
 def recover(session: Session) -> int:
-    """Requeue running jobs whose owner process no longer exists."""
-    host = socket.gethostname()
-    stale = []
-    for job in session.scalars(select(Job).where(Job.state == "running")):
-        owner_host, _, pid = (job.owner or "").rpartition(":")
-        if owner_host != host or not pid.isdigit() or not _alive(int(pid)) or int(pid) == os.getpid():
-            stale.append(job.id)
+    """Requeue at once the running jobs of processes of this host that are gone.
+
+    Jobs of other hosts' workers are theirs until their leases run out.
+    """
+    stale = [
+        job.id
+        for job in session.scalars(select(Job).where(Job.state == "running"))
+        # lease_until None: claimed by a version before leases, whose heartbeat will never come
+        if gone(job.owner or "") or job.lease_until is None
+    ]
     release(session, stale)
     return len(stale)
+
+
+def gone(owner: str) -> bool:
+    """Whether *owner* is a process of this host that no longer runs (at start-up: any but ours is)."""
+    host, pid, _start = _parse_owner(owner)
+    return host == socket.gethostname() and (pid is None or not _alive(pid) or pid == os.getpid())
+
+
+def _parse_owner(owner: str) -> tuple[str, int | None, str]:
+    """host:pid:start (or host:pid, as versions before leases wrote it)."""
+    parts = owner.split(":")
+    if len(parts) >= 3 and parts[-2].isdigit():
+        return ":".join(parts[:-2]), int(parts[-2]), parts[-1]
+    host, _, pid = owner.rpartition(":")
+    return host, int(pid) if pid.isdigit() else None, ""
 
 
 def _alive(pid: int) -> bool:

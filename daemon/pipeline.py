@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,14 +26,17 @@ from .analyze import Analyzer, Interrupted
 from .config import Config
 from .db import Database, Image
 from .errors import ImageError
-from .files import is_candidate, is_sidecar
+from .files import is_candidate, is_sidecar, is_under
 from .imaging import Decoded, Fingerprint, content_key, decode, sha256_file
 from .metadata import MetadataWriter, Tagger, tag_request
 from .results import summarize
+from .workers import Heartbeat
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
+NOT_VISIBLE_RETRY_S = 60.0  # a file on a share this host has not mounted: try again after this
+TAG_RETRY_S = 30.0  # how often an idle daemon retries metadata writes left pending
 
 
 @dataclass
@@ -66,7 +70,8 @@ class _Work:
 class Pipeline:
     """Turns queued paths into indexed, tagged images.
 
-    *tag_threads* = 0 writes metadata in the caller's thread (see Tagger).
+    *tag_threads* = 0 writes metadata in the caller's thread (see Tagger);
+    *role* is what ``status`` lists this worker as.
     """
 
     def __init__(
@@ -76,16 +81,22 @@ class Pipeline:
         analyzer: Analyzer,
         writer: MetadataWriter | None,
         tag_threads: int | None = None,
+        role: str = "all",
     ) -> None:
         self.config, self.db, self.analyzer = config, db, analyzer
+        self.owner = jobs.owner_id()
+        device = str(getattr(analyzer, "device", "")) or type(analyzer).__name__
+        self.heartbeat = Heartbeat(db, self.owner, role, device, config.index.lease_seconds).start()
         tagging = writer is not None and config.metadata.write
-        self.tagger = Tagger(db, writer, analyzer.model_id, tag_threads) if tagging and writer else None
+        self.tagger = Tagger(db, writer, analyzer.model_id, tag_threads, config.index) if tagging and writer else None
         self.prefetch = Prefetch(self)
+        self._last_retry = time.monotonic()
 
     def close(self) -> None:
         self.prefetch.close()
         if self.tagger is not None:
             self.tagger.close()
+        self.heartbeat.stop()
 
     def offer(self, paths: Iterable[str | Path]) -> int:
         """Queue the paths that are new or changed since we last saw or wrote them.
@@ -100,19 +111,26 @@ class Pipeline:
 
     def forget(self, path: str | Path) -> None:
         """A file or folder was deleted or moved away."""
-        with self.db.transaction(write=True) as s:
-            if index.mark_deleted(s, os.path.abspath(path)):
-                log.info("removed from the index: %s", path)
+        forget(self.db, path)
 
     def recover(self) -> None:
         """After a crash: requeue orphaned jobs and finish interrupted metadata writes."""
         with self.db.transaction(write=True) as s:
             n = jobs.recover(s)
+            index.release_dead_tag_claims(s, jobs.gone)
         if n:
             log.info("requeued %d job(s) interrupted by a previous shutdown", n)
         backfill_content_keys(self.db)
         if self.tagger is not None:
             self.tagger.recover()
+
+    def idle(self) -> None:
+        """Between batches with nothing to do: retry metadata writes left pending (postponed while another
+        program saved the file, or claimed by a worker that died) once they have been quiet a while."""
+        now = time.monotonic()
+        if self.tagger is not None and now - self._last_retry >= TAG_RETRY_S:
+            self._last_retry = now
+            self.tagger.recover(quiet_s=TAG_RETRY_S)
 
     def pending(self) -> int:
         with self.db.transaction() as s:
@@ -184,18 +202,25 @@ class Pipeline:
 
     def _store(self, work: list[_Work], results: list[Any]) -> None:
         """One transaction for the batch: every file's results and its job's completion, or none."""
-        batch = [w.analysed(res) for w, res in zip(work, results, strict=True)]
         with self.db.transaction(write=True) as s:
+            mine = jobs.owned(s, [w.job_id for w in work], self.owner)
+            if len(mine) < len(work):  # our lease ran out and another worker took them: theirs now
+                log.warning("%d job(s) of this batch were taken over by another worker", len(work) - len(mine))
+                results = [r for w, r in zip(work, results, strict=True) if w.job_id in mine]
+                work = [w for w in work if w.job_id in mine]
+            batch = [w.analysed(res) for w, res in zip(work, results, strict=True)]
             files = index.store_batch(s, self.analyzer.model_id, batch)
             for f in files:
                 f.tag_state = "pending" if self.tagger else "off"
             jobs.finish(s, *(w.job_id for w in work))
             decided = index.decisions_for_images(s, [f.image_id for f in files])
             requests = [
-                tag_request(f, a.summary, decided.get(f.image_id or 0)) for f, a in zip(files, batch, strict=True)
+                tag_request(f, a.summary, decided.get(f.image_id or 0), self.config.index.local)
+                for f, a in zip(files, batch, strict=True)
             ]
         for w in work:
             log.info("indexed %s", w.path)
+        self.heartbeat.processed += len(work)
         if self.tagger is not None:
             for request in requests:
                 self.tagger.submit(request)
@@ -209,11 +234,25 @@ def _by_content(key: str) -> Callable[[Session], Image | None]:
     return lambda s: index.image_for_content(s, key)
 
 
-def offer(db: Database, paths: Iterable[str | Path]) -> int:
-    """Queue the image files among *paths* that are new or changed since we last saw or wrote them."""
+def forget(db: Database, path: str | Path) -> None:
+    """A file or folder was deleted or moved away: it leaves search (its image and results stay)."""
+    with db.transaction(write=True) as s:
+        if index.mark_deleted(s, os.path.abspath(path)):
+            log.info("removed from the index: %s", path)
+
+
+def offer(db: Database, paths: Iterable[str | Path], sidecars_pending: bool = False) -> int:
+    """Queue the image files among *paths* that are new or changed since we last saw or wrote them.
+
+    With *sidecars_pending* (a watcher without a tagger of its own), a changed
+    sidecar of ours marks its file's metadata as pending: a worker reads it again.
+    """
     seen: dict[str, Fingerprint] = {}
-    for p in paths:
-        path = os.path.abspath(p)
+    absolute = [os.path.abspath(p) for p in paths]
+    if sidecars_pending:
+        with db.transaction(write=True) as s:
+            index.mark_tag_pending(s, index.files_tagged_in(s, [p for p in absolute if is_sidecar(p)]))
+    for path in absolute:
         if not is_candidate(path):
             continue
         try:
@@ -276,14 +315,15 @@ class Prefetch:
 
     def __init__(self, pipeline: Pipeline) -> None:
         self.pipeline, self.db = pipeline, pipeline.db
-        self.analyzer = pipeline.analyzer
-        self.owner = jobs.owner_id()
+        self.analyzer, self.owner, self.paths = pipeline.analyzer, pipeline.owner, pipeline.config.index
         self._threads = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="decode")
         self._next: list[Future[_Work | None]] | None = None
 
     def start_next(self) -> None:
         with self.db.transaction(write=True) as s:
-            claimed = [(j.id, j.path) for j in jobs.claim(s, self.analyzer.batch_size, self.owner)]
+            claimed = [
+                (j.id, j.path) for j in jobs.claim(s, self.analyzer.batch_size, self.owner, self.paths.lease_seconds)
+            ]
         self._next = [self._threads.submit(self._prepare, job_id, path) for job_id, path in claimed] or None
 
     def take(self) -> tuple[int, list[_Work]] | None:
@@ -313,16 +353,15 @@ class Prefetch:
         decoded, by its pixels (a metadata edit by any program): either way
         the model does not run again.
         """
+        local = self.paths.local(path)  # the index keeps the watcher's form of the path
         try:
-            if not os.path.exists(path):
-                with self.db.transaction(write=True) as s:
-                    index.mark_deleted(s, path)
-                    jobs.finish(s, job_id)
+            if not os.path.exists(local):
+                self._missing(job_id, path, local)
                 return None
-            fp, sha = Fingerprint.of(path), sha256_file(path)
+            fp, sha = Fingerprint.of(local), sha256_file(local)
             if self._link_known(job_id, path, fp, sha, lambda s: index.image_for_hash(s, sha)):
                 return None
-            decoded = decode(path)
+            decoded = decode(local)
             key = content_key(decoded.image)  # looked up for the whole batch: link_by_content
             return _Work(job_id, path, fp, sha, decoded, key, self.analyzer.preprocess(decoded.image))
         except ImageError as exc:
@@ -331,6 +370,18 @@ class Prefetch:
             log.exception("unexpected error preparing %s", path)
             self.pipeline.fail(job_id, path, f"unexpected error: {exc}")
         return None
+
+    def _missing(self, job_id: int, path: str, local: str) -> None:
+        """A file gone from its folder was deleted; a file whose folder this host cannot see is given back."""
+        if os.path.isdir(os.path.dirname(local)) or any(is_under(local, f) for f in self.pipeline.config.folders):
+            with self.db.transaction(write=True) as s:
+                index.mark_deleted(s, path)
+                jobs.finish(s, job_id)
+            return
+        reason = f"not visible on this host as {local} (is the share mounted? see index.path_map)"
+        log.warning("%s: %s; giving the job back for another worker or a later try", path, reason)
+        with self.db.transaction(write=True) as s:
+            jobs.release(s, [job_id], delay_s=NOT_VISIBLE_RETRY_S, reason=reason)
 
     def link_by_content(self, work: list[_Work]) -> list[_Work]:
         """Link the files whose pixels are an image already described (a metadata edit); the rest.

@@ -1,6 +1,7 @@
 """Assembling the daemon: config -> database, model, exiftool, pipeline, watcher.
 
-``Daemon.run`` is the long-running loop behind ``florence-watch run``;
+``Daemon.run`` is the long-running loop behind ``florence-watch run`` (in
+one of three roles: all, watch, work);
 ``open_pipeline`` serves the one-shot ``scan`` as well. SIGTERM and SIGINT
 become one shutdown request: the current batch finishes and commits,
 threads are joined, and the process exits 0.
@@ -12,22 +13,25 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
+from . import jobs
 from .analyze import Analyzer, FlorenceAnalyzer
 from .config import Config, database_url
-from .db import Database
+from .db import Database, display_url
+from .errors import FlorenceWatchError
 from .metadata import MetadataWriter, remove_stale_temp_files
-from .pipeline import Pipeline
+from .pipeline import Pipeline, forget, offer
 from .watch import FolderWatcher
+from .workers import Heartbeat
 
 log = logging.getLogger(__name__)
 
 
 @contextmanager
 def open_pipeline(
-    config: Config, analyzer: Analyzer | None = None, tag_threads: int | None = None
+    config: Config, analyzer: Analyzer | None = None, tag_threads: int | None = None, role: str = "scan"
 ) -> Iterator[Pipeline]:
     """Database, model and exiftool, opened in the order that fails fastest.
 
@@ -41,7 +45,7 @@ def open_pipeline(
         if analyzer is None:
             analyzer = FlorenceAnalyzer(config.model)
             log.info("model: %s", analyzer.describe())
-        pipeline = Pipeline(config, db, analyzer, writer, tag_threads)
+        pipeline = Pipeline(config, db, analyzer, writer, tag_threads, role)
         try:
             yield pipeline
         finally:
@@ -52,12 +56,21 @@ def open_pipeline(
         db.close()
 
 
-class Daemon:
-    """Watch, reconcile, process; until asked to stop."""
+ROLES = ("all", "watch", "work")
 
-    def __init__(self, config: Config, analyzer: Analyzer | None = None) -> None:
-        self.config = config
-        self.analyzer = analyzer
+
+class Daemon:
+    """Watch, reconcile, process; until asked to stop.
+
+    *role* ``all`` does everything; ``watch`` only watches the folders and
+    queues files (no model: a NAS without a GPU); ``work`` only processes
+    the queue (GPU desktops sharing one PostgreSQL index).
+    """
+
+    def __init__(self, config: Config, analyzer: Analyzer | None = None, role: str = "all") -> None:
+        if role not in ROLES:
+            raise FlorenceWatchError(f"unknown role {role!r}: choose all, watch or work")
+        self.config, self.analyzer, self.role = config, analyzer, role
         self.stop_event = threading.Event()
         self.wakeup = threading.Event()
 
@@ -75,40 +88,65 @@ class Daemon:
         signal.signal(signal.SIGINT, self.request_stop)
 
     def run(self) -> None:
+        log.info("index: %s (role %s)", display_url(database_url(self.config.index.database)), self.role)
+        if self.role == "watch":
+            self._watch_only()
+        else:
+            with open_pipeline(self.config, self.analyzer, role=self.role) as pipeline:
+                pipeline.recover()
+                if self.role == "all":
+                    with self._watching(pipeline.db, pipeline.offer):
+                        self._loop(pipeline)
+                else:
+                    log.info("working: taking jobs from the queue")
+                    self._loop(pipeline)
+        log.info("stopped")
+
+    @contextmanager
+    def _watching(self, db: Database, offer: Callable[[Iterable[str]], int]) -> Iterator[None]:
+        """Watch the folders while the body runs, after queueing what arrived while we were down."""
         folders = self.config.folders
         for folder in folders:
             folder.mkdir(parents=True, exist_ok=True)
         log.info("watching: %s", ", ".join(str(f) for f in folders))
-        log.info("index: %s", database_url(self.config.index.database))
         remove_stale_temp_files(folders)
-        with open_pipeline(self.config, self.analyzer) as pipeline:
-            pipeline.recover()
-            watcher = FolderWatcher(
-                folders,
-                on_settled=lambda paths: self._queue(pipeline, paths),
-                on_deleted=pipeline.forget,
-                settle_seconds=self.config.watch.settle_seconds,
-                polling=self.config.watch.polling,
-                recursive=self.config.watch.recursive,
-                follow_symlinks=self.config.watch.follow_symlinks,
-            )
-            watcher.start()
-            try:
-                queued = pipeline.offer(watcher.scan())  # files that arrived while we were down
-                log.info("start-up scan: %d file(s) to process", queued)
-                self._loop(pipeline)
-            finally:
-                watcher.stop()
-        log.info("stopped")
+        watcher = FolderWatcher(
+            folders,
+            on_settled=lambda paths: self._queue(offer, paths),
+            on_deleted=lambda path: forget(db, path),
+            settle_seconds=self.config.watch.settle_seconds,
+            polling=self.config.watch.polling,
+            recursive=self.config.watch.recursive,
+            follow_symlinks=self.config.watch.follow_symlinks,
+        )
+        watcher.start()
+        try:
+            queued = offer(watcher.scan())
+            log.info("start-up scan: %d file(s) to process", queued)
+            yield
+        finally:
+            watcher.stop()
 
-    def _queue(self, pipeline: Pipeline, paths: list[str]) -> None:
-        if pipeline.offer(paths):
+    def _watch_only(self) -> None:
+        db = Database(database_url(self.config.index.database))
+        heartbeat = Heartbeat(db, jobs.owner_id(), "watch", "", self.config.index.lease_seconds).start()
+        try:
+            with self._watching(db, lambda paths: offer(db, paths, sidecars_pending=True)):
+                self.stop_event.wait()
+        finally:
+            heartbeat.stop()
+            db.close()
+
+    def _queue(self, offer: Callable[[Iterable[str]], int], paths: list[str]) -> None:
+        if offer(paths):
             self.wakeup.set()
 
     def _loop(self, pipeline: Pipeline) -> None:
         while not self.stop_event.is_set():
             if pipeline.process_batch(self.stop_event):
                 continue
-            # Idle: sleep until a new file settles, or a retry falls due.
-            self.wakeup.wait(timeout=1.0)
+            pipeline.idle()
+            # Idle: sleep until a new file settles, or a retry falls due; a worker
+            # without a watcher of its own looks at the shared queue more often.
+            self.wakeup.wait(timeout=1.0 if self.role == "all" else 0.25)
             self.wakeup.clear()

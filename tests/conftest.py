@@ -20,6 +20,7 @@ from daemon.config import Config
 from daemon.pipeline import Pipeline
 from daemon.runner import open_pipeline
 from daemon.testing.helpers import CORPUS, FakeAnalyzer, PipelineFactory
+from daemon.testing.postgres import Cluster
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -41,6 +42,34 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from daemon.testing.tiny_florence import build_tiny_florence
 
     return build_tiny_florence(tmp_path_factory.mktemp("tiny-florence"))
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Cluster]:
+    """A real PostgreSQL server for the session (Debian's package; started as the postgres user)."""
+    try:
+        cluster = Cluster().start()
+    except RuntimeError as exc:
+        pytest.fail(f"cannot start PostgreSQL for the tests: {exc}")
+    yield cluster
+    cluster.remove()
+
+
+@pytest.fixture
+def pg_url(postgres: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh, empty database on the session's PostgreSQL server."""
+    name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name)[:50].lower()
+    postgres.drop_database(name)
+    yield postgres.create_database(name)
+    postgres.drop_database(name)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty index on each backend in turn: an SQLite file, then a PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "index.db")
+    return str(request.getfixturevalue("pg_url"))
 
 
 @pytest.fixture

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -40,8 +42,9 @@ class Env:
 
 
 @pytest.fixture
-def env(tmp_path: Path, open_test_pipeline: PipelineFactory) -> Env:
-    return Env(tmp_path, open_test_pipeline)
+def env(tmp_path: Path, open_test_pipeline: PipelineFactory, database: str) -> Env:
+    """On each backend: an SQLite file, a PostgreSQL database."""
+    return Env(tmp_path, open_test_pipeline, index={"database": database})
 
 
 def test_images_are_indexed_tagged_and_searchable(env: Env) -> None:
@@ -134,11 +137,12 @@ def test_a_job_interrupted_by_a_crash_is_done_exactly_once(env: Env) -> None:
     copy_corpus(["pillow/hopper.jpg", "pillow/flower.jpg"], env.inbox)
     env.pipeline.offer(walk_candidates(env.inbox))
     with env.db.transaction(write=True) as s:
-        for job in jobs.claim(s, 10):
-            job.owner = "elsewhere:1"  # claimed by a process that died
-    assert env.pipeline.drain() == 0  # nothing pending until recovered
-    env.pipeline.recover()
-    assert env.pipeline.drain() == 2
+        here, there = jobs.claim(s, 10)
+        here.owner = f"{socket.gethostname()}:{2**22 + 12345}:1"  # a process of this host that died
+        there.owner, there.lease_until = "elsewhere:1:1", time.time() - 1  # another host's, lease run out
+    assert env.pipeline.drain() == 1  # any worker takes an expired claim
+    env.pipeline.recover()  # at start-up: a dead process of this host needs no lease to run out
+    assert env.pipeline.drain() == 1
     with env.db.transaction() as s:
         assert s.scalar(select(func.count()).select_from(File).where(File.state == "indexed")) == 2
         assert s.scalar(select(func.count()).select_from(Image)) == 2

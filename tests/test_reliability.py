@@ -20,7 +20,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from PIL import Image
 from sqlalchemy import func, select
 
 from daemon import index
@@ -34,6 +33,7 @@ from daemon.testing.helpers import (
     PipelineFactory,
     RunningDaemon,
     make_config,
+    variants,
     wait_until,
     write_png,
 )
@@ -44,20 +44,6 @@ def running(tmp_path: Path) -> Iterator[RunningDaemon]:
     d = RunningDaemon(make_config(tmp_path, metadata={"write": True})).started()
     yield d
     d.stop()
-
-
-def variants(dest: Path, n: int, size: int = 96) -> list[Path]:
-    """n distinct small JPEGs."""
-    dest.mkdir(parents=True, exist_ok=True)
-    base = Image.open(CORPUS / "pillow/hopper.jpg").convert("RGB").resize((size, size))
-    out = []
-    for i in range(n):
-        im = base.copy()
-        im.putpixel((i % size, (i // size) % size), (i % 256, (i * 7) % 256, (i * 13) % 256))
-        p = dest / f"img{i:04d}.jpg"
-        im.save(p, quality=90)
-        out.append(p)
-    return out
 
 
 def test_real_copy_tools_each_file_processed_exactly_once(running: RunningDaemon, tmp_path: Path) -> None:

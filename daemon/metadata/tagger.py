@@ -16,7 +16,7 @@ import logging
 import os
 import queue
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +25,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from .. import index
-from ..db import Database, File
+from .. import index, jobs
+from ..config import IndexConfig
+from ..db import Database, File, now
 from ..errors import ImageError, MetadataError
 from ..files import TempFiles, is_under
 from ..imaging import Fingerprint, sha256_file
@@ -50,14 +51,19 @@ class TagRequest:
     fields: dict[str, Any]  # MetadataWriter.write's keyword arguments
 
 
-def tag_request(f: File, summary: Summary, decided: index.Decided | None) -> TagRequest:
-    """What *f* should carry: its image's summary, less the person's decisions about the image."""
+def tag_request(
+    f: File, summary: Summary, decided: index.Decided | None, local: Callable[[str], str] = str
+) -> TagRequest:
+    """What *f* should carry: its image's summary, less the person's decisions about the image.
+
+    The request names the file as this host sees it (*local*: index.path_map).
+    """
     assert f.image_id is not None
     keywords, fields = decided or (frozenset(), frozenset())
     return TagRequest(
         file_id=f.id,
         image_id=f.image_id,
-        path=f.path,
+        path=local(f.path),
         recorded=(f.inode, f.size, f.mtime_ns),
         fields={
             "alt_text": summary.caption,
@@ -69,12 +75,14 @@ def tag_request(f: File, summary: Summary, decided: index.Decided | None) -> Tag
     )
 
 
-def load_tag_request(session: Session, file_id: int, model: str | None) -> TagRequest | None:
+def load_tag_request(
+    session: Session, file_id: int, model: str | None, local: Callable[[str], str] = str
+) -> TagRequest | None:
     """What the index says should be in *file_id*'s metadata (None: not an indexed image)."""
     f = session.get(File, file_id)
     if f is None or f.image_id is None:
         return None
-    return tag_request(f, index.summary_for_file(session, f, model), index.decisions_for(session, f.image_id))
+    return tag_request(f, index.summary_for_file(session, f, model), index.decisions_for(session, f.image_id), local)
 
 
 @dataclass
@@ -140,14 +148,15 @@ def write_one(
     return Written(request, outcome, sha256=sha, fp=fp)
 
 
-def record(session: Session, done: list[Written]) -> None:
-    """Record what was written (or why not) for each file."""
+def record(session: Session, done: list[Written], indexed: Callable[[str], str] = str) -> None:
+    """Record what was written (or why not) for each file; targets in the index's form (*indexed*)."""
     for w in done:
         if w.outcome is None:
             index.record_tag_failure(session, w.request.file_id, w.reason)
         elif w.fp is not None:
+            target = indexed(w.outcome.target)
             index.record_tag(
-                session, w.request.file_id, written=w.outcome.written, target=w.outcome.target, sha256=w.sha256, fp=w.fp
+                session, w.request.file_id, written=w.outcome.written, target=target, sha256=w.sha256, fp=w.fp
             )
             if w.outcome.decisions != w.request.fields["decided"]:
                 log.info("%s: a person's decision recorded: not %s", w.request.path, _describe(w.outcome.decisions))
@@ -159,8 +168,17 @@ def record(session: Session, done: list[Written]) -> None:
 class Tagger:
     """Metadata writes for the pipeline, in threads of their own (see the module docstring)."""
 
-    def __init__(self, db: Database, writer: MetadataWriter, model: str | None, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        writer: MetadataWriter,
+        model: str | None,
+        threads: int | None = None,
+        paths: IndexConfig | None = None,
+    ) -> None:
         self.db, self.writer, self.model = db, writer, model
+        self.paths = paths or IndexConfig(database="")
+        self.owner = jobs.owner_id()
         # The bound keeps the backlog in the database (tag_state "pending").
         self._queue: queue.Queue[int | TagRequest | None] = queue.Queue(maxsize=64)
         self._busy_paths: set[str] = set()
@@ -196,10 +214,18 @@ class Tagger:
         for t in self._threads:
             t.join()
 
-    def recover(self) -> None:
-        """Write the files whose metadata write was interrupted (tag_state still pending)."""
+    def recover(self, quiet_s: float = 0.0) -> None:
+        """Write the files whose metadata write is still pending: interrupted by a crash, postponed while
+        another program saved the file, or left by a worker that died. *quiet_s*: only files unchanged that
+        long (the idle daemon's retry leaves alone what is queued right now)."""
         with self.db.transaction() as s:
-            pending = list(s.scalars(select(File.id).where(File.state == "indexed", File.tag_state == "pending")))
+            pending = list(
+                s.scalars(
+                    select(File.id).where(
+                        File.state == "indexed", File.tag_state == "pending", File.updated_at <= now() - quiet_s
+                    )
+                )
+            )
         for i in range(0, len(pending), GROUP):
             self.write_group(list(pending[i : i + GROUP]))
 
@@ -222,23 +248,33 @@ class Tagger:
                     self._queue.task_done()
 
     def write_group(self, items: list[int | TagRequest]) -> int:
-        """Read several files in one go, write each, record them together; returns how many were written."""
+        """Read several files in one go, write each, record them together; returns how many were written.
+
+        Files another worker is writing right now are left pending for later.
+        """
         requests = self._requests(items)
         with self._claimed({r.path for r in requests}):
-            targets = [_target(self.writer, r) for r in requests]
-            stats = {t: stat_of(t) for t in targets if t is not None}  # before the read: see write()
-            current = self.writer.read_many(list(stats))
-            temps = TempFiles()
-            done: list[Written] = []
-            for r, t in zip(requests, targets, strict=True):
-                now, read_at = (current.get(t), stats.get(t)) if t is not None else (None, None)
-                w = write_one(self.writer, r, current=now, read_at=read_at, temps=temps)
-                if w is not None:
-                    done.append(w)
-            if done:
-                with self.db.transaction(write=True) as s:
-                    record(s, done)
+            with self.db.transaction(write=True) as s:
+                mine = index.claim_tags(s, [r.file_id for r in requests], self.owner, self.paths.lease_seconds)
+            requests = [r for r in requests if r.file_id in mine]
+            done = self._write(requests)
+            with self.db.transaction(write=True) as s:
+                record(s, done, self.paths.indexed)
+                index.release_tags(s, list(mine), self.owner)
         return sum(w.outcome is not None for w in done)
+
+    def _write(self, requests: list[TagRequest]) -> list[Written]:
+        targets = [_target(self.writer, r) for r in requests]
+        stats = {t: stat_of(t) for t in targets if t is not None}  # before the read: see write()
+        current = self.writer.read_many(list(stats))
+        temps = TempFiles()
+        done: list[Written] = []
+        for r, t in zip(requests, targets, strict=True):
+            now_, read_at = (current.get(t), stats.get(t)) if t is not None else (None, None)
+            w = write_one(self.writer, r, current=now_, read_at=read_at, temps=temps)
+            if w is not None:
+                done.append(w)
+        return done
 
     def _requests(self, items: list[int | TagRequest]) -> list[TagRequest]:
         """Requests as given, and those of file ids loaded from the index (None: not an indexed image)."""
@@ -246,7 +282,7 @@ class Tagger:
         ids = [i for i in items if not isinstance(i, TagRequest)]
         if ids:
             with self.db.transaction() as s:
-                loaded = {i: load_tag_request(s, i, self.model) for i in ids}
+                loaded = {i: load_tag_request(s, i, self.model, self.paths.local) for i in ids}
         return [r for r in (i if isinstance(i, TagRequest) else loaded[i] for i in items) if r is not None]
 
     @contextmanager

@@ -253,3 +253,39 @@ def set_raw_preview(path: Path, seed: int) -> None:
             check=True,
             capture_output=True,
         )
+
+
+def write_toml(path: Path, data: dict[str, dict[str, Any]]) -> Path:
+    """A config.toml of *data*'s tables (strings, numbers, booleans, lists of strings, inline tables)."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{json.dumps(k)} = {value(x)}" for k, x in v.items()) + " }"
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return json.dumps(str(v))  # a TOML basic string is a JSON string
+
+    lines = []
+    for table, keys in data.items():
+        lines.append(f"[{table}]")
+        lines += [f"{k} = {value(v)}" for k, v in keys.items()]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def variants(dest: Path, n: int, size: int = 96) -> list[Path]:
+    """*n* distinct small JPEGs (one pixel differs), for load and scale tests."""
+    dest.mkdir(parents=True, exist_ok=True)
+    base = Image.open(CORPUS / "pillow/hopper.jpg").convert("RGB").resize((size, size))
+    out = []
+    for i in range(n):
+        im = base.copy()
+        im.putpixel((i % size, (i // size) % size), (i % 256, (i * 7) % 256, (i * 13) % 256))
+        p = dest / f"img{i:04d}.jpg"
+        im.save(p, quality=90)
+        out.append(p)
+    return out
