@@ -1,4 +1,4 @@
-"""Full-text search over the index (SQLite FTS5, ranked by bm25).
+"""Full-text search over the index: SQLite's FTS5 ranked by bm25, or PostgreSQL's text search.
 
 The query language, for people rather than for FTS5::
 
@@ -12,6 +12,14 @@ The query language, for people rather than for FTS5::
 User text never reaches FTS5's own syntax: each word or phrase is quoted,
 so a stray quote, ``-``, ``*``, ``NEAR`` or ``OR`` is just text, and no
 input can make the SQL fail. Filters (folder, date, has-text) are SQL.
+
+PostgreSQL gets the same language from the same parser and a second SQL
+builder: each word or phrase is a bound parameter that phraseto_tsquery()
+reads as plain text (``& | ! <-> :*`` are just text there too), matched
+against tsvectors that a trigger keeps current (db migration 0006).
+Documents and queries both go through florence_search_words(), which cuts
+words as FTS5's unicode61 tokenizer does, so both backends find the same
+documents; they rank them differently (ts_rank knows no rare words).
 """
 
 from __future__ import annotations
@@ -43,7 +51,17 @@ FIELDS = {
 # Where a snippet's match starts and ends (control characters no caption contains: clean_text removes them).
 MARK_START, MARK_END = "\x02", "\x03"
 
+# PostgreSQL (db migration 0006): each field's weight in documents.tsv; the path has a vector of its own.
+PG_WEIGHTS = {"caption": "a", "description": "b", "ocr": "c", "labels": "d"}
+# ts_headline's options: a dozen words around the match, as FTS5's snippet(..., 12) gives. A field
+# that short is its own snippet: with MaxFragments, ts_headline would cut its ends.
+PG_HEADLINE = f"StartSel={MARK_START}, StopSel={MARK_END}, MaxWords=12, MinWords=6, ShortWord=0, MaxFragments=1"
+PG_HEADLINE_WHOLE = f"StartSel={MARK_START}, StopSel={MARK_END}, HighlightAll=true"
+
 _TERM = re.compile(r'(-?)(?:([A-Za-z]+):)?(?:"([^"]*)"?|(\S+))')
+# More words than this is pasted text, not a search: the rest are ignored. PostgreSQL plans a
+# condition per word, and a page of them would take seconds; on both, so both find the same.
+MAX_TERMS = 64
 
 
 @dataclass(frozen=True)
@@ -101,7 +119,8 @@ def parse(query: str, *, folder: str | None = None, since: str | None = None, ha
     """Turn what a person typed, plus the filters, into a Query. Raises FlorenceWatchError on a bad date."""
     terms: list[Term] = []
     either = False
-    for minus, prefix, phrase, word in _TERM.findall(query):
+    # NUL ends FTS5's query string early and PostgreSQL refuses it: it separates words, as FTS5 reads it in text.
+    for minus, prefix, phrase, word in _TERM.findall(query.replace("\x00", " ")):
         if word == "OR" and not (minus or prefix):
             either = any(not t.negated for t in terms)  # a leading or dangling OR is ignored
             continue
@@ -114,7 +133,7 @@ def parse(query: str, *, folder: str | None = None, since: str | None = None, ha
             terms.append(Term(value, column, negated=bool(minus), either=either and not minus))
             either = either and bool(minus)  # "a OR -b c": the OR waits for the next positive term
     return Query(
-        terms=tuple(terms),
+        terms=tuple(terms[:MAX_TERMS]),
         folder=os.path.abspath(os.path.expanduser(folder)).rstrip("/") if folder else None,
         since=parse_date(since) if since else None,
         has_text=has_text,
@@ -148,11 +167,38 @@ def search(session: Session, query: str | Query, limit: int = 20, everything: bo
     q = parse(query) if isinstance(query, str) else query
     if q.empty and not everything:
         return []
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        # psycopg prepares a statement run five times, and PostgreSQL may then plan it once for any
+        # words: blind to how common they are, and working out their tsqueries again for every row.
+        session.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
+    sql, params = search_sql(q, limit, dialect)
+    rows = session.execute(text(sql), params).all()
+    return [
+        Hit(path=p, caption=c or "", score=round(r, 4), snippet=_elide(s or "", src), file_id=i)
+        for p, c, r, i, s, src in rows
+    ]
+
+
+def search_sql(q: Query, limit: int, dialect: str) -> tuple[str, dict[str, object]]:
+    """The SQL and bound parameters that search() runs on *dialect*.
+
+    Its rows: path, caption, score (higher is better), file_id, snippet, and the text the
+    snippet was cut from (NULL where there is nothing to add '…' to).
+    """
+    where, params = _filters(q)
+    params["limit"] = limit
+    if dialect != "postgresql":
+        return _sqlite_sql(q, where, params), params
+    sql = _postgres_sql(q, where, params)
+    # PostgreSQL refuses NUL in text: a folder may hold one, and so may terms not made by parse().
+    return sql, {k: v.replace("\x00", " ") if isinstance(v, str) else v for k, v in params.items()}
+
+
+def _filters(q: Query) -> tuple[list[str], dict[str, object]]:
+    """SQL conditions on files f and documents d for the filters: the same on both backends."""
     where = ["f.state = 'indexed'"]
-    params: dict[str, object] = {"limit": limit}
-    if q.negative:
-        where.append("d.file_id NOT IN (SELECT rowid FROM documents_fts WHERE documents_fts MATCH :negative)")
-        params["negative"] = q.negative
+    params: dict[str, object] = {}
     if q.folder:
         where.append("(f.path = :folder OR substr(f.path, 1, length(:prefix)) = :prefix)")  # files.is_under
         params["folder"], params["prefix"] = folder_prefix(q.folder)
@@ -161,23 +207,130 @@ def search(session: Session, query: str | Query, limit: int = 20, everything: bo
         params["since_ns"] = int(q.since * 1e9)
     if q.has_text:
         where.append("d.ocr != ''")
-    if q.positive:
-        params["match"] = q.positive
-        sql = (
-            "SELECT d.path, d.caption, bm25(documents_fts) AS rank, d.file_id, "
-            f"snippet(documents_fts, -1, char(2), char(3), '…', 12) "
-            "FROM documents_fts JOIN documents d ON d.file_id = documents_fts.rowid "
-            "JOIN files f ON f.id = d.file_id "
-            f"WHERE documents_fts MATCH :match AND {' AND '.join(where)} ORDER BY rank LIMIT :limit"
-        )
-    else:  # only filters or exclusions: nothing to rank by
-        sql = (
-            "SELECT d.path, d.caption, 0.0, d.file_id, d.caption FROM documents d JOIN files f ON f.id = d.file_id "
-            f"WHERE {' AND '.join(where)} ORDER BY f.mtime_ns DESC, d.path LIMIT :limit"
-        )
-    rows = session.execute(text(sql), params).all()
+    return where, params
+
+
+def _unranked(where: list[str]) -> str:
+    """Only filters or exclusions: nothing to rank by, so the newest first."""
+    return (
+        "SELECT d.path, d.caption, CAST(0 AS REAL), d.file_id, d.caption, NULL "
+        "FROM documents d JOIN files f ON f.id = d.file_id "
+        f"WHERE {' AND '.join(where)} ORDER BY f.mtime_ns DESC, d.path LIMIT :limit"
+    )
+
+
+def _sqlite_sql(q: Query, where: list[str], params: dict[str, object]) -> str:
+    """FTS5: one MATCH expression for the terms that must match, one for those that must not."""
+    if q.negative:
+        where.append("d.file_id NOT IN (SELECT rowid FROM documents_fts WHERE documents_fts MATCH :negative)")
+        params["negative"] = q.negative
+    if not q.positive:
+        return _unranked(where)
+    params["match"] = q.positive
     # bm25 is lower-is-better and negative; people expect higher-is-better.
-    return [Hit(path=p, caption=c or "", score=round(-r, 4), snippet=s or "", file_id=i) for p, c, r, i, s in rows]
+    return (
+        "SELECT d.path, d.caption, -bm25(documents_fts) AS score, d.file_id, "
+        "snippet(documents_fts, -1, char(2), char(3), '…', 12), NULL "
+        "FROM documents_fts JOIN documents d ON d.file_id = documents_fts.rowid "
+        "JOIN files f ON f.id = d.file_id "
+        f"WHERE documents_fts MATCH :match AND {' AND '.join(where)} ORDER BY score DESC LIMIT :limit"
+    )
+
+
+def _pg_words(i: int) -> str:
+    """Term *i* (bound parameter t<i>) as a tsquery: its words as a phrase, read as plain text.
+
+    A phrase, as FTS5 quotes every term: "12.50" is the words 12 and 50, side by side. Both
+    functions are immutable: planning with the parameter's value, PostgreSQL folds the call to a
+    constant, whose words' frequencies tell it when the GIN index pays (not in a subquery,
+    which it would guess to cost a full scan of the index).
+    """
+    return f"phraseto_tsquery('florence_search', florence_search_words(:t{i}))"
+
+
+def _pg_match(term: Term, i: int) -> str:
+    """SQL that is true where *term*, the i-th, matches document d."""
+    words = _pg_words(i)
+    if term.column == "path":
+        return f"d.path_tsv @@ {words}"
+    if term.column:
+        # The index finds the documents with the words anywhere; ts_filter keeps one field's words.
+        return f"(d.tsv @@ {words} AND ts_filter(d.tsv, '{{{PG_WEIGHTS[term.column]}}}') @@ {words})"
+    return f"(d.tsv @@ {words} OR d.path_tsv @@ {words})"
+
+
+def _or_groups(terms: tuple[Term, ...]) -> list[list[int]]:
+    """The positive terms' indexes as alternatives, each of terms that must all match (OR binds loosest)."""
+    groups: list[list[int]] = []
+    for i, t in enumerate(terms):
+        if t.negated:
+            continue
+        if t.either or not groups:
+            groups.append([i])
+        else:
+            groups[-1].append(i)
+    return groups
+
+
+def _postgres_sql(q: Query, where: list[str], params: dict[str, object]) -> str:
+    """PostgreSQL: per-term conditions on the GIN-indexed vectors, ts_rank, ts_headline on one field."""
+    params.update({f"t{i}": t.text for i, t in enumerate(q.terms)})
+    negative = " OR ".join(_pg_match(t, i) for i, t in enumerate(q.terms) if t.negated)
+    if negative:
+        # Each document has its own vectors: the test is on the row itself, as SQLite's NOT IN is,
+        # but only on the rows the rest let through (NOT IN built a hash of every match: 6x slower).
+        where.append(f"({negative}) IS NOT TRUE")
+    groups = _or_groups(q.terms)
+    if not groups:
+        return _unranked(where)
+    match = " OR ".join("(" + " AND ".join(_pg_match(q.terms[i], i) for i in g) + ")" for g in groups)
+    ranked = "(" + " || ".join("(" + " && ".join(_pg_words(i) for i in g) + ")" for g in groups) + ")"
+    params["headline"], params["whole"] = PG_HEADLINE, PG_HEADLINE_WHOLE
+    # Every match is ranked: ts_rank, a quarter of ts_rank_cd's cost, and on the path only where it
+    # matches. The inner query keeps *limit* narrow rows (sorting the texts of thousands of matches
+    # would spill to disk); only those get their texts back, and a snippet (slow).
+    score = f"ts_rank(d.tsv, {ranked}) + CASE WHEN d.path_tsv @@ {ranked} THEN ts_rank(d.path_tsv, {ranked}) ELSE 0 END"
+    inner = (
+        f"SELECT d.file_id, d.path, f.mtime_ns, {score} AS score FROM documents d JOIN files f ON f.id = d.file_id "
+        f"WHERE ({match}) AND {' AND '.join(where)} ORDER BY score DESC, f.mtime_ns DESC, d.path LIMIT :limit"
+    )
+    short = "array_length(string_to_array(trim(florence_search_words(w.source)), ' '), 1) <= 12"
+    return (
+        "SELECT s.path, e.caption, s.score, s.file_id, florence_search_headline(w.source, w.words, "
+        f"CASE WHEN {short} THEN :whole ELSE :headline END), w.source FROM ({inner}) s "
+        f"JOIN documents e ON e.file_id = s.file_id CROSS JOIN {_pg_snippet_field(q.terms)} "
+        "ORDER BY s.score DESC, s.mtime_ns DESC, s.path"
+    )
+
+
+def _pg_snippet_field(terms: tuple[Term, ...]) -> str:
+    """A LATERAL subquery w: the text of document e to cut the snippet from (w.source), and its words (w.words).
+
+    The field with the most hits, the first on a tie, as FTS5's snippet() chooses; a term for
+    one field (caption:red) counts only there.
+    """
+    fields = [(c, f"ts_filter(e.tsv, '{{{w}}}')") for c, w in PG_WEIGHTS.items()] + [("path", "e.path_tsv")]
+    rows = []
+    for n, (column, vector) in enumerate(fields):
+        mine = [_pg_words(i) for i, t in enumerate(terms) if not t.negated and t.column in (None, column)]
+        words = "(" + " || ".join(mine) + ")" if mine else "CAST(NULL AS tsquery)"
+        rows.append(f"({n}, e.{column}, {vector}, {words})")
+    # Every weight counts the same here: hits, not importance.
+    return (
+        f"LATERAL (SELECT v.source, v.words FROM (VALUES {', '.join(rows)}) v(n, source, vector, words) "
+        "ORDER BY ts_rank_cd('{1,1,1,1}', v.vector, v.words) DESC NULLS LAST, v.n LIMIT 1) w"
+    )
+
+
+def _elide(snippet: str, source: str | None) -> str:
+    """*snippet* with '…' where it leaves words of *source* out, as FTS5's snippet() marks them."""
+    plain = snippet.replace(MARK_START, "").replace(MARK_END, "")
+    at = source.find(plain) if source and plain else -1
+    if source is None or at < 0:
+        return snippet
+    # ts_headline starts and ends on a word: put back the punctuation it left, or mark the words.
+    before, after = source[:at], source[at + len(plain) :]
+    return ("…" if _has_token(before) else before.lstrip()) + snippet + ("…" if _has_token(after) else after.rstrip())
 
 
 def fts_query(query: str) -> str:
