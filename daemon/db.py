@@ -9,11 +9,12 @@ two writers then queue on the busy timeout instead of failing halfway.
 from __future__ import annotations
 
 import logging
+import re
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
 from typing import cast
 
@@ -33,7 +34,14 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    NoSuchModuleError,
+    OperationalError,
+    ProgrammingError,
+    SQLAlchemyError,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from .errors import DatabaseError
@@ -340,15 +348,17 @@ class Database:
         for another (busy timeout) rather than failing on its first write.
         """
         with self._write_lock if write else nullcontext(), Session(self.engine, expire_on_commit=False) as session:
-            session.connection(execution_options={"florence_write": write})
             try:
+                session.connection(execution_options={"florence_write": write})
                 yield session
                 session.commit()
-            except OperationalError as exc:
-                session.rollback()
-                raise DatabaseError(_display(self.url), str(exc.orig)) from exc
+            except (OperationalError, ProgrammingError) as exc:
+                with suppress(SQLAlchemyError):  # the connection may be gone with the server
+                    session.rollback()
+                raise DatabaseError(_display(self.url), _reason(exc)) from exc
             except BaseException:
-                session.rollback()
+                with suppress(SQLAlchemyError):
+                    session.rollback()
                 raise
 
     def migrate(self) -> list[str]:
@@ -377,11 +387,18 @@ class Database:
                         )
                     log.info("database migration %s applied", name)
                     applied.append(name)
-        except OperationalError as exc:
-            raise DatabaseError(
-                _display(self.url), f"{exc.orig} (check that the folder exists and is writable)"
-            ) from exc
+        except (OperationalError, ProgrammingError) as exc:
+            raise DatabaseError(_display(self.url), _reason(exc, migrating=True)) from exc
         return applied
+
+    def reachable(self) -> bool:
+        """Whether the server answers now (after an outage, before working again)."""
+        try:
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+            return True
+        except SQLAlchemyError:
+            return False
 
     def schema_version(self) -> int:
         with self.engine.connect() as conn:
@@ -394,20 +411,56 @@ class Database:
         self.engine.dispose()
 
 
+def unreachable(exc: DatabaseError) -> bool:
+    """Whether *exc* means the database server cannot be reached (worth waiting for), not a fault of ours."""
+    cause = exc.__cause__
+    return isinstance(cause, OperationalError) and "sqlite" not in type(cause.orig).__module__
+
+
 def display_url(url: str) -> str:
     """*url* for messages and logs: a file path for SQLite, the password masked otherwise."""
     return _display(url)
 
 
 def _display(url: str) -> str:
-    parsed = make_url(url)
+    try:
+        parsed = make_url(url)
+    except ArgumentError:  # not even a URL: mask what looks like a password all the same
+        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
     return parsed.database if parsed.drivername.startswith("sqlite") and parsed.database else parsed.render_as_string()
 
 
+def _reason(exc: DBAPIError, migrating: bool = False) -> str:
+    """The server's or SQLite's own words, first line, and what to do about the usual causes."""
+    text = (str(exc.orig).strip().splitlines() or [type(exc.orig).__name__])[0]
+    if getattr(exc.orig, "sqlstate", None) == "42501":  # insufficient_privilege
+        return (
+            f"{text} (the database role needs to own the database or have CREATE on its schema, e.g. "
+            "GRANT CREATE ON SCHEMA public TO the role; or run florence-watch once as the owner)"
+        )
+    if isinstance(exc, OperationalError) and "sqlite" not in type(exc.orig).__module__:
+        return f"{text} (is the server running and reachable? check index.database)"
+    if migrating:
+        return f"{text} (check that the folder exists and is writable)"
+    return text
+
+
 def _create_engine(url: str) -> Engine:
-    parsed = make_url(url)
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise DatabaseError(
+            _display(url), "not a database URL: use a file path, or e.g. postgresql+psycopg://user:password@host/db"
+        ) from None
     if not parsed.drivername.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True)
+        try:
+            return create_engine(url, pool_pre_ping=True)
+        except (ModuleNotFoundError, NoSuchModuleError) as exc:
+            raise DatabaseError(
+                _display(url),
+                f"no driver for {parsed.drivername} ({exc}); florence-watch works with SQLite and PostgreSQL "
+                "(postgresql+psycopg://..., after pip install 'florence-watch[postgres]')",
+            ) from None
     if parsed.database and parsed.database != ":memory:":
         folder = Path(parsed.database).parent
         try:

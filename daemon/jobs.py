@@ -140,6 +140,15 @@ def release(session: Session, job_ids: Iterable[int], delay_s: float = 0.0, reas
         )
 
 
+def release_owner(session: Session, owner: str) -> None:
+    """Give back every job *owner* holds (a worker starting over after losing its index for a while)."""
+    session.execute(
+        update(Job)
+        .where(Job.owner == owner, Job.state == "running")
+        .values(state="pending", owner=None, lease_until=None)
+    )
+
+
 def recover(session: Session) -> int:
     """Requeue at once the running jobs of processes of this host that are gone.
 

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,6 +124,13 @@ class Pipeline:
         backfill_content_keys(self.db)
         if self.tagger is not None:
             self.tagger.recover()
+
+    def reset(self) -> None:
+        """After the index was unreachable: drop the batch prepared ahead and give back every job this
+        worker holds (whether their results were stored is for the index to say: those are finished)."""
+        self.prefetch.drop()
+        with self.db.transaction(write=True) as s:
+            jobs.release_owner(s, self.owner)
 
     def idle(self) -> None:
         """Between batches with nothing to do: retry metadata writes left pending (postponed while another
@@ -339,6 +347,13 @@ class Prefetch:
         """Give prepared but unprocessed jobs back to the queue (shutdown)."""
         with self.db.transaction(write=True) as s:
             jobs.release(s, [w.job_id for w in work])
+
+    def drop(self) -> None:
+        """Forget the batch prepared ahead (its claims are given back by the caller)."""
+        futures, self._next = self._next or [], None
+        for f in futures:
+            with suppress(Exception):
+                f.result()
 
     def close(self) -> None:
         if self._next is not None:

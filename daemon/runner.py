@@ -19,8 +19,8 @@ from contextlib import contextmanager
 from . import jobs
 from .analyze import Analyzer, FlorenceAnalyzer
 from .config import Config, database_url
-from .db import Database, display_url
-from .errors import FlorenceWatchError
+from .db import Database, display_url, unreachable
+from .errors import DatabaseError, FlorenceWatchError
 from .metadata import MetadataWriter, remove_stale_temp_files
 from .pipeline import Pipeline, forget, offer
 from .watch import FolderWatcher
@@ -57,6 +57,7 @@ def open_pipeline(
 
 
 ROLES = ("all", "watch", "work")
+RECONNECT_S = 2.0  # how often a daemon whose index server is away tries again
 
 
 class Daemon:
@@ -89,6 +90,8 @@ class Daemon:
 
     def run(self) -> None:
         log.info("index: %s (role %s)", display_url(database_url(self.config.index.database)), self.role)
+        if not self._wait_for_index():
+            return
         if self.role == "watch":
             self._watch_only()
         else:
@@ -137,15 +140,43 @@ class Daemon:
             heartbeat.stop()
             db.close()
 
+    def _wait_for_index(self) -> bool:
+        """Open the index, waiting while its server cannot be reached; False if asked to stop meanwhile."""
+        while True:
+            try:
+                Database(database_url(self.config.index.database)).close()
+                return True
+            except DatabaseError as exc:
+                if not unreachable(exc):
+                    raise
+                log.warning("%s; trying again in %.0f s", exc, RECONNECT_S)
+                if self.stop_event.wait(RECONNECT_S):
+                    return False
+
+    def _outage(self, pipeline: Pipeline, exc: DatabaseError) -> None:
+        """The index's server went away mid-run: wait for it, then start over from what it holds."""
+        log.warning("%s; waiting for the index to come back", exc)
+        while not self.stop_event.wait(RECONNECT_S):
+            if pipeline.db.reachable():
+                pipeline.reset()
+                log.info("the index is reachable again: carrying on")
+                return
+
     def _queue(self, offer: Callable[[Iterable[str]], int], paths: list[str]) -> None:
         if offer(paths):
             self.wakeup.set()
 
     def _loop(self, pipeline: Pipeline) -> None:
         while not self.stop_event.is_set():
-            if pipeline.process_batch(self.stop_event):
+            try:
+                if pipeline.process_batch(self.stop_event):
+                    continue
+                pipeline.idle()
+            except DatabaseError as exc:
+                if not unreachable(exc):
+                    raise
+                self._outage(pipeline, exc)
                 continue
-            pipeline.idle()
             # Idle: sleep until a new file settles, or a retry falls due; a worker
             # without a watcher of its own looks at the shared queue more often.
             self.wakeup.wait(timeout=1.0 if self.role == "all" else 0.25)

@@ -42,7 +42,7 @@ class Env:
 
 
 @pytest.fixture
-def env(tmp_path: Path, open_test_pipeline: PipelineFactory, database: str) -> Env:
+def env(tmp_path: Path, database: str, open_test_pipeline: PipelineFactory) -> Env:
     """On each backend: an SQLite file, a PostgreSQL database."""
     return Env(tmp_path, open_test_pipeline, index={"database": database})
 
