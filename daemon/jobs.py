@@ -41,11 +41,22 @@ def enqueue(session: Session, paths: Iterable[str]) -> int:
     queued: dict[str, Job] = {}
     for chunk in chunks(unique):
         queued.update((j.path, j) for j in session.scalars(select(Job).where(Job.path.in_(chunk))))
+    new = [path for path in unique if path not in queued]
+    if new and session.get_bind().dialect.name == "postgresql":
+        # Another watcher (or a scan on another host) may queue the same path at this moment.
+        from sqlalchemy.dialects.postgresql import insert
+
+        for chunk in chunks(new):
+            session.execute(
+                insert(Job).values([{"path": p} for p in chunk]).on_conflict_do_nothing(index_elements=["path"])
+            )
+    else:
+        session.add_all(Job(path=p) for p in new)
     for path in unique:
         job = queued.get(path)
         if job is None:
-            session.add(Job(path=path))
-        elif job.state == "running":
+            continue
+        if job.state == "running":
             job.dirty = True  # finish() puts it back in the queue
         else:
             job.state, job.not_before, job.attempts = "pending", 0.0, 0

@@ -1,11 +1,16 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 
 from daemon import jobs
+from daemon.config import database_url
 from daemon.db import Database, Job
 
 
@@ -13,8 +18,15 @@ def db_at(tmp_path: Path) -> Database:
     return Database(f"sqlite:///{tmp_path}/i.db")
 
 
-def test_enqueue_claim_finish(tmp_path: Path) -> None:
-    db = db_at(tmp_path)
+@pytest.fixture
+def db(database: str) -> Iterator[Database]:
+    """The queue on each backend: an SQLite file, then a PostgreSQL database."""
+    d = Database(database_url(database))
+    yield d
+    d.close()
+
+
+def test_enqueue_claim_finish(db: Database) -> None:
     with db.transaction(write=True) as s:
         assert jobs.enqueue(s, ["/a.jpg", "/b.jpg", "/a.jpg"]) == 2
     with db.transaction(write=True) as s:
@@ -29,8 +41,7 @@ def test_enqueue_claim_finish(tmp_path: Path) -> None:
     db.close()
 
 
-def test_failures_retry_with_backoff_then_give_up(tmp_path: Path) -> None:
-    db = db_at(tmp_path)
+def test_failures_retry_with_backoff_then_give_up(db: Database) -> None:
     with db.transaction(write=True) as s:
         jobs.enqueue(s, ["/x.jpg"])
         [job] = jobs.claim(s, 1)
@@ -48,8 +59,7 @@ def test_failures_retry_with_backoff_then_give_up(tmp_path: Path) -> None:
     db.close()
 
 
-def test_recover_requeues_jobs_of_dead_processes_only(tmp_path: Path) -> None:
-    db = db_at(tmp_path)
+def test_recover_requeues_jobs_of_dead_processes_only(db: Database) -> None:
     import socket
 
     host = socket.gethostname()
@@ -65,8 +75,7 @@ def test_recover_requeues_jobs_of_dead_processes_only(tmp_path: Path) -> None:
     db.close()
 
 
-def test_a_file_that_changes_while_its_job_runs_is_processed_again(tmp_path: Path) -> None:
-    db = db_at(tmp_path)
+def test_a_file_that_changes_while_its_job_runs_is_processed_again(db: Database) -> None:
     with db.transaction(write=True) as s:
         jobs.enqueue(s, ["/x.jpg"])
         [job] = jobs.claim(s, 1)
@@ -102,3 +111,47 @@ def test_migration_adds_the_column_to_an_old_database(tmp_path: Path) -> None:
         jobs.enqueue(s, ["/y.jpg"])
         assert s.scalars(select(Job)).one().dirty is False
     db.close()
+
+
+def test_a_lease_runs_out_and_any_worker_takes_the_job(db: Database) -> None:
+    with db.transaction(write=True) as s:
+        jobs.enqueue(s, ["/a.jpg"])
+        [job] = jobs.claim(s, 1, "host-a:1:1", lease_s=0.2)
+    with db.transaction(write=True) as s:
+        assert jobs.claim(s, 1, "host-b:2:2") == []  # still host-a's
+        assert jobs.renew(s, "host-a:1:1", lease_s=0.2) == 1  # its heartbeat
+    time.sleep(0.3)  # host-a vanished: no more heartbeats
+    with db.transaction(write=True) as s:
+        [taken] = jobs.claim(s, 1, "host-b:2:2")
+        assert (taken.id, taken.owner) == (job.id, "host-b:2:2")
+    with db.transaction(write=True) as s:
+        assert jobs.owned(s, [job.id], "host-a:1:1") == set()  # host-a, back, must not store it too
+        assert jobs.owned(s, [job.id], "host-b:2:2") == {job.id}
+
+
+def test_workers_claiming_at_once_never_share_a_job(db: Database) -> None:
+    with db.transaction(write=True) as s:
+        jobs.enqueue(s, [f"/{i}.jpg" for i in range(200)])
+    claimed: dict[str, list[int]] = {}
+
+    def worker(name: str) -> None:
+        mine = claimed.setdefault(name, [])
+        own = Database(db.url)  # its own connections and locks, as another process has
+        try:
+            while True:
+                with own.transaction(write=True) as s:
+                    batch = [j.id for j in jobs.claim(s, 7, name)]
+                    time.sleep(0.01)  # hold the claim open a moment, as a slower worker would
+                if not batch:
+                    return
+                mine += batch
+        finally:
+            own.close()
+
+    threads = [threading.Thread(target=worker, args=(f"w{i}:{i}:0",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    every = [j for ids in claimed.values() for j in ids]
+    assert len(every) == len(set(every)) == 200
