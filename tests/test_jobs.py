@@ -155,3 +155,27 @@ def test_workers_claiming_at_once_never_share_a_job(db: Database) -> None:
         t.join()
     every = [j for ids in claimed.values() for j in ids]
     assert len(every) == len(set(every)) == 200
+
+
+def test_one_writer_per_file_at_a_time(db: Database) -> None:
+    """Metadata-write claims: a file another worker is writing is not written by a second one."""
+    from daemon import index
+    from daemon.db import File
+
+    with db.transaction(write=True) as s:
+        s.add_all([File(path="/a.jpg", state="indexed"), File(path="/b.jpg", state="indexed")])
+    with db.transaction() as s:
+        a, b = sorted(s.scalars(select(File.id)))
+    with db.transaction(write=True) as s:
+        assert index.claim_tags(s, [a], "w1:1:1", lease_s=0.3) == {a}
+    with db.transaction(write=True) as s:
+        assert index.claim_tags(s, [a, b], "w2:2:2", lease_s=30) == {b}  # a is w1's
+    with db.transaction(write=True) as s:
+        index.release_tags(s, [a], "w2:2:2")  # not w2's to release
+        assert index.claim_tags(s, [a], "w2:2:2", lease_s=30) == set()
+    time.sleep(0.4)  # w1 died mid-write: its claim runs out
+    with db.transaction(write=True) as s:
+        assert index.claim_tags(s, [a], "w2:2:2", lease_s=30) == {a}
+    with db.transaction(write=True) as s:
+        index.release_tags(s, [a, b], "w2:2:2")
+        assert index.claim_tags(s, [a, b], "w1:1:1", lease_s=30) == {a, b}

@@ -7,6 +7,7 @@ time per image (as a GPU would keep the CPU free).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -21,6 +22,7 @@ import pytest
 from sqlalchemy import func, select
 
 from daemon import index, jobs
+from daemon.cli import main
 from daemon.config import database_url
 from daemon.db import Database, File, Job, Result, Worker
 from daemon.db import Image as ImageRow
@@ -105,12 +107,20 @@ def workers(tmp_path: Path, pg_url: str) -> Iterator[Workers]:
 
 
 @pytest.mark.slow
-def test_one_watcher_three_workers_one_killed_twice(workers: Workers, tmp_path: Path) -> None:
+def test_one_watcher_three_workers_one_killed_twice(
+    workers: Workers, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """300 images at once; every one indexed and tagged exactly once although a worker dies twice mid-batch."""
     cfg = workers.config("all")
     workers.start("watch", cfg)
     crew = [workers.start("work", cfg, cost=0.05) for _ in range(3)]
     workers.registered(4)
+    assert main(["--database", workers.url, "status", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)["workers"]
+    assert sorted(w["role"] for w in listed) == ["watch", "work", "work", "work"]
+    assert {w["pid"] for w in listed} == {p.pid for p in workers.procs}
+    assert all(w["device"] == "CostlyFake" for w in listed if w["role"] == "work")
+    assert all(w["seconds_since_heartbeat"] < 5 and w["host"] for w in listed)
     for p in variants(tmp_path / "stage", 300, size=48):
         shutil.move(p, tmp_path / "inbox" / p.name)
 
