@@ -263,10 +263,15 @@ def _m0006_postgres_search(conn: Connection) -> None:
     through it too), and the florence_search configuration strips accents (café = cafe) with the
     unaccent extension, where this role may create it.
     """
-    from sqlalchemy.exc import DBAPIError  # only this migration tolerates a failing statement
-
     if conn.dialect.name != "postgresql":
         return  # SQLite searches with FTS5 (0002)
+    _pg_search_config(conn)
+    _pg_search_functions(conn)
+    _pg_search_vectors(conn)
+
+
+def _pg_search_config(conn: Connection) -> None:
+    """The florence_search text search configuration: 'simple', with unaccent where it can be had."""
     try:  # unaccent is trusted (PostgreSQL 13+): the database's owner may create it
         with conn.begin_nested():  # a savepoint: a refusal must not abort the migration
             conn.exec_driver_sql("CREATE EXTENSION IF NOT EXISTS unaccent")
@@ -282,6 +287,10 @@ def _m0006_postgres_search(conn: Connection) -> None:
             "ALTER TEXT SEARCH CONFIGURATION florence_search ALTER MAPPING FOR word, numword, hword, hword_part, "
             f"numhword, hword_numpart WITH {schema}.unaccent, simple"
         )
+
+
+def _pg_search_functions(conn: Connection) -> None:
+    """florence_search_words() and florence_search_headline(): words cut as FTS5 cuts them."""
     # ICU's letters and lower case, whatever the database's locale: in the C locale [[:alnum:]] is ASCII only.
     icu = conn.exec_driver_sql("SELECT 1 FROM pg_collation WHERE collname = 'und-x-icu'").scalar()
     arg = 't COLLATE "und-x-icu"' if icu else "t"
@@ -295,6 +304,10 @@ def _m0006_postgres_search(conn: Connection) -> None:
         f"CREATE FUNCTION florence_search_headline(t text, q tsquery, options text) RETURNS text {pure} "
         f"AS $$ SELECT replace(ts_headline('florence_search', {cut}, q, options), chr(1), '') $$"
     )
+
+
+def _pg_search_vectors(conn: Connection) -> None:
+    """documents.tsv (weights A-D: caption, description, OCR, labels) and path_tsv, by trigger; GIN indexes."""
     # A '-' between fields, deleted again, leaves a gap in the positions: a phrase never spans two
     # fields (FTS5 matches a phrase within one column). The path has a vector of its own: 5 fields, 4 weights.
     fields = (("caption", "A"), ("description", "B"), ("ocr", "C"), ("labels", "D"))

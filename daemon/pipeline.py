@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
@@ -29,7 +28,7 @@ from .db import Database, Image
 from .errors import ImageError
 from .files import is_candidate, is_sidecar, is_under
 from .imaging import Decoded, Fingerprint, content_key, decode, sha256_file
-from .metadata import MetadataWriter, Tagger, tag_request
+from .metadata import MetadataWriter, Tagger, TagRequest, tag_request
 from .results import summarize
 from .workers import Heartbeat
 
@@ -37,7 +36,6 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
 NOT_VISIBLE_RETRY_S = 60.0  # a file on a share this host has not mounted: try again after this
-TAG_RETRY_S = 30.0  # how often an idle daemon retries metadata writes left pending
 
 
 @dataclass
@@ -91,7 +89,6 @@ class Pipeline:
         tagging = writer is not None and config.metadata.write
         self.tagger = Tagger(db, writer, analyzer.model_id, tag_threads, config.index) if tagging and writer else None
         self.prefetch = Prefetch(self)
-        self._last_retry = time.monotonic()
 
     def close(self) -> None:
         self.prefetch.close()
@@ -133,12 +130,9 @@ class Pipeline:
             jobs.release_owner(s, self.owner)
 
     def idle(self) -> None:
-        """Between batches with nothing to do: retry metadata writes left pending (postponed while another
-        program saved the file, or claimed by a worker that died) once they have been quiet a while."""
-        now = time.monotonic()
-        if self.tagger is not None and now - self._last_retry >= TAG_RETRY_S:
-            self._last_retry = now
-            self.tagger.recover(quiet_s=TAG_RETRY_S)
+        """Between batches with nothing to do: retry metadata writes left pending a while (Tagger.retry)."""
+        if self.tagger is not None:
+            self.tagger.retry()
 
     def pending(self) -> int:
         with self.db.transaction() as s:
@@ -211,21 +205,7 @@ class Pipeline:
     def _store(self, work: list[_Work], results: list[Any]) -> None:
         """One transaction for the batch: every file's results and its job's completion, or none."""
         with self.db.transaction(write=True) as s:
-            mine = jobs.owned(s, [w.job_id for w in work], self.owner)
-            if len(mine) < len(work):  # our lease ran out and another worker took them: theirs now
-                log.warning("%d job(s) of this batch were taken over by another worker", len(work) - len(mine))
-                results = [r for w, r in zip(work, results, strict=True) if w.job_id in mine]
-                work = [w for w in work if w.job_id in mine]
-            batch = [w.analysed(res) for w, res in zip(work, results, strict=True)]
-            files = index.store_batch(s, self.analyzer.model_id, batch)
-            for f in files:
-                f.tag_state = "pending" if self.tagger else "off"
-            jobs.finish(s, *(w.job_id for w in work))
-            decided = index.decisions_for_images(s, [f.image_id for f in files])
-            requests = [
-                tag_request(f, a.summary, decided.get(f.image_id or 0), self.config.index.local)
-                for f, a in zip(files, batch, strict=True)
-            ]
+            work, requests = store(s, self, work, results)
         for w in work:
             log.info("indexed %s", w.path)
         self.heartbeat.processed += len(work)
@@ -236,6 +216,25 @@ class Pipeline:
     def fail(self, job_id: int, path: str, reason: str) -> None:
         """Record a failed attempt at *path*; it is retried until index.max_attempts."""
         fail(self.db, job_id, path, reason, self.config.index.max_attempts)
+
+
+def store(s: Session, p: Pipeline, work: list[_Work], results: list[Any]) -> tuple[list[_Work], list[TagRequest]]:
+    """Store the batch's results and finish its jobs, for the jobs still *p*'s own; their tag requests."""
+    mine = jobs.owned(s, [w.job_id for w in work], p.owner)
+    if len(mine) < len(work):  # our lease ran out and another worker took them: theirs now
+        log.warning("%d job(s) of this batch were taken over by another worker", len(work) - len(mine))
+        results = [r for w, r in zip(work, results, strict=True) if w.job_id in mine]
+        work = [w for w in work if w.job_id in mine]
+    batch = [w.analysed(res) for w, res in zip(work, results, strict=True)]
+    files = index.store_batch(s, p.analyzer.model_id, batch)
+    for f in files:
+        f.tag_state = "pending" if p.tagger else "off"
+    jobs.finish(s, *(w.job_id for w in work))
+    decided = index.decisions_for_images(s, [f.image_id for f in files])
+    local = p.config.index.local
+    return work, [
+        tag_request(f, a.summary, decided.get(f.image_id or 0), local) for f, a in zip(files, batch, strict=True)
+    ]
 
 
 def _by_content(key: str) -> Callable[[Session], Image | None]:

@@ -16,6 +16,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from .plan import Decisions, Outcome
 log = logging.getLogger(__name__)
 
 GROUP = 16  # metadata writes that share one exiftool read
+RETRY_S = 30.0  # how often an idle daemon retries metadata writes left pending
 
 
 @dataclass
@@ -179,6 +181,7 @@ class Tagger:
         self.db, self.writer, self.model = db, writer, model
         self.paths = paths or IndexConfig(database="")
         self.owner = jobs.owner_id()
+        self._last_retry = time.monotonic()
         # The bound keeps the backlog in the database (tag_state "pending").
         self._queue: queue.Queue[int | TagRequest | None] = queue.Queue(maxsize=64)
         self._busy_paths: set[str] = set()
@@ -213,6 +216,13 @@ class Tagger:
             self._queue.put(None)
         for t in self._threads:
             t.join()
+
+    def retry(self) -> None:
+        """Every RETRY_S: write what is left pending (postponed while another program saved the file, or
+        claimed by a worker that died) once it has been quiet that long."""
+        if time.monotonic() - self._last_retry >= RETRY_S:
+            self._last_retry = time.monotonic()
+            self.recover(quiet_s=RETRY_S)
 
     def recover(self, quiet_s: float = 0.0) -> None:
         """Write the files whose metadata write is still pending: interrupted by a crash, postponed while
