@@ -645,6 +645,54 @@ def cmd_export(args: argparse.Namespace, config: Config, config_file: Path | Non
     return 0
 
 
+INDEX_COPY_EXAMPLE = "florence-watch index copy --to postgresql+psycopg://florence:secret@nas/florence"
+INDEX_COPY_HELP = (
+    "Copy the configured index (--database, or index.database) into another, empty\n"
+    "database: SQLite to PostgreSQL or back. Images, files, results, search text,\n"
+    "the queue and a person's decisions are copied as they are; the model is not run.\n"
+    "Then point index.database at the copy."
+)
+
+
+def _index_arguments(p: argparse.ArgumentParser) -> None:
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True, title="actions")
+    copy = actions.add_parser(
+        "copy",
+        help="copy the index into another, empty database",
+        description=INDEX_COPY_HELP,
+        epilog=f"example: {INDEX_COPY_EXAMPLE}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    copy.add_argument(
+        "--to", required=True, metavar="URL", help="the new, empty index: a file path (SQLite) or a PostgreSQL URL"
+    )
+
+
+@command(
+    "index",
+    "Manage the index: copy it into another database.",
+    INDEX_COPY_EXAMPLE,
+    description="Manage the index itself.\nflorence-watch index ACTION --help shows an action's own help and example.",
+    arguments=_index_arguments,
+)
+def cmd_index(args: argparse.Namespace, config: Config, config_file: Path | None) -> int:
+    from .db import Database, display_url
+    from .transfer import copy_index
+
+    def progress(table: str, rows: int) -> None:
+        print(f"copied {table}: {rows} row(s)", file=sys.stderr, flush=True)
+
+    url = database_url(args.to)  # copy is the one action so far (argparse requires it)
+    with _open_db(config) as source:
+        target = Database(url)
+        try:
+            counts = copy_index(source, target, progress)
+        finally:
+            target.close()
+    print(f"copied {counts['images']} image(s) and {counts['files']} file(s) to {display_url(url)}")
+    return 0
+
+
 def _serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", help="address to listen on (default serve.host: 127.0.0.1, this computer only)")
     p.add_argument("--port", type=int, help="port (default serve.port: 8765)")
@@ -673,16 +721,27 @@ def cmd_serve(args: argparse.Namespace, config: Config, config_file: Path | None
     return 0
 
 
+def _install_service_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--role",
+        choices=("all", "watch", "work"),
+        default="all",
+        help="all (default): florence-watch.service, one computer doing everything; watch or work: "
+        "the template florence-watch@.service, enabled as florence-watch@watch or florence-watch@work",
+    )
+
+
 @command(
     "install-service",
     "Write the systemd user unit; print how to enable it.",
-    "florence-watch --config ~/florence-watch/config.toml install-service",
+    "florence-watch --config ~/florence-watch/config.toml install-service --role work",
     description="Write the systemd user unit and print the commands that enable it.",
+    arguments=_install_service_arguments,
 )
 def cmd_install_service(args: argparse.Namespace, config: Config, config_file: Path | None) -> int:
     from .service import install
 
-    path, commands = install(str(config_file) if config_file else None)
+    path, commands = install(str(config_file) if config_file else None, role=args.role)
     print(f"wrote {path}\nenable and start it with:")
     for c in commands:
         print(f"  {c}")
