@@ -378,7 +378,7 @@ class Database:
         """Apply pending migrations; returns the names applied."""
         applied: list[str] = []
         try:
-            with self.engine.connect() as conn:
+            with self.engine.connect() as conn, _migration_lock(conn):
                 conn = conn.execution_options(florence_write=True)
                 with conn.begin():
                     conn.exec_driver_sql(
@@ -422,6 +422,25 @@ class Database:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+MIGRATION_LOCK = 0x666C7721  # "flw!": the PostgreSQL advisory lock that migrating processes take in turn
+
+
+@contextmanager
+def _migration_lock(conn: Connection) -> Iterator[None]:
+    """On PostgreSQL, one process migrates at a time (several workers starting at once on an empty
+    database would otherwise race to create the same tables); SQLite's write lock does this already."""
+    if conn.dialect.name != "postgresql":
+        yield
+        return
+    conn.exec_driver_sql(f"SELECT pg_advisory_lock({MIGRATION_LOCK})")
+    conn.commit()
+    try:
+        yield
+    finally:
+        conn.exec_driver_sql(f"SELECT pg_advisory_unlock({MIGRATION_LOCK})")
+        conn.commit()
 
 
 def unreachable(exc: DatabaseError) -> bool:

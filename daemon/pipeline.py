@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from .files import is_candidate, is_sidecar, is_under
 from .imaging import Decoded, Fingerprint, content_key, decode, sha256_file
 from .metadata import MetadataWriter, Tagger, TagRequest, tag_request
 from .results import summarize
-from .workers import Heartbeat
+from .workers import Heartbeat, forget_dead
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class Pipeline:
         tag_threads: int | None = None,
         role: str = "all",
     ) -> None:
-        self.config, self.db, self.analyzer = config, db, analyzer
+        self.config, self.db, self.analyzer, self.role = config, db, analyzer, role
         self.owner = jobs.owner_id()
         device = str(getattr(analyzer, "device", "")) or type(analyzer).__name__
         self.heartbeat = Heartbeat(db, self.owner, role, device, config.index.lease_seconds).start()
@@ -116,6 +116,7 @@ class Pipeline:
         with self.db.transaction(write=True) as s:
             n = jobs.recover(s)
             index.release_dead_tag_claims(s, jobs.gone)
+            forget_dead(s, lambda w: w != self.owner and jobs.gone(w))  # our row is already there
         if n:
             log.info("requeued %d job(s) interrupted by a previous shutdown", n)
         backfill_content_keys(self.db)
@@ -230,11 +231,16 @@ def store(s: Session, p: Pipeline, work: list[_Work], results: list[Any]) -> tup
     for f in files:
         f.tag_state = "pending" if p.tagger else "off"
     jobs.finish(s, *(w.job_id for w in work))
+    if p.tagger is None:
+        return work, []
     decided = index.decisions_for_images(s, [f.image_id for f in files])
-    local = p.config.index.local
-    return work, [
-        tag_request(f, a.summary, decided.get(f.image_id or 0), local) for f, a in zip(files, batch, strict=True)
-    ]
+    # The write claims are taken here, with the results: no transaction of their own per group.
+    claims = index.claim_tags(s, [f.id for f in files], p.owner, p.config.index.lease_seconds)
+    local, requests = p.config.index.local, []
+    for f, a in zip(files, batch, strict=True):
+        if f.id in claims:  # else another worker is writing this file now: it stays pending for a retry
+            requests.append(replace(tag_request(f, a.summary, decided.get(f.image_id or 0), local), claimed=True))
+    return work, requests
 
 
 def _by_content(key: str) -> Callable[[Session], Image | None]:
@@ -386,8 +392,15 @@ class Prefetch:
         return None
 
     def _missing(self, job_id: int, path: str, local: str) -> None:
-        """A file gone from its folder was deleted; a file whose folder this host cannot see is given back."""
-        if os.path.isdir(os.path.dirname(local)) or any(is_under(local, f) for f in self.pipeline.config.folders):
+        """A file gone from its folder was deleted; a file whose folder this host cannot see is given back.
+
+        Only a process that watches the folders itself decides that a file was deleted: a worker (role
+        work) cannot tell a deleted file from a share that is not mounted (its mount point is an empty
+        folder then), and the watcher sees deletions as they happen.
+        """
+        watching = self.pipeline.role != "work"
+        folders = self.pipeline.config.folders
+        if watching and (os.path.isdir(os.path.dirname(local)) or any(is_under(local, f) for f in folders)):
             with self.db.transaction(write=True) as s:
                 index.mark_deleted(s, path)
                 jobs.finish(s, job_id)

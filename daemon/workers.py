@@ -14,6 +14,7 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import delete, select
@@ -79,6 +80,17 @@ def _upsert(s: Session, hb: Heartbeat) -> None:
         row = Worker(id=hb.owner, host=socket.gethostname(), pid=int(hb.owner.split(":")[-2]), role=hb.role)
         s.add(row)
     row.device, row.images_per_s, row.processed, row.heartbeat = hb.device, round(hb._rate, 2), hb.processed, now()
+
+
+def forget_dead(session: Session, dead: Callable[[str], bool]) -> int:
+    """Remove the rows of workers that are *dead* (processes of this host that are gone); how many.
+
+    Another host's dead worker stays listed, with the age of its last heartbeat: that is news.
+    """
+    gone = [w for w in session.scalars(select(Worker.id)) if dead(w)]
+    if gone:
+        session.execute(delete(Worker).where(Worker.id.in_(gone)))
+    return len(gone)
 
 
 def list_workers(session: Session) -> list[dict[str, Any]]:

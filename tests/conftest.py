@@ -79,8 +79,10 @@ def open_test_pipeline() -> Iterator[PipelineFactory]:
     unless one is given; everything it opened is closed when the test ends."""
     with ExitStack() as stack:
 
-        def make(config: Config, analyzer: Analyzer | None = None, tag_threads: int | None = None) -> Pipeline:
-            return stack.enter_context(open_pipeline(config, analyzer or FakeAnalyzer(), tag_threads))
+        def make(
+            config: Config, analyzer: Analyzer | None = None, tag_threads: int | None = None, role: str = "scan"
+        ) -> Pipeline:
+            return stack.enter_context(open_pipeline(config, analyzer or FakeAnalyzer(), tag_threads, role))
 
         yield make
 

@@ -107,7 +107,10 @@ def test_bad_key_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     cfg = tmp_path / "c.toml"
     cfg.write_text("[index]\ndatabse = 'x'\n")
     assert main(["--config", str(cfg), "status"]) == 1
-    assert capsys.readouterr().err == f"error: {cfg}: index.databse: unknown key (known: database, max_attempts)\n"
+    assert (
+        capsys.readouterr().err
+        == f"error: {cfg}: index.databse: unknown key (known: database, max_attempts, lease_seconds, path_map)\n"
+    )
 
 
 def test_show_of_an_unknown_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -7,6 +9,8 @@ from sqlalchemy import select
 
 from daemon.db import MIGRATIONS, SCHEMA_VERSION, Database, Image
 from daemon.errors import DatabaseError
+from daemon.testing.helpers import REPO
+from daemon.testing.postgres import Cluster
 
 
 def test_migrations_create_the_schema_once(tmp_path: Path) -> None:
@@ -66,3 +70,19 @@ def test_database_that_is_a_folder_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(DatabaseError) as err:
         Database(f"sqlite:///{tmp_path}/i.db")
     assert str(err.value).startswith(f"index database {tmp_path}/i.db: unable to open database file")
+
+
+def test_workers_starting_at_once_on_an_empty_postgresql_database_all_start(postgres: Cluster) -> None:
+    """Several processes migrate one new database at once: one migrates, the others wait, none fails."""
+    code = "import sys; from daemon.db import Database; Database(sys.argv[1]).close()"
+    for trial in range(4):
+        name = f"race{trial}"
+        postgres.drop_database(name)
+        url = postgres.create_database(name)
+        procs = [
+            subprocess.Popen([sys.executable, "-c", code, url], stderr=subprocess.PIPE, text=True, cwd=REPO)
+            for _ in range(3)
+        ]
+        errors = [p.communicate(timeout=120)[1] for p in procs]
+        assert [p.returncode for p in procs] == [0, 0, 0], errors
+        postgres.drop_database(name)

@@ -11,18 +11,27 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
-from daemon import index
+from daemon import index, jobs
 from daemon.cli import main
-from daemon.config import database_url
+from daemon.config import IndexConfig, database_url
 from daemon.db import Database, File, Job, Result
 from daemon.db import Image as ImageRow
-from daemon.testing.helpers import REPO, read_tags, variants, wait_until, write_toml
+from daemon.testing.helpers import (
+    REPO,
+    PipelineFactory,
+    make_config,
+    read_tags,
+    variants,
+    wait_until,
+    write_toml,
+)
 from daemon.testing.postgres import Cluster
 
 
@@ -163,3 +172,36 @@ def jobs_queued(url: str) -> int:
             return s.scalar(select(func.count()).select_from(Job)) or 0
     finally:
         db.close()
+
+
+@pytest.mark.parametrize("mounted_as_empty_folder", [False, True])
+def test_a_worker_gives_back_what_it_cannot_see_and_never_drops_it(
+    tmp_path: Path, open_test_pipeline: PipelineFactory, mounted_as_empty_folder: bool
+) -> None:
+    """A share not mounted on this worker: its jobs go back to the queue with the reason, for later."""
+    mount = tmp_path / "mnt" / "photos"
+    if mounted_as_empty_folder:  # the mount point exists, empty: as when the share is not mounted
+        mount.mkdir(parents=True)
+    config = make_config(tmp_path, index={"path_map": {"/volume1/photos": str(mount)}})
+    pipeline = open_test_pipeline(config, role="work")
+    with pipeline.db.transaction(write=True) as s:
+        jobs.enqueue(s, ["/volume1/photos/top.jpg", "/volume1/photos/2024/sub.jpg"])
+    assert pipeline.drain() == 2
+    with pipeline.db.transaction() as s:
+        queued = {j.path: j for j in s.scalars(select(Job))}
+        assert index.file_by_path(s, "/volume1/photos/top.jpg") is None  # not marked deleted
+    assert set(queued) == {"/volume1/photos/top.jpg", "/volume1/photos/2024/sub.jpg"}
+    for job in queued.values():
+        assert job.state == "pending" and job.not_before > time.time() + 30  # retried later, not now
+        assert job.error == f"not visible on this host as {mount}{job.path[len('/volume1/photos') :]} " + (
+            "(is the share mounted? see index.path_map)"
+        )
+
+
+def test_path_map_longest_prefix_wins_both_ways() -> None:
+    cfg = IndexConfig(database="", path_map={"/volume1": "/mnt/v", "/volume1/photos": "/mnt/photos"})
+    assert cfg.local("/volume1/photos/a.jpg") == "/mnt/photos/a.jpg"
+    assert cfg.local("/volume1/music/a.jpg") == "/mnt/v/music/a.jpg"
+    assert cfg.local("/volume1/photosX/a.jpg") == "/mnt/v/photosX/a.jpg"  # a prefix of a name is not a folder
+    assert cfg.local("/elsewhere/a.jpg") == "/elsewhere/a.jpg"
+    assert cfg.indexed("/mnt/photos/a.jpg") == "/volume1/photos/a.jpg"

@@ -130,6 +130,11 @@ def test_one_watcher_three_workers_one_killed_twice(
         held = workers.held_by(victim)
         victim.send_signal(signal.SIGKILL)  # mid-batch: its claims are leases nobody renews now
         victim.wait()
+        time.sleep(1.5)
+        with workers.db.transaction() as s:  # status still lists it, with the age of its last heartbeat
+            listed = index.status(s)["workers"]
+        dead = [w for w in listed if w["pid"] == victim.pid]
+        assert dead and dead[0]["seconds_since_heartbeat"] >= 1.0, (victim.pid, listed)
         # The others take its jobs once the 3-second leases run out, without any restart.
         assert wait_until(lambda v=victim: not workers.held_by(v), timeout=30), workers.logs()
         assert workers.count(Job, Job.id.in_(held), Job.owner.like(f"%:{victim.pid}:%")) == 0

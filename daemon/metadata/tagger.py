@@ -51,6 +51,7 @@ class TagRequest:
     path: str
     recorded: tuple[int | None, int | None, int | None]  # the fingerprint we read the file at
     fields: dict[str, Any]  # MetadataWriter.write's keyword arguments
+    claimed: bool = False  # the file's write claim was taken with the results (index.claim_tags)
 
 
 def tag_request(
@@ -264,8 +265,11 @@ class Tagger:
         """
         requests = self._requests(items)
         with self._claimed({r.path for r in requests}):
-            with self.db.transaction(write=True) as s:
-                mine = index.claim_tags(s, [r.file_id for r in requests], self.owner, self.paths.lease_seconds)
+            mine = {r.file_id for r in requests if r.claimed}
+            if len(mine) < len(requests):
+                with self.db.transaction(write=True) as s:
+                    unclaimed = [r.file_id for r in requests if not r.claimed]
+                    mine |= index.claim_tags(s, unclaimed, self.owner, self.paths.lease_seconds)
             requests = [r for r in requests if r.file_id in mine]
             done = self._write(requests)
             with self.db.transaction(write=True) as s:
