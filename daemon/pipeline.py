@@ -114,9 +114,7 @@ class Pipeline:
     def recover(self) -> None:
         """After a crash: requeue orphaned jobs and finish interrupted metadata writes."""
         with self.db.transaction(write=True) as s:
-            n = jobs.recover(s)
-            index.release_dead_tag_claims(s, jobs.gone)
-            forget_dead(s, lambda w: w != self.owner and jobs.gone(w))  # our row is already there
+            n = clear_dead(s, self.owner)
         if n:
             log.info("requeued %d job(s) interrupted by a previous shutdown", n)
         backfill_content_keys(self.db)
@@ -241,6 +239,15 @@ def store(s: Session, p: Pipeline, work: list[_Work], results: list[Any]) -> tup
         if f.id in claims:  # else another worker is writing this file now: it stays pending for a retry
             requests.append(replace(tag_request(f, a.summary, decided.get(f.image_id or 0), local), claimed=True))
     return work, requests
+
+
+def clear_dead(s: Session, owner: str) -> int:
+    """What processes of this host that died left behind: jobs (requeued: how many), metadata-write
+    claims, worker rows (not *owner*'s own, written already)."""
+    n = jobs.recover(s)
+    index.release_dead_tag_claims(s, jobs.gone)
+    forget_dead(s, lambda w: w != owner and jobs.gone(w))
+    return n
 
 
 def _by_content(key: str) -> Callable[[Session], Image | None]:
