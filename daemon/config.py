@@ -111,12 +111,21 @@ class ServeConfig:
 
 
 @dataclass(frozen=True)
+class SearchConfig:
+    # Search by meaning as well as by words: each image's text as a sentence embedding.
+    semantic: bool = True
+    # A Hugging Face hub id (downloaded once into its cache) or a local folder.
+    embedding_model: str = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+@dataclass(frozen=True)
 class Config:
     watch: WatchConfig = field(default_factory=WatchConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     metadata: MetadataConfig = field(default_factory=MetadataConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
     source: str = "<defaults>"
 
     @property
@@ -177,6 +186,7 @@ _SECTIONS: dict[str, type] = {
     "index": IndexConfig,
     "metadata": MetadataConfig,
     "serve": ServeConfig,
+    "search": SearchConfig,
 }
 
 

@@ -24,6 +24,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Table,
     Text,
@@ -163,6 +164,19 @@ class Worker(Base):
     processed: Mapped[int] = mapped_column(BigInteger, default=0)
     started_at: Mapped[float] = mapped_column(default=now)
     heartbeat: Mapped[float] = mapped_column(default=now)
+
+
+class Embedding(Base):
+    """One image's text (caption, description, labels, OCR) as a sentence-embedding vector, per model."""
+
+    __tablename__ = "embeddings"
+    __table_args__ = (UniqueConstraint("image_id", "model"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"), index=True)
+    model: Mapped[str] = mapped_column(Text)  # the embedding model's name: a changed model re-embeds
+    dim: Mapped[int] = mapped_column()
+    vector: Mapped[bytes] = mapped_column(LargeBinary)  # float16, little-endian, L2-normalised
+    created_at: Mapped[float] = mapped_column(default=now)
 
 
 class Rejection(Base):
@@ -329,6 +343,14 @@ def _pg_search_vectors(conn: Connection) -> None:
     conn.exec_driver_sql("CREATE INDEX ix_documents_path_tsv ON documents USING GIN (path_tsv) WITH (fastupdate = off)")
 
 
+def _m0007_word_forms(conn: Connection) -> None:
+    """Stemming and name parts in the full-text index of both backends (see search.py)."""
+
+
+def _m0008_embeddings(conn: Connection) -> None:
+    Base.metadata.create_all(conn, tables=_tables(Embedding))
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0001_initial", _m0001_initial),
     ("0002_fts", _m0002_fts),
@@ -336,6 +358,8 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0004_content_key_and_rejections", _m0004_content_key_and_rejections),
     ("0005_scale_out", _m0005_scale_out),
     ("0006_postgres_search", _m0006_postgres_search),
+    ("0007_word_forms", _m0007_word_forms),
+    ("0008_embeddings", _m0008_embeddings),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
