@@ -154,7 +154,7 @@ def test_dropped_images_end_up_indexed_tagged_and_searchable(
             daemon.stop(signal.SIGKILL)
     log = daemon.log.read_text()
     assert "Traceback" not in log, log[-3000:]
-    assert str(inbox) in log and "index: sqlite:///" in log and "model: " in log
+    assert str(inbox) in log and "index.db (role all)" in log and "model: " in log
     assert not list(inbox.glob("*_exiftool_tmp")) and not list(inbox.glob("*_original"))
 
 
