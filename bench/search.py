@@ -75,6 +75,13 @@ QUERIES = [
     ("filters only (newest first)", "", {"folder": "/photos/2023"}),
     ("negation only", "-car", {}),
     ("no match", "zebra", {}),
+    # Word forms, names and prefixes (db migration 0007).
+    ("other word form", "dogs", {}),
+    ("prefix, common", "flow*", {}),
+    ("prefix, rare", "bicycle3*", {}),
+    ("prefix in a field + negation", "label:moun* -sky*", {}),
+    ("name part, in every path", "img", {}),
+    ("name part, rare", "042137", {}),
 ]
 
 

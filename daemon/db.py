@@ -344,7 +344,54 @@ def _pg_search_vectors(conn: Connection) -> None:
 
 
 def _m0007_word_forms(conn: Connection) -> None:
-    """Stemming and name parts in the full-text index of both backends (see search.py)."""
+    """Porter's stemmer on both backends (Snowball's 'porter' is FTS5's; 'english' differs on 1 word in 40), and
+    "names": the path with U+200B (a space to both) around ASCII digit runs, '' where none touches a letter."""
+    fields = "caption, description, ocr, labels, path"
+    if conn.dialect.name == "sqlite":
+        runs = "{0}"
+        for digit in "0123456789":  # no regular expressions in SQLite: every digit apart, then runs together
+            runs = f"replace({runs}, '{digit}', char(8203) || '{digit}' || char(8203))"
+        other = "[^ -/0-9:-@[-`{{-~]"  # neither a digit nor ASCII punctuation: a letter, near enough
+        names = f"CASE WHEN {{0}} GLOB '*[0-9]{other}*' OR {{0}} GLOB '*{other}[0-9]*' "
+        names += f"THEN replace({runs}, char(8203, 8203), '') ELSE '' END"
+        for old in ("TRIGGER documents_ai", "TRIGGER documents_ad", "TRIGGER documents_au", "TABLE documents_fts"):
+            conn.exec_driver_sql(f"DROP {old}")
+        # The index's content, which 'rebuild' and snippet() read: the documents, and their names.
+        view = f"SELECT file_id, {fields}, {names.format('path')} AS names FROM documents"
+        conn.exec_driver_sql(f"CREATE VIEW documents_search AS {view}")
+        conn.exec_driver_sql(
+            f"CREATE VIRTUAL TABLE documents_fts USING fts5({fields}, names, content='documents_search', "
+            "content_rowid='file_id', tokenize='porter unicode61 remove_diacritics 2')"
+        )
+        new = f"new.file_id, new.{fields.replace(', ', ', new.')}, {names.format('new.path')}"
+        add = f"INSERT INTO documents_fts(rowid, {fields}, names) VALUES ({new});"
+        drop = f"INSERT INTO documents_fts(documents_fts, rowid, {fields}, names) VALUES ('delete', {new});"
+        drop = drop.replace("new.", "old.")
+        for trigger, event, body in (("ai", "INSERT", add), ("ad", "DELETE", drop), ("au", "UPDATE", drop + add)):
+            conn.exec_driver_sql(f"CREATE TRIGGER documents_{trigger} AFTER {event} ON documents BEGIN {body} END")
+        conn.exec_driver_sql("INSERT INTO documents_fts(documents_fts) VALUES ('rebuild')")
+        return
+    conn.exec_driver_sql("CREATE TEXT SEARCH DICTIONARY florence_stem (TEMPLATE = snowball, LANGUAGE = porter)")
+    mapping = "ALTER MAPPING REPLACE simple WITH florence_stem"  # after unaccent, where it is there
+    conn.exec_driver_sql(f"ALTER TEXT SEARCH CONFIGURATION florence_search {mapping}")
+    pure = "RETURNS {} LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$ SELECT {} $$"
+    other = "[^0-9\\x20-\\x2f\\x3a-\\x40\\x5b-\\x60\\x7b-\\x7e]"  # as SQLite's GLOB above
+    split = "regexp_replace(t, '[0-9]+', chr(8203) || '\\&' || chr(8203), 'g')"
+    names = f"CASE WHEN t ~ '[0-9]{other}|{other}[0-9]' THEN {split} ELSE '' END"
+    conn.exec_driver_sql(f"CREATE FUNCTION florence_search_names(t text) {pure.format('text', names)}")
+    prefix = "CASE WHEN numnode(q) = 1 THEN (q::text || ':*')::tsquery ELSE q END FROM "
+    prefix += "phraseto_tsquery('florence_search', florence_search_words(t)) q"  # flow*: never a person's text
+    conn.exec_driver_sql(f"CREATE FUNCTION florence_search_prefix(t text) {pure.format('tsquery', prefix)}")
+    # 0006's trigger function, and the names in path_tsv after a gap: a phrase never spans the two.
+    vector = "to_tsvector('florence_search', florence_search_words(coalesce({}, '')))"
+    weights = zip(fields.split(", ")[:4], "ABCD", strict=True)
+    weighted = " || '-:1'::tsvector || ".join(f"setweight({vector.format('NEW.' + f)}, '{w}')" for f, w in weights)
+    path = f"{vector.format('NEW.path')} || '-:1'::tsvector || {vector.format('florence_search_names(NEW.path)')}"
+    conn.exec_driver_sql(
+        "CREATE OR REPLACE FUNCTION documents_tsv() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        f"NEW.tsv := ts_delete({weighted}, '-'); NEW.path_tsv := ts_delete({path}, '-'); RETURN NEW; END $$"
+    )
+    conn.exec_driver_sql("UPDATE documents SET path = path")  # the trigger makes every vector again
 
 
 def _m0008_embeddings(conn: Connection) -> None:

@@ -8,18 +8,26 @@ The query language, for people rather than for FTS5::
     -dog  -label:dog        must not match
     cat OR dog              either (OR binds looser than the spaces between words)
     text:invoice path:2024  fields combine freely
+    flow*                   words that start so: flower, flowers (one word, then *)
+
+Words match in their other forms (dogs finds dog, running finds run: Porter's
+stemmer, db migration 0007), and a file or folder name also in its parts,
+cut where digits meet letters (flower finds flower2.webp).
 
 User text never reaches FTS5's own syntax: each word or phrase is quoted,
 so a stray quote, ``-``, ``*``, ``NEAR`` or ``OR`` is just text, and no
-input can make the SQL fail. Filters (folder, date, has-text) are SQL.
+input can make the SQL fail; the one ``*`` that means something is written
+by us after a quoted word. Filters (folder, date, has-text) are SQL.
 
 PostgreSQL gets the same language from the same parser and a second SQL
 builder: each word or phrase is a bound parameter that phraseto_tsquery()
 reads as plain text (``& | ! <-> :*`` are just text there too), matched
-against tsvectors that a trigger keeps current (db migration 0006).
+against tsvectors that a trigger keeps current (db migrations 0006, 0007).
 Documents and queries both go through florence_search_words(), which cuts
-words as FTS5's unicode61 tokenizer does, so both backends find the same
-documents; they rank them differently (ts_rank knows no rare words).
+words as FTS5's unicode61 tokenizer does, and the same stemmer, so both
+backends find the same documents; they rank them differently (ts_rank knows
+no rare words). A prefix is florence_search_prefix(): the word's lexeme with
+``:*`` added in SQL, never text that a person typed.
 """
 
 from __future__ import annotations
@@ -50,6 +58,8 @@ FIELDS = {
 }
 # Where a snippet's match starts and ends (control characters no caption contains: clean_text removes them).
 MARK_START, MARK_END = "\x02", "\x03"
+# What db migration 0007 puts between the parts of a name (flower\u200b2.webp) in the text a snippet may come from.
+NAME_CUT = "\u200b"
 
 # PostgreSQL (db migration 0006): each field's weight in documents.tsv; the path has a vector of its own.
 PG_WEIGHTS = {"caption": "a", "description": "b", "ocr": "c", "labels": "d"}
@@ -70,10 +80,12 @@ class Term:
     column: str | None = None  # None: any column
     negated: bool = False
     either: bool = False  # joined to the term before it by OR
+    prefix: bool = False  # one word, matching the words that start with it
 
     def fts(self) -> str:
-        phrase = '"' + self.text.replace('"', '""') + '"'
-        return f"{{{self.column}}} : {phrase}" if self.column else phrase
+        phrase = '"' + self.text.replace('"', '""') + '"' + "*" * self.prefix
+        column = "path names" if self.column == "path" else self.column  # names: the path's parts (db 0007)
+        return f"{{{column}}} : {phrase}" if column else phrase
 
 
 @dataclass(frozen=True)
@@ -82,11 +94,12 @@ class Query:
     folder: str | None = None
     since: float | None = None  # seconds since the epoch; files modified at or after it
     has_text: bool = False
+    image_ids: tuple[int, ...] = ()  # only files of these images (search by meaning's candidates)
 
     @property
     def empty(self) -> bool:
         """No words and no filters: nothing to search for."""
-        return not self.terms and not (self.folder or self.since is not None or self.has_text)
+        return not self.terms and not (self.folder or self.since is not None or self.has_text or self.image_ids)
 
     @property
     def positive(self) -> str:
@@ -129,8 +142,11 @@ def parse(query: str, *, folder: str | None = None, since: str | None = None, ha
         if prefix and column is None:  # "foo:bar" with no such field is just text
             value = f"{prefix}:{value}"
         value = value.replace('"', " ").strip()
+        starts = bool(word) and value.endswith("*") and _one_word(value.rstrip("*"))  # a quoted "x*" is text
+        if starts:
+            value = value.rstrip("*")
         if value and _has_token(value):
-            terms.append(Term(value, column, negated=bool(minus), either=either and not minus))
+            terms.append(Term(value, column, negated=bool(minus), either=either and not minus, prefix=starts))
             either = either and bool(minus)  # "a OR -b c": the OR waits for the next positive term
     return Query(
         terms=tuple(terms[:MAX_TERMS]),
@@ -144,6 +160,13 @@ def _has_token(value: str) -> bool:
     # FTS5's unicode61 tokenizer keeps letters and digits; a "word" of only
     # punctuation would be an empty phrase, which matches nothing at all.
     return any(ch.isalnum() for ch in value)
+
+
+def _one_word(value: str) -> bool:
+    """Whether *value* is one word to both tokenizers, ending in a letter or digit (``flow``, not ``a*b`` or ``x:``)."""
+    # Combining accents are part of the word before them (FTS5 drops them; so does florence_search_words).
+    plain = re.sub("[\u0300-\u036f]", "", value)
+    return plain[-1:].isalnum() and len("".join(ch if ch.isalnum() else " " for ch in plain).split()) == 1
 
 
 def parse_date(value: str) -> float:
@@ -175,7 +198,7 @@ def search(session: Session, query: str | Query, limit: int = 20, everything: bo
     sql, params = search_sql(q, limit, dialect)
     rows = session.execute(text(sql), params).all()
     return [
-        Hit(path=p, caption=c or "", score=round(r, 4), snippet=_elide(s or "", src), file_id=i)
+        Hit(path=p, caption=c or "", score=round(r, 4), snippet=_elide(s or "", src).replace(NAME_CUT, ""), file_id=i)
         for p, c, r, i, s, src in rows
     ]
 
@@ -207,6 +230,8 @@ def _filters(q: Query) -> tuple[list[str], dict[str, object]]:
         params["since_ns"] = int(q.since * 1e9)
     if q.has_text:
         where.append("d.ocr != ''")
+    if q.image_ids:  # whole numbers from the index itself, never text from a person
+        where.append(f"f.image_id IN ({', '.join(str(int(i)) for i in q.image_ids)})")
     return where, params
 
 
@@ -237,20 +262,22 @@ def _sqlite_sql(q: Query, where: list[str], params: dict[str, object]) -> str:
     )
 
 
-def _pg_words(i: int) -> str:
+def _pg_words(term: Term, i: int) -> str:
     """Term *i* (bound parameter t<i>) as a tsquery: its words as a phrase, read as plain text.
 
-    A phrase, as FTS5 quotes every term: "12.50" is the words 12 and 50, side by side. Both
-    functions are immutable: planning with the parameter's value, PostgreSQL folds the call to a
-    constant, whose words' frequencies tell it when the GIN index pays (not in a subquery,
-    which it would guess to cost a full scan of the index).
+    A phrase, as FTS5 quotes every term: "12.50" is the words 12 and 50, side by side; a prefix,
+    the one word's lexeme with ':*' (db migration 0007). The functions are immutable: planning with
+    the parameter's value, PostgreSQL folds the call to a constant, whose words' frequencies tell
+    it when the GIN index pays (not in a subquery, which it would guess to cost a full scan of the index).
     """
+    if term.prefix:
+        return f"florence_search_prefix(:t{i})"
     return f"phraseto_tsquery('florence_search', florence_search_words(:t{i}))"
 
 
 def _pg_match(term: Term, i: int) -> str:
     """SQL that is true where *term*, the i-th, matches document d."""
-    words = _pg_words(i)
+    words = _pg_words(term, i)
     if term.column == "path":
         return f"d.path_tsv @@ {words}"
     if term.column:
@@ -284,7 +311,7 @@ def _postgres_sql(q: Query, where: list[str], params: dict[str, object]) -> str:
     if not groups:
         return _unranked(where)
     match = " OR ".join("(" + " AND ".join(_pg_match(q.terms[i], i) for i in g) + ")" for g in groups)
-    ranked = "(" + " || ".join("(" + " && ".join(_pg_words(i) for i in g) + ")" for g in groups) + ")"
+    ranked = "(" + " || ".join("(" + " && ".join(_pg_words(q.terms[i], i) for i in g) + ")" for g in groups) + ")"
     params["headline"], params["whole"] = PG_HEADLINE, PG_HEADLINE_WHOLE
     # Every match is ranked: ts_rank, a quarter of ts_rank_cd's cost, and on the path only where it
     # matches. The inner query keeps *limit* narrow rows (sorting the texts of thousands of matches
@@ -307,14 +334,17 @@ def _pg_snippet_field(terms: tuple[Term, ...]) -> str:
     """A LATERAL subquery w: the text of document e to cut the snippet from (w.source), and its words (w.words).
 
     The field with the most hits, the first on a tie, as FTS5's snippet() chooses; a term for
-    one field (caption:red) counts only there.
+    one field (caption:red) counts only there. The path and its names (db migration 0007) share
+    path_tsv: each gets a vector of its own here, made for these few rows.
     """
-    fields = [(c, f"ts_filter(e.tsv, '{{{w}}}')") for c, w in PG_WEIGHTS.items()] + [("path", "e.path_tsv")]
+    path = "to_tsvector('florence_search', florence_search_words({0}))"
+    fields = [(c, f"e.{c}", f"ts_filter(e.tsv, '{{{w}}}')") for c, w in PG_WEIGHTS.items()]
+    fields += [("path", source, path.format(source)) for source in ("e.path", "florence_search_names(e.path)")]
     rows = []
-    for n, (column, vector) in enumerate(fields):
-        mine = [_pg_words(i) for i, t in enumerate(terms) if not t.negated and t.column in (None, column)]
+    for n, (column, source, vector) in enumerate(fields):
+        mine = [_pg_words(t, i) for i, t in enumerate(terms) if not t.negated and t.column in (None, column)]
         words = "(" + " || ".join(mine) + ")" if mine else "CAST(NULL AS tsquery)"
-        rows.append(f"({n}, e.{column}, {vector}, {words})")
+        rows.append(f"({n}, {source}, {vector}, {words})")
     # Every weight counts the same here: hits, not importance.
     return (
         f"LATERAL (SELECT v.source, v.words FROM (VALUES {', '.join(rows)}) v(n, source, vector, words) "

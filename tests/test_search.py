@@ -3,14 +3,15 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import insert, make_url, text
 
+from daemon import db as db_module
 from daemon.config import database_url
-from daemon.db import Database, Document, File
+from daemon.db import Database, Document, File, Result
 from daemon.errors import FlorenceWatchError
 from daemon.search import MARK_END, MARK_START, MAX_TERMS, fts_query, parse, search, search_sql
 from daemon.testing.postgres import Cluster
@@ -22,7 +23,8 @@ from daemon.testing.postgres import Cluster
         ("red car", '"red" AND "car"', ""),
         ('"red car" parked', '"red car" AND "parked"', ""),
         ('caption:"red car"', '{caption} : "red car"', ""),
-        ("text:invoice label:dog path:2024", '{ocr} : "invoice" AND {labels} : "dog" AND {path} : "2024"', ""),
+        # path: also searches the path's names, cut where digits meet letters (db migration 0007)
+        ("text:invoice label:dog path:2024", '{ocr} : "invoice" AND {labels} : "dog" AND {path names} : "2024"', ""),
         ("desc:sofa ocr:total objects:wheel", '{description} : "sofa" AND {ocr} : "total" AND {labels} : "wheel"', ""),
         ("Caption:Red", '{caption} : "Red"', ""),
         ("car -dog", '"car"', '"dog"'),
@@ -30,7 +32,22 @@ from daemon.testing.postgres import Cluster
         ("cat OR dog", '"cat" OR "dog"', ""),
         ("a b OR c", '"a" AND "b" OR "c"', ""),
         ("OR a OR", '"a"', ""),
-        ("-dog OR cat*", '"cat*"', '"dog"'),
+        ("-dog OR cat*", '"cat"*', '"dog"'),  # a prefix: the * after the quotes, written by us
+        ("caption:flow* -path:img2*", '{caption} : "flow"*', '{path names} : "img2"*'),
+        ("flow**", '"flow"*', ""),
+        ("café*", '"café"*', ""),
+        # * means a prefix only after one word; anywhere else it is text, a space to the tokenizer
+        ("a*b*", '"a*b*"', ""),
+        ("*", "", ""),
+        ("*a", '"*a"', ""),
+        ('"x*"', '"x*"', ""),
+        ('"x"*', '"x"', ""),
+        ("foo:*", '"foo:*"', ""),
+        ("whe:*", '"whe:*"', ""),
+        ("&*", "", ""),
+        ("x&*", '"x&*"', ""),
+        ("caption:*", "", ""),
+        ("12.5*", '"12.5*"', ""),
         ("well-known", '"well-known"', ""),
         ('a "dangling', '"a" AND "dangling"', ""),
         ('a"b', '"a b"', ""),
@@ -89,16 +106,22 @@ def db(database: str) -> Iterator[Database]:
         ("/p/gone.jpg", "a red car", "", "", "car", "2025-01-01"),
         *OTHERS,
     ]
+    add_documents(db, rows, deleted=lambda path: path == "/p/gone.jpg" or path.startswith("/old/"))
+    yield db
+    db.close()
+
+
+def add_documents(
+    db: Database, rows: list[tuple[str, str, str, str, str, str]], deleted: Callable[[str], bool] = lambda _: False
+) -> None:
+    """Files and their documents: (path, caption, description, OCR text, labels, day modified) each."""
     with db.transaction(write=True) as s:
         for path, cap, desc, ocr, labels, day in rows:
             mtime_ns = int(dt.datetime.fromisoformat(day).timestamp() * 1e9)
-            deleted = path == "/p/gone.jpg" or path.startswith("/old/")
-            f = File(path=path, state="deleted" if deleted else "indexed", mtime_ns=mtime_ns)
+            f = File(path=path, state="deleted" if deleted(path) else "indexed", mtime_ns=mtime_ns)
             s.add(f)
             s.flush()
             s.add(Document(file_id=f.id, path=path, caption=cap, description=desc, ocr=ocr, labels=labels))
-    yield db
-    db.close()
 
 
 def ranks_like_sqlite(db: Database) -> bool:
@@ -272,6 +295,31 @@ NASTY = [
     "\x02car\x03",  # the snippet marks
     "$$; SELECT 1; $$",
     ":t0 :limit",
+    # a prefix: only after one word, and made in SQL from that word's lexeme (db migration 0007)
+    "a*b*",
+    "**",
+    "-*",
+    "*a*",
+    '"x*"',
+    "foo:*",
+    "&*",
+    "a&*",
+    "'*",
+    "a'*",
+    "a:*b*",
+    "caption:a*",
+    "path:*",
+    "a* OR *",
+    "\x00*",
+    "a\x00*",
+    "e\u0301*",
+    "\u0301*",
+    "日本*",
+    "\U0001f600*",
+    "a*:*",
+    "a* & b*",
+    "x" * 5000 + "*",
+    "car*" * 100,
 ]
 
 
@@ -313,6 +361,152 @@ def test_search_sees_the_writes_of_its_own_transaction(db: Database) -> None:
         assert search(s, "label:sofa -label:kite") == []
 
 
+# Word forms, file and folder names, prefixes (db migration 0007): the same documents on both backends.
+FORMS = [
+    ("/pics/flower2.webp", "a red tulip", "", "", "tulip", "2024-01-01"),
+    ("/home/u/Pictures/2024-06 Rome/x.jpg", "a fountain in a square", "", "", "fountain", "2024-06-02"),
+    ("/p/trip2024/beach.jpg", "sand and sea", "", "", "beach", "2024-06-03"),
+    ("/p/dog.jpg", "a dog asleep on a sofa", "A brown dog.", "", "dog sofa", "2024-01-04"),
+    ("/p/kennel.jpg", "three dogs playing", "", "", "dogs", "2024-01-05"),
+    ("/p/road.jpg", "a car parked by the road", "Two people running.", "", "car", "2024-01-06"),
+    ("/p/track.jpg", "a morning run", "", "", "track", "2024-01-07"),
+    ("/p/garden.jpg", "a bed of flowers", "", "", "flowers", "2024-01-08"),
+    ("/p/vase.jpg", "a flower in a vase", "", "", "vase", "2024-01-09"),
+]
+TULIP, ROME, TRIP, DOG, KENNEL, ROAD, TRACK, GARDEN, VASE = (row[0] for row in FORMS)
+
+
+@pytest.fixture
+def forms(database: str) -> Iterator[Database]:
+    """FORMS on each backend in turn."""
+    db = Database(database_url(database))
+    add_documents(db, FORMS)
+    yield db
+    db.close()
+
+
+def found(db: Database, query: str) -> list[str]:
+    """The paths that *query* finds, in path order (the backends find the same, but rank differently)."""
+    with db.transaction() as s:
+        return sorted(h.path for h in search(s, query))
+
+
+def indexed(db: Database, word: str) -> list[str]:
+    """The paths whose full-text index holds *word*, asked directly: search() needs the newest schema."""
+    if db.engine.dialect.name == "sqlite":
+        where, word = "file_id IN (SELECT rowid FROM documents_fts WHERE documents_fts MATCH :w)", f'"{word}"'
+    else:
+        where = "tsv || path_tsv @@ phraseto_tsquery('florence_search', :w)"
+    with db.transaction() as s:
+        return sorted(s.execute(text(f"SELECT path FROM documents WHERE {where}"), {"w": word}).scalars())
+
+
+@pytest.mark.parametrize(
+    ("query", "paths"),
+    [
+        # Words match in their other forms: Porter's stemmer, in the index and in the query.
+        ("dogs", [DOG, KENNEL]),  # "a dog", and "three dogs"
+        ("dog", [DOG, KENNEL]),
+        ("cars", [ROAD]),  # "a car"
+        ("running", [ROAD, TRACK]),  # "running", and "a morning run"
+        ("run", [ROAD, TRACK]),
+        ("runs", [ROAD, TRACK]),
+        ("sofas", [DOG]),
+        ("label:dog", [DOG, KENNEL]),  # the labels "dog sofa", and "dogs"
+        ('"cars parking"', [ROAD]),  # a phrase of stems: "car parked"
+        ('"parking cars"', []),  # in this order only
+        ("flowers", [TULIP, GARDEN, VASE]),  # flower2.webp's name too: flower2 is cut into flower and 2
+        ("dogs -kennel", [DOG]),
+        ("-dogs", [TULIP, ROME, TRIP, ROAD, TRACK, GARDEN, VASE]),
+        # Parts of file and folder names: cut where digits meet letters, and at punctuation.
+        ("flower", [TULIP, GARDEN, VASE]),
+        ("flower2", [TULIP]),  # the name as it is
+        ("path:flower", [TULIP]),
+        ("path:flower2.webp", [TULIP]),
+        ('"flower 2"', [TULIP]),
+        ('"pics flower"', [TULIP]),  # the parts are side by side
+        ('"webp pics"', []),  # but the end of the path is not next to the start of its parts
+        ("caption:flower", [GARDEN, VASE]),  # not flower2.webp: its name is in its path
+        ("2024", [ROME, TRIP]),  # a folder, and a part of a folder's name (trip2024)
+        ("path:2024 rome", [ROME]),
+        ("rome", [ROME]),
+        ("pictures", [ROME]),
+        ("trip", [TRIP]),
+        ("06", [ROME]),
+        ("webp", [TULIP]),
+        # A trailing * means the words that start so, in any form and any part of a name.
+        ("flow*", [TULIP, GARDEN, VASE]),
+        ("flowers*", [TULIP, GARDEN, VASE]),  # the stem, flower, and what starts with it
+        ("FLOW*", [TULIP, GARDEN, VASE]),
+        ("tul*", [TULIP]),
+        ("caption:tul*", [TULIP]),
+        ("label:fount*", [ROME]),
+        ("path:flow*", [TULIP]),
+        ("path:pic*", [TULIP, ROME]),  # /pics, Pictures
+        ("caption:flow*", [GARDEN, VASE]),
+        ("2024*", [ROME, TRIP]),
+        ("fount* OR dog*", [ROME, DOG, KENNEL]),
+        ("dog* -label:dog*", []),
+        ("flow* -path:flow*", [GARDEN, VASE]),
+        ("run*", [ROAD, TRACK]),
+        # Anywhere else, * is text: a space between words, never a wildcard.
+        ("flow", []),
+        ("flow *", []),
+        ("*", []),
+        ("**", []),
+        ("*low", []),
+        ("f*ower", []),
+        ('"flow*"', []),
+        ('"flow"*', []),
+        ("a*b*", []),
+        ("flow:*", []),
+        ("&*", []),
+        ("tulip*a", []),  # the phrase "tulip a"
+        ("sea*sand", []),  # "sand and sea": not in this order
+        ("sand*and", [TRIP]),
+    ],
+)
+def test_word_forms_names_and_prefixes(forms: Database, query: str, paths: list[str]) -> None:
+    assert found(forms, query) == sorted(paths)
+
+
+def test_snippets_mark_word_forms_and_name_parts(forms: Database) -> None:
+    with forms.transaction() as s:
+        [dog, kennel] = sorted(search(s, "label:dogs"), key=lambda h: h.path)
+        [tulip] = search(s, "path:flower")
+        [prefix] = search(s, "tul*")
+    assert (dog.snippet_marked(), kennel.snippet_marked()) == ("[dog] sofa", "[dogs]")
+    assert tulip.snippet_marked() == "/pics/[flower]2.webp"  # the path as it is, the part marked
+    assert prefix.snippet_marked() == "a red [tulip]"
+
+
+def test_migration_0007_rebuilds_the_index_without_the_model(database: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = database_url(database)
+    with monkeypatch.context() as patch:  # an index made before 0007: with the migrations that had shipped
+        patch.setattr(db_module, "MIGRATIONS", [m for m in db_module.MIGRATIONS if m[0] < "0007"])
+        old = Database(url)
+        add_documents(old, FORMS)
+        before = indexed(old, "dogs"), indexed(old, "flower")
+        old.close()
+    assert before == ([KENNEL], [VASE])  # not "a dog", nor flower2.webp, nor the garden's "flowers"
+    db = Database(url)  # 0007 runs, from the documents' text
+    try:
+        assert indexed(db, "dogs") == found(db, "dogs") == sorted([DOG, KENNEL])
+        assert indexed(db, "flower") == sorted([TULIP, GARDEN, VASE])
+        assert found(db, "flower") == found(db, "flow*") == sorted([TULIP, GARDEN, VASE])
+        with db.transaction() as s:
+            assert "0007_word_forms" in set(s.execute(text("SELECT name FROM schema_migrations")).scalars())
+            assert [d.caption for d in s.query(Document).order_by(Document.file_id)] == [r[1] for r in FORMS]
+            assert s.query(Result).count() == 0  # no model ran
+        with db.transaction(write=True) as s:  # the triggers keep the new index current
+            s.get(Document, 5).caption = "three cats playing"
+            s.delete(s.get(Document, 4))
+        assert found(db, "dogs") == [KENNEL]  # its labels
+        assert found(db, "cat") == [KENNEL]
+    finally:
+        db.close()
+
+
 def test_postgres_search_uses_the_gin_indexes(pg_url: str) -> None:
     """Each kind of condition is one the GIN indexes can answer (bench/search.py shows the real thing)."""
     db = Database(pg_url)
@@ -329,7 +523,8 @@ def test_postgres_search_uses_the_gin_indexes(pg_url: str) -> None:
             s.execute(insert(Document), docs)
         with db.transaction(write=True) as s:
             s.execute(text("ANALYZE"))
-        for query in ("thing7", 'caption:"of thing7"', "path:img7", "thing7 OR thing8 -car", "label:thing7 -text:stop"):
+        queries = ("thing7", 'caption:"of thing7"', "path:img7", "thing7 OR thing8 -car", "label:thing7 -text:stop")
+        for query in (*queries, "thing7*", "path:img*", "-thing7* photo7"):
             sql, params = search_sql(parse(query), 20, "postgresql")
             with db.transaction() as s:
                 s.execute(text("SET LOCAL enable_seqscan = off"))  # a table this small is read whole
