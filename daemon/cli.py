@@ -172,11 +172,12 @@ def _open_db(config: Config) -> Iterator[Database]:
 
 
 def _index_status(config: Config) -> dict[str, Any]:
-    """The index's counts and failures (``index.status``)."""
+    """The index's counts and failures (``index.status``), and whether search by meaning is on."""
     from . import index
+    from .embed import semantic_status
 
     with _open_db(config) as db, db.transaction() as s:
-        return index.status(s)
+        return {**index.status(s), "semantic": semantic_status(s, config.search)}
 
 
 @contextmanager
@@ -287,24 +288,32 @@ def _search_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--since", metavar="DATE", help="only files modified on or after DATE (YYYY-MM-DD, or 7d)")
     p.add_argument("--has-text", action="store_true", help="only images with OCR text")
     p.add_argument("--limit", type=int, default=20, help="at most this many results (default 20)")
+    p.add_argument(
+        "--mode",
+        choices=("hybrid", "words", "meaning"),
+        default="hybrid",
+        help="hybrid (default): words and meaning ranked together; words: the words alone; "
+        "meaning: nearest in meaning (search.semantic)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON: [{path, caption, score, snippet}, ...]")
 
 
 @command(
     "search",
-    "Full-text search over captions, OCR text and labels.",
+    "Search the index by words and by meaning.",
     "florence-watch search 'label:dog -caption:sofa' --folder ~/Pictures/2024 --since 2024-06-01",
     description=SEARCH_LANGUAGE,
     arguments=_search_arguments,
 )
 def cmd_search(args: argparse.Namespace, config: Config, config_file: Path | None) -> int:
-    from .search import parse, search
+    from .meaning import Meaning, hybrid_search
+    from .search import parse
 
     query = parse(args.query, folder=args.folder, since=args.since, has_text=args.has_text)
     if query.empty:
         raise FlorenceWatchError("nothing to search for: give words, or a filter such as --folder")
     with _open_db(config) as db, db.transaction() as s:
-        hits = search(s, query, limit=args.limit)
+        hits = hybrid_search(s, query, limit=args.limit, mode=args.mode, meaning=Meaning(config.search))
     if args.json:
         _json([{"path": h.path, "caption": h.caption, "score": h.score, "snippet": h.snippet_marked()} for h in hits])
     elif not hits:
@@ -414,8 +423,12 @@ def cmd_status(args: argparse.Namespace, config: Config, config_file: Path | Non
         _json(st)
         return 0
     print(f"indexed {st['indexed']}   pending {st['pending']}   failed {st['failed']}")
-    q = st["queue"]
+    q, sem = st["queue"], st["semantic"]
     print(f"queue: {q['pending']} waiting, {q['running']} being processed, {q['metadata']} metadata writes to do")
+    if sem["on"]:
+        print(f"search by meaning: on ({sem['model']}: {sem['embedded']} image(s) embedded, {sem['missing']} to do)")
+    else:
+        print(f"search by meaning: off ({sem['reason']}); search is by words")
     for w in st["workers"]:
         print(
             f"  worker {w['host']}:{w['pid']}  {w['role']:5}  {w['device'] or '-':8}  {w['images_per_s']:6.2f} images/s"
@@ -425,6 +438,34 @@ def cmd_status(args: argparse.Namespace, config: Config, config_file: Path | Non
         print(f"  failed: {f['path']}\n          {f['reason']}")
     for f in st["metadata_failures"]:
         print(f"  indexed, {f['reason']}: {f['path']}")
+    return 0
+
+
+def _reindex_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--embeddings",
+        action="store_true",
+        required=True,
+        help="embed the images that have no vector for [search] embedding_model yet (no Florence-2 run)",
+    )
+
+
+@command(
+    "reindex",
+    "Embed indexed images for search by meaning.",
+    "florence-watch reindex --embeddings",
+    description="Embed every indexed image that has no vector for the configured embedding model yet\n"
+    "(an index made before search by meaning, or after changing search.embedding_model).\n"
+    "Florence-2 does not run; a running daemon does the same in the background.",
+    arguments=_reindex_arguments,
+)
+def cmd_reindex(args: argparse.Namespace, config: Config, config_file: Path | None) -> int:
+    from .embed import Embedder, embed_missing
+
+    embedder = Embedder(config.search.embedding_model)
+    with _open_db(config) as db, _progress() as progress:
+        n = embed_missing(db, embedder, progress=progress)
+    print(f"embedded {n} image(s) with {embedder.name}", file=sys.stderr)
     return 0
 
 
@@ -575,9 +616,17 @@ def _find_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_find(args: argparse.Namespace, config: Config, config_file: Path | None) -> int:
     from .analyze import FlorenceAnalyzer
     from .find import find
+    from .meaning import Meaning
 
     with _open_db(config) as db:  # the search runs here; grounding needs no database
-        matches = find(db, args.phrase, lambda: FlorenceAnalyzer(config.model), folder=args.folder, limit=args.limit)
+        matches = find(
+            db,
+            args.phrase,
+            lambda: FlorenceAnalyzer(config.model),
+            folder=args.folder,
+            limit=args.limit,
+            meaning=Meaning(config.search),
+        )
     found: list[dict[str, Any]] = []
     any_match = False
     for match in matches:

@@ -25,8 +25,9 @@ from sqlalchemy import exists, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from .config import SearchConfig
 from .db import Database, Embedding, File, Image, now
-from .errors import FlorenceWatchError, ModelUnavailableError
+from .errors import DatabaseError, FlorenceWatchError, ModelUnavailableError
 from .index import results_for
 from .results import Summary, summarize
 
@@ -248,11 +249,13 @@ def embed_missing(
     batch: int = 64,
     progress: Callable[[int, int], None] | None = None,
     results_model: str | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> int:
     """Embed every indexed image that has no vector for this model yet; how many were embedded.
 
     Reads a batch, embeds it outside any transaction (SQLite's write lock is not
-    held during inference), then stores it in one write transaction.
+    held during inference), then stores it in one write transaction. *stop* is
+    asked between batches (a daemon shutting down).
     """
     with db.transaction() as s:
         total = count_missing(s, embedder.name)
@@ -260,7 +263,7 @@ def embed_missing(
     while True:
         with db.transaction() as s:
             todo = missing(s, embedder.name, batch, results_model)
-        if not todo:
+        if not todo or (stop is not None and stop()):
             return done
         vectors = embedder.embed([text for _, text in todo], batch_size=batch)
         with db.transaction(write=True) as s:
@@ -410,3 +413,80 @@ def _decode(rows: list[Any], dim: int, model: str) -> tuple[list[Any], np.ndarra
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
     matrix /= np.where(norms > 0, norms, 1.0)
     return good, matrix
+
+
+def unavailable(name: str) -> str:
+    """Why the embedding model *name* cannot be used here, without loading it ('' when it can)."""
+    local = Path(name).expanduser()
+    if local.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1:
+        return "" if (local / "config.json").is_file() else f"{name}: no transformers checkpoint in that folder"
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return ""
+    return (
+        "" if not _offline() and _hub_reachable() else f"{name}: not in the local Hugging Face cache, hub unreachable"
+    )
+
+
+def _hub_reachable() -> bool:
+    from .analyze import _hub_reachable as reachable
+
+    return reachable()
+
+
+class EmbedThread:
+    """Embeds what the index lacks, in a thread of its own: Florence-2 never waits for it.
+
+    Woken after each stored batch (``wake``) and every POLL_S; it loads the
+    model on first use, and stops with one warning when the model cannot be
+    loaded (search then works by words; ``status`` says why).
+    """
+
+    POLL_S = 10.0
+
+    def __init__(self, db: Database, model: str) -> None:
+        self.db, self.model = db, model
+        self._wake, self._stop = threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=self._run, name="embed", daemon=True)
+
+    def start(self) -> EmbedThread:
+        self._thread.start()
+        return self
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=60)
+
+    def _run(self) -> None:
+        try:
+            embedder = Embedder(self.model)
+        except ModelUnavailableError as exc:
+            log.warning("search by meaning is off: %s", exc)
+            return
+        while not self._stop.is_set():
+            try:
+                if embed_missing(self.db, embedder, stop=self._stop.is_set):
+                    continue  # more may have come meanwhile
+            except DatabaseError as exc:  # the index's server is away: the daemon waits for it too
+                log.warning("embedding paused: %s", exc)
+            self._wake.wait(self.POLL_S)
+            self._wake.clear()
+
+
+def semantic_status(session: Session, config: SearchConfig) -> dict[str, Any]:
+    """For ``status``: whether search by meaning is on, and if not why; how many images have vectors."""
+    reason = "search.semantic is false" if not config.semantic else unavailable(config.embedding_model)
+    model = config.embedding_model
+    embedded = session.scalar(select(func.count()).select_from(Embedding).where(Embedding.model == model)) or 0
+    return {
+        "on": not reason,
+        "reason": reason,
+        "model": model,
+        "embedded": embedded,
+        "missing": count_missing(session, model) if not reason else None,
+    }

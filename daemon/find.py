@@ -16,7 +16,8 @@ from PIL import Image
 from .db import Database
 from .errors import FlorenceWatchError, ImageError
 from .imaging import decode
-from .search import Hit, Query, Term, parse, search
+from .meaning import Meaning, hybrid_search
+from .search import Hit, Query, Term, parse
 from .tasks import Task, ask, task_named
 
 GROUND = "ground"
@@ -65,16 +66,22 @@ def any_word_query(phrase: str, folder: str | None = None) -> Query:
 
 
 def find(
-    db: Database, phrase: str, load_analyzer: Callable[[], Any], *, folder: str | None = None, limit: int = 5
+    db: Database,
+    phrase: str,
+    load_analyzer: Callable[[], Any],
+    *,
+    folder: str | None = None,
+    limit: int = 5,
+    meaning: Meaning | None = None,
 ) -> Iterator[Found]:
-    """Ground *phrase* in the index's best *limit* matches for it, best first.
+    """Ground *phrase* in the index's best *limit* matches for it (by words and *meaning*), best first.
 
     Raises FlorenceWatchError (before searching) when *phrase* has no words.
     *load_analyzer* is called at most once, and only once a match decodes.
     """
     query = any_word_query(phrase, folder)
     with db.transaction() as s:
-        hits = search(s, query, limit=limit)
+        hits = hybrid_search(s, query, limit=limit, meaning=meaning)
     return _ground(hits, phrase, load_analyzer)
 
 

@@ -25,7 +25,7 @@ from . import index, jobs
 from .analyze import Analyzer, Interrupted
 from .config import Config
 from .db import Database, Image
-from .errors import ImageError
+from .errors import DatabaseError, ImageError
 from .files import is_candidate, is_sidecar, is_under
 from .imaging import Decoded, Fingerprint, content_key, decode, sha256_file
 from .metadata import MetadataWriter, Tagger, TagRequest, tag_request
@@ -393,6 +393,8 @@ class Prefetch:
             return _Work(job_id, path, fp, sha, decoded, key, self.analyzer.preprocess(decoded.image))
         except ImageError as exc:
             self.pipeline.fail(job_id, path, exc.reason)
+        except DatabaseError:
+            raise  # the index is away: nothing to record, the run loop waits for it
         except Exception as exc:
             log.exception("unexpected error preparing %s", path)
             self.pipeline.fail(job_id, path, f"unexpected error: {exc}")

@@ -15,6 +15,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from . import jobs
 from .analyze import Analyzer, FlorenceAnalyzer
@@ -25,6 +26,9 @@ from .metadata import MetadataWriter, remove_stale_temp_files
 from .pipeline import Pipeline, forget, offer
 from .watch import FolderWatcher
 from .workers import Heartbeat
+
+if TYPE_CHECKING:
+    from .embed import EmbedThread
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +78,7 @@ class Daemon:
         self.config, self.analyzer, self.role = config, analyzer, role
         self.stop_event = threading.Event()
         self.wakeup = threading.Event()
+        self._embedder: EmbedThread | None = None
 
     def request_stop(self, signum: int | None = None, _frame: object = None) -> None:
         if not self.stop_event.is_set():
@@ -95,7 +100,7 @@ class Daemon:
         if self.role == "watch":
             self._watch_only()
         else:
-            with open_pipeline(self.config, self.analyzer, role=self.role) as pipeline:
+            with open_pipeline(self.config, self.analyzer, role=self.role) as pipeline, self._embedding(pipeline.db):
                 pipeline.recover()
                 if self.role == "all":
                     with self._watching(pipeline.db, pipeline.offer):
@@ -129,6 +134,21 @@ class Daemon:
             yield
         finally:
             watcher.stop()
+
+    @contextmanager
+    def _embedding(self, db: Database) -> Iterator[None]:
+        """Embed images for search by meaning in the background while the body runs (search.semantic)."""
+        if not self.config.search.semantic:
+            yield
+            return
+        from .embed import EmbedThread
+
+        self._embedder = EmbedThread(db, self.config.search.embedding_model).start()
+        try:
+            yield
+        finally:
+            self._embedder.stop()
+            self._embedder = None
 
     def _watch_only(self) -> None:
         db = Database(database_url(self.config.index.database))
@@ -170,6 +190,8 @@ class Daemon:
         while not self.stop_event.is_set():
             try:
                 if pipeline.process_batch(self.stop_event):
+                    if self._embedder is not None:
+                        self._embedder.wake()
                     continue
                 pipeline.idle()
             except DatabaseError as exc:

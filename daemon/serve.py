@@ -34,8 +34,9 @@ from .draw import Shape, colour, shapes
 from .errors import FlorenceWatchError, ImageError
 from .imaging import decode
 from .index import results_for
+from .meaning import Meaning, hybrid_search
 from .results import Summary, TaskResults, summarize
-from .search import MARK_END, MARK_START, Hit, parse, search
+from .search import MARK_END, MARK_START, Hit, parse
 from .tasks import layers as task_layers
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,7 @@ class WebApp:
         self.config = config
         self.db = db
         self.thumbs = expand(config.serve.thumbnails)
+        self.meaning = Meaning(config.search)  # the model and vectors, loaded at the first search
 
     def respond(self, target: str) -> Response:
         url = urlsplit(target)
@@ -134,7 +136,7 @@ class WebApp:
         try:
             query = parse(q, folder=folder or None, since=since or None, has_text=has_text)
             with self.db.transaction() as s:
-                hits = search(s, query, limit=PAGE_SIZE, everything=True)
+                hits = hybrid_search(s, query, limit=PAGE_SIZE, meaning=self.meaning, everything=True)
         except FlorenceWatchError as exc:
             error, hits = str(exc), []
         body = _page(

@@ -33,6 +33,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
+from .errors import FlorenceWatchError
 from .files import is_candidate, is_ignored_path, is_sidecar, is_under
 
 log = logging.getLogger(__name__)
@@ -271,8 +272,11 @@ class FolderWatcher:
             if ready:
                 try:
                     self.on_settled(ready)
-                except Exception:
-                    log.exception("could not queue %d settled file(s)", len(ready))
+                except Exception as exc:
+                    if isinstance(exc, FlorenceWatchError):  # the index is away, say: its words say it all
+                        log.warning("could not queue %d settled file(s): %s; trying again", len(ready), exc)
+                    else:
+                        log.exception("could not queue %d settled file(s)", len(ready))
                     for p in ready:
                         self.tracker.touch(p)
 

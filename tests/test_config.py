@@ -32,7 +32,10 @@ def test_defaults_without_a_file() -> None:
             "[watch]\nfolder = ['x']\n",
             "bad.toml: watch.folder: unknown key (known: folders, recursive, settle_seconds, polling, follow_symlinks)",
         ),
-        ("[modle]\nname='x'\n", "bad.toml: modle: unknown section (known: watch, model, index, metadata, serve)"),
+        (
+            "[modle]\nname='x'\n",
+            "bad.toml: modle: unknown section (known: watch, model, index, metadata, serve, search)",
+        ),
         ("[model]\ndevice = 'gpu'\n", "bad.toml: model.device: must be auto, cuda or cpu, not 'gpu'"),
         ("[metadata]\nwrite = 'yes'\n", "bad.toml: metadata.write: must be true or false, not 'yes'"),
         ("[watch]\nfolders = []\n", "bad.toml: watch.folders: must be a list of strings, not []"),

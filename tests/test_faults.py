@@ -110,6 +110,7 @@ def test_the_server_down_at_start_and_restarted_mid_run(server: Cluster, tmp_pat
         "watch": {"folders": [str(inbox)], "settle_seconds": 0.3},
         "index": {"database": url, "lease_seconds": 3},
         "model": {"batch_size": 2},
+        "search": {"semantic": False},
     }
     server.stop()
     proc = daemon(tmp_path, "d", config)
@@ -120,7 +121,7 @@ def test_the_server_down_at_start_and_restarted_mid_run(server: Cluster, tmp_pat
     for p in variants(tmp_path / "stage", 40, size=40):
         shutil.move(p, inbox / p.name)
     assert wait_until(lambda: counts(url)[2] >= 10, timeout=60), log.read_text()
-    server.restart()  # mid-run
+    server.restart(down_s=4)  # mid-run, down long enough for the daemon to find it gone
     assert wait_until(lambda: counts(url) == (40, 160, 40, 40), timeout=120), (counts(url), log.read_text()[-3000:])
     assert proc.poll() is None, log.read_text()
     assert "waiting for the index to come back" in log.read_text()
@@ -134,7 +135,7 @@ def test_a_watcher_and_a_worker_see_one_folder_through_two_paths(pg_url: str, tm
     url = database_url(pg_url)
     photos = tmp_path / "volume1" / "photos"  # where the NAS's watcher sees the share
     photos.mkdir(parents=True)
-    base = {"index": {"database": url, "lease_seconds": 3}, "model": {"batch_size": 4}}
+    base = {"index": {"database": url, "lease_seconds": 3}, "model": {"batch_size": 4}, "search": {"semantic": False}}
     watcher = daemon(tmp_path, "nas", {**base, "watch": {"folders": [str(photos)], "settle_seconds": 0.3}}, "watch")
     for p in variants(tmp_path / "stage", 6, size=40):
         shutil.move(p, photos / p.name)

@@ -45,6 +45,7 @@ class Workers:
                 "watch": {"folders": [str(inbox)], "settle_seconds": 0.3},
                 "index": {"database": self.url, "lease_seconds": 3, "max_attempts": 1, **index_keys},
                 "model": {"batch_size": 4},
+                "search": {"semantic": False},
             },
         )
 

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from .. import index, jobs
 from ..config import IndexConfig
 from ..db import Database, File, now
-from ..errors import ImageError, MetadataError
+from ..errors import DatabaseError, ImageError, MetadataError
 from ..files import TempFiles, is_under
 from ..imaging import Fingerprint, sha256_file
 from ..results import Summary
@@ -252,6 +252,8 @@ class Tagger:
             running = group[-1] is not None
             try:
                 self.write_group([item for item in group if item is not None])
+            except DatabaseError as exc:  # the index's server is away: these files stay pending, retried later
+                log.warning("%d metadata write(s) postponed: %s", len(group), exc)
             except Exception:
                 log.exception("metadata write failed unexpectedly (%s)", group)
             finally:

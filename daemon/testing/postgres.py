@@ -16,6 +16,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 INSTALL = "install Debian's PostgreSQL server: sudo apt-get install postgresql (make test does this as root)"
@@ -72,8 +73,10 @@ class Cluster:
     def stop(self, mode: str = "fast") -> None:
         self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
 
-    def restart(self) -> None:
+    def restart(self, down_s: float = 0.0) -> None:
+        """Stop the server, leave it down *down_s* seconds (clients notice), start it again."""
         self.stop()
+        time.sleep(down_s)
         options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "start")
 
