@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sqlalchemy import insert, text
 
-from daemon.db import Database, Document, File
+from daemon.db import Database, Document, File, Image
 from daemon.search import Query, parse, search
 
 COMMON = ["a", "the", "of", "with", "on", "in", "photo", "picture", "image", "view"]
@@ -91,7 +91,7 @@ def build(db: Database, n: int, seed: int = 1) -> None:
     t0 = time.time()
     chunk = 5000
     for start in range(0, n, chunk):
-        files, docs = [], []
+        images, files, docs = [], [], []
         for i in range(start, min(n, start + chunk)):
             year = 2020 + i % 6
             path = f"/photos/{year}/{i // 1000:03d}/img{i:06d}.jpg"
@@ -104,9 +104,11 @@ def build(db: Database, n: int, seed: int = 1) -> None:
             )
             ocr = "invoice total 12.50" if i % 37 == 0 else ("stop" if i % 11 == 0 else "")
             mtime = t0 - (n - i) * 600  # ten minutes apart, the newest last
+            images.append({"id": i + 1, "sha256": f"{i:064x}", "width": 640, "height": 480, "format": "JPEG"})
             files.append(
                 {
                     "id": i + 1,
+                    "image_id": i + 1,
                     "path": path,
                     "state": "indexed",
                     "tag_state": "done",
@@ -125,6 +127,7 @@ def build(db: Database, n: int, seed: int = 1) -> None:
                 }
             )
         with db.transaction(write=True) as s:
+            s.execute(insert(Image), images)
             s.execute(insert(File), files)
             s.execute(insert(Document), docs)
 
