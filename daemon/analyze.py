@@ -11,11 +11,11 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, Protocol
 
 from PIL import Image
 
+from . import hub
 from .config import ModelConfig
 from .errors import ModelUnavailableError
 from .results import TaskResults, clean_result
@@ -230,50 +230,14 @@ def load_model(name: str, device: str, dtype: Any) -> tuple[Any, Any]:
     """Load processor and model from a local folder or the Hugging Face cache/hub."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    local = Path(name).expanduser()
-    looks_local = local.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1
-    if looks_local and not local.is_dir():
-        raise ModelUnavailableError(name, "no such folder")
-    source = str(local) if looks_local else name
-    try:
-        processor, model = _from_pretrained(AutoProcessor, AutoModelForImageTextToText, source, dtype, local_only=True)
-    except OSError as first:
-        if looks_local or os.environ.get("HF_HUB_OFFLINE") == "1":
-            raise ModelUnavailableError(name, _reason(first)) from None
-        if not _hub_reachable():
-            raise ModelUnavailableError(
-                name, "not in the local Hugging Face cache, and the hub cannot be reached (no network?)"
-            ) from None
-        log.info("%s is not in the Hugging Face cache; downloading it (once)", name)
-        try:
-            processor, model = _from_pretrained(
-                AutoProcessor, AutoModelForImageTextToText, source, dtype, local_only=False
-            )
-        except OSError as exc:
-            raise ModelUnavailableError(
-                name, "not in the local cache and it could not be downloaded: " + _reason(exc)
-            ) from None
-    except (ValueError, KeyError) as exc:
-        raise ModelUnavailableError(
-            name, f"not a Florence-2 checkpoint in transformers' native format ({exc})"
-        ) from None
+    def from_pretrained(source: str, local_only: bool) -> tuple[Any, Any]:
+        return _from_pretrained(AutoProcessor, AutoModelForImageTextToText, source, dtype, local_only)
+
+    processor, model = hub.load(
+        name, from_pretrained, ModelUnavailableError, "not a Florence-2 checkpoint in transformers' native format"
+    )
     model.to(device).eval()
     return processor, model
-
-
-def _hub_reachable(timeout: float = 5.0) -> bool:
-    """A quick look before downloading: offline, the hub client retries for minutes."""
-    import socket
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants
-
-    url = urlparse(constants.ENDPOINT)
-    try:
-        with socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def _from_pretrained(proc_cls: Any, model_cls: Any, source: str, dtype: Any, local_only: bool) -> tuple[Any, Any]:
@@ -281,8 +245,3 @@ def _from_pretrained(proc_cls: Any, model_cls: Any, source: str, dtype: Any, loc
     # SDPA attention: the fused kernels on CUDA, and no slower on a CPU.
     model = model_cls.from_pretrained(source, dtype=dtype, local_files_only=local_only, attn_implementation="sdpa")
     return processor, model
-
-
-def _reason(exc: BaseException) -> str:
-    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return first_line[:300]

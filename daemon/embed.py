@@ -25,6 +25,7 @@ from sqlalchemy import exists, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from . import hub
 from .config import SearchConfig
 from .db import Database, Embedding, File, Image, now
 from .errors import DatabaseError, FlorenceWatchError, ModelUnavailableError
@@ -104,45 +105,19 @@ class Embedder:
 
 def load_embedding_model(name: str, device: str) -> tuple[Any, Any]:
     """Tokenizer and model from a local folder or the Hugging Face cache/hub, failing fast offline."""
-    from .analyze import _hub_reachable, _reason
-
-    local = Path(name).expanduser()
-    looks_local = local.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1
-    if looks_local and not local.is_dir():
-        raise EmbeddingModelUnavailableError(name, "no such folder")
-    if looks_local and not (local / "config.json").is_file():
+    if (
+        hub.is_local(name)
+        and Path(name).expanduser().is_dir()
+        and not (Path(name).expanduser() / "config.json").is_file()
+    ):
         raise EmbeddingModelUnavailableError(name, "the folder has no config.json (not a transformers checkpoint)")
-    source = str(local) if looks_local else name
-    try:
-        tokenizer, model = _from_pretrained(source, local_only=True)
-    except OSError as first:
-        if looks_local or _offline():
-            raise EmbeddingModelUnavailableError(name, _reason(first)) from None
-        if not _hub_reachable():
-            raise EmbeddingModelUnavailableError(
-                name, "not in the local Hugging Face cache, and the hub cannot be reached (no network?)"
-            ) from None
-        log.info("%s is not in the Hugging Face cache; downloading it (once)", name)
-        try:
-            tokenizer, model = _from_pretrained(source, local_only=False)
-        except OSError as exc:
-            raise EmbeddingModelUnavailableError(
-                name, "not in the local cache and it could not be downloaded: " + _reason(exc)
-            ) from None
-    except (ValueError, KeyError) as exc:
-        raise EmbeddingModelUnavailableError(
-            name, f"not a text encoder transformers can load ({_reason(exc)})"
-        ) from None
+    tokenizer, model = hub.load(
+        name, _from_pretrained, EmbeddingModelUnavailableError, "not a text encoder transformers can load"
+    )
     if not getattr(model.config, "hidden_size", None):
         raise EmbeddingModelUnavailableError(name, "its config has no hidden_size (not a text encoder?)")
     model.to(device).eval()
     return tokenizer, model
-
-
-def _offline() -> bool:
-    import os
-
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
 
 def _from_pretrained(source: str, local_only: bool) -> tuple[Any, Any]:
@@ -418,21 +393,17 @@ def _decode(rows: list[Any], dim: int, model: str) -> tuple[list[Any], np.ndarra
 def unavailable(name: str) -> str:
     """Why the embedding model *name* cannot be used here, without loading it ('' when it can)."""
     local = Path(name).expanduser()
-    if local.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1:
+    if hub.is_local(name):
         return "" if (local / "config.json").is_file() else f"{name}: no transformers checkpoint in that folder"
     from huggingface_hub import try_to_load_from_cache
 
     if isinstance(try_to_load_from_cache(name, "config.json"), str):
         return ""
     return (
-        "" if not _offline() and _hub_reachable() else f"{name}: not in the local Hugging Face cache, hub unreachable"
+        ""
+        if not hub.offline() and hub.hub_reachable()
+        else f"{name}: not in the local Hugging Face cache, hub unreachable"
     )
-
-
-def _hub_reachable() -> bool:
-    from .analyze import _hub_reachable as reachable
-
-    return reachable()
 
 
 class EmbedThread:

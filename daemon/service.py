@@ -21,16 +21,17 @@ UNIT_NAME = "florence-watch.service"
 ROLE_UNIT_NAME = "florence-watch@.service"  # a template: florence-watch@watch, florence-watch@work
 ROLES = ("all", "watch", "work")
 
+# One text for both units; the template unit's instance name (%i) is the role.
 UNIT_TEMPLATE = """\
 [Unit]
-Description=florence-watch: describe new images with Florence-2 and tag them
+Description={description}
 
 [Service]
 Type=simple
 ExecStart={exec_start}
 Restart=on-failure
 RestartSec=10
-# Plain lines on stderr go to the journal: journalctl --user -u florence-watch
+# Plain lines on stderr go to the journal: journalctl --user -u {journal}
 Environment=PYTHONUNBUFFERED=1
 # Describing images is background work: keep the desktop responsive.
 Nice=10
@@ -40,40 +41,25 @@ TimeoutStopSec=60
 [Install]
 WantedBy=default.target
 """
-
-# The same service, one role per instance: %i is the instance name, so
-# florence-watch@work.service runs `florence-watch run --role work`.
-ROLE_UNIT_TEMPLATE = """\
-[Unit]
-Description=florence-watch, role %i: one of several machines sharing one index
-
-[Service]
-Type=simple
-ExecStart={exec_start} --role %i
-Restart=on-failure
-RestartSec=10
-# Plain lines on stderr go to the journal: journalctl --user -u florence-watch@%i
-Environment=PYTHONUNBUFFERED=1
-# Describing images is background work: keep the desktop responsive.
-Nice=10
-IOSchedulingClass=idle
-TimeoutStopSec=60
-
-[Install]
-WantedBy=default.target
-"""
-
 DEFAULT_EXEC_START = "%h/.local/bin/florence-watch run"
 
 
 def render_unit(exec_start: str = DEFAULT_EXEC_START) -> str:
     """The unit of one computer doing everything (``florence-watch.service``)."""
-    return UNIT_TEMPLATE.format(exec_start=exec_start)
+    return UNIT_TEMPLATE.format(
+        description="florence-watch: describe new images with Florence-2 and tag them",
+        exec_start=exec_start,
+        journal="florence-watch",
+    )
 
 
 def render_role_unit(exec_start: str = DEFAULT_EXEC_START) -> str:
     """The template unit whose instance name is the role (``florence-watch@.service``)."""
-    return ROLE_UNIT_TEMPLATE.format(exec_start=exec_start)
+    return UNIT_TEMPLATE.format(
+        description="florence-watch, role %i: one of several machines sharing one index",
+        exec_start=f"{exec_start} --role %i",
+        journal="florence-watch@%i",
+    )
 
 
 def unit_name(role: str = "all") -> str:

@@ -184,11 +184,11 @@ def test_generation_settings_per_task(tiny_model: Path) -> None:
 
 
 def test_unreachable_hub_fails_fast_with_advice(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import daemon.analyze as analyze
+    import daemon.hub as hub
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setattr(analyze, "_hub_reachable", lambda timeout=5.0: False)
+    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=5.0: False)
     with pytest.raises(ModelUnavailableError) as err:
         FlorenceAnalyzer(ModelConfig(name="florence-community/Florence-2-large"))
     assert str(err.value).startswith(
