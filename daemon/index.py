@@ -322,6 +322,10 @@ def record_tag_failure(session: Session, file_id: int, reason: str) -> None:
         f.tag_state, f.error = "failed", reason
 
 
+def indexed_count(session: Session) -> int:
+    return session.scalar(select(func.count()).select_from(File).where(File.state == "indexed")) or 0
+
+
 def status(session: Session) -> dict[str, Any]:
     """Counts of indexed, pending and failed files, with the failures' reasons; the queue and the workers."""
     by_state = dict(session.execute(select(File.state, func.count()).group_by(File.state)).all())

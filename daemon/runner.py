@@ -13,16 +13,18 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from . import jobs
+from . import index, jobs
 from .analyze import Analyzer, FlorenceAnalyzer
 from .config import Config, database_url
 from .db import Database, display_url, unreachable
 from .errors import DatabaseError, FlorenceWatchError
 from .metadata import MetadataWriter, remove_stale_temp_files
+from .notify import AliveEvent, Notifier
 from .pipeline import Pipeline, forget, offer
 from .watch import FolderWatcher
 from .workers import Heartbeat
@@ -62,6 +64,7 @@ def open_pipeline(
 
 ROLES = ("all", "watch", "work")
 RECONNECT_S = 2.0  # how often a daemon whose index server is away tries again
+STATUS_S = 5.0  # how often systemd's STATUS= line is brought up to date
 
 
 class Daemon:
@@ -76,7 +79,9 @@ class Daemon:
         if role not in ROLES:
             raise FlorenceWatchError(f"unknown role {role!r}: choose all, watch or work")
         self.config, self.analyzer, self.role = config, analyzer, role
-        self.stop_event = threading.Event()
+        self.notifier = Notifier()  # systemd's Type=notify: ready, status, watchdog, stopping
+        self.stop_event: threading.Event = AliveEvent(self.notifier)
+        self._status_at = 0.0
         self.wakeup = threading.Event()
         self._embedder: EmbedThread | None = None
 
@@ -86,6 +91,7 @@ class Daemon:
                 "shutting down: finishing the current batch%s",
                 f" (signal {signal.Signals(signum).name})" if signum else "",
             )
+        self.notifier.stopping()
         self.stop_event.set()
         self.wakeup.set()
 
@@ -95,7 +101,7 @@ class Daemon:
 
     def run(self) -> None:
         log.info("index: %s (role %s)", display_url(database_url(self.config.index.database)), self.role)
-        if not self._wait_for_index():
+        if not wait_for_index(self.config, self.stop_event):
             return
         if self.role == "watch":
             self._watch_only()
@@ -155,23 +161,13 @@ class Daemon:
         heartbeat = Heartbeat(db, jobs.owner_id(), "watch", "", self.config.index.lease_seconds).start()
         try:
             with self._watching(db, lambda paths: offer(db, paths, sidecars_pending=True)):
-                self.stop_event.wait()
+                self.notifier.ready("watching, queueing new files for the workers")
+                while not self.stop_event.is_set():  # each look feeds systemd's watchdog
+                    self.wakeup.wait(timeout=self._idle_s(1.0))
+                    self.wakeup.clear()
         finally:
             heartbeat.stop()
             db.close()
-
-    def _wait_for_index(self) -> bool:
-        """Open the index, waiting while its server cannot be reached; False if asked to stop meanwhile."""
-        while True:
-            try:
-                Database(database_url(self.config.index.database)).close()
-                return True
-            except DatabaseError as exc:
-                if not unreachable(exc):
-                    raise
-                log.warning("%s; trying again in %.0f s", exc, RECONNECT_S)
-                if self.stop_event.wait(RECONNECT_S):
-                    return False
 
     def _outage(self, pipeline: Pipeline, exc: DatabaseError) -> None:
         """The index's server went away mid-run: wait for it, then start over from what it holds."""
@@ -182,12 +178,24 @@ class Daemon:
                 log.info("the index is reachable again: carrying on")
                 return
 
+    def _idle_s(self, wanted: float) -> float:
+        """How long an idle loop may sleep: *wanted*, but never past the next watchdog ping."""
+        return min(wanted, self.notifier.watchdog_s or wanted)
+
+    def _report(self, pipeline: Pipeline) -> None:
+        """A STATUS= line for ``systemctl status``, every STATUS_S at most."""
+        if time.monotonic() - self._status_at >= STATUS_S:
+            self._status_at = time.monotonic()
+            self.notifier.status(status_line(pipeline))
+
     def _queue(self, offer: Callable[[Iterable[str]], int], paths: list[str]) -> None:
         if offer(paths):
             self.wakeup.set()
 
     def _loop(self, pipeline: Pipeline) -> None:
+        self.notifier.ready(status_line(pipeline))
         while not self.stop_event.is_set():
+            self._report(pipeline)
             try:
                 if pipeline.process_batch(self.stop_event):
                     if self._embedder is not None:
@@ -201,5 +209,28 @@ class Daemon:
                 continue
             # Idle: sleep until a new file settles, or a retry falls due; a worker
             # without a watcher of its own looks at the shared queue more often.
-            self.wakeup.wait(timeout=1.0 if self.role == "all" else 0.25)
+            self.wakeup.wait(timeout=self._idle_s(1.0 if self.role == "all" else 0.25))
             self.wakeup.clear()
+
+
+def wait_for_index(config: Config, stop: threading.Event) -> bool:
+    """Open the index, waiting while its server cannot be reached; False if *stop* is set meanwhile."""
+    while True:
+        try:
+            Database(database_url(config.index.database)).close()
+            return True
+        except DatabaseError as exc:
+            if not unreachable(exc):
+                raise
+            log.warning("%s; trying again in %.0f s", exc, RECONNECT_S)
+            if stop.wait(RECONNECT_S):
+                return False
+
+
+def status_line(pipeline: Pipeline) -> str:
+    """For systemd's STATUS=: "idle, 12,345 indexed" or "indexing: 37 queued, 4.1 images/s"."""
+    queued = pipeline.pending()
+    if queued:
+        return f"indexing: {queued:,} queued, {pipeline.heartbeat.rate:.1f} images/s"
+    with pipeline.db.transaction() as s:
+        return f"idle, {index.indexed_count(s):,} indexed"

@@ -27,10 +27,23 @@ UNIT_TEMPLATE = """\
 Description={description}
 
 [Service]
-Type=simple
+# READY=1 once the model is loaded and the folders are watched; WATCHDOG=1 from
+# the main loop (also between the model's decoding steps): a daemon that hangs
+# for WatchdogSec is restarted. The first start may download the model.
+Type=notify
+NotifyAccess=main
+WatchdogSec=300
+TimeoutStartSec=1h
 ExecStart={exec_start}
 Restart=on-failure
 RestartSec=10
+# Hardening that works in a user unit without namespaces (the watched folders,
+# the index and the model cache stay writable; the GPU's device files reachable).
+NoNewPrivileges=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+RestrictRealtime=yes
+SystemCallArchitectures=native
 # Plain lines on stderr go to the journal: journalctl --user -u {journal}
 Environment=PYTHONUNBUFFERED=1
 # Describing images is background work: keep the desktop responsive.

@@ -38,6 +38,11 @@ class Heartbeat:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
 
+    @property
+    def rate(self) -> float:
+        """Images stored per second, smoothed over the last beats."""
+        return self._rate
+
     def start(self) -> Heartbeat:
         self.beat()
         self._thread.start()
