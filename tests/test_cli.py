@@ -6,7 +6,6 @@ import io
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -20,7 +19,7 @@ from daemon.config import load_config
 from daemon.pipeline import Pipeline
 from daemon.service import UNIT_NAME, install, render_unit
 from daemon.tasks import TASKS
-from daemon.testing.helpers import REPO, copy_corpus, write_config
+from daemon.testing.helpers import REPO, copy_corpus, verify_unit, write_config
 from daemon.watch import walk_candidates
 
 
@@ -194,17 +193,7 @@ def test_install_service_writes_a_unit_systemd_accepts(tmp_path: Path, monkeypat
     assert commands[1] == "systemctl --user enable --now florence-watch"
     exec_line = next(line for line in text.splitlines() if line.startswith("ExecStart="))
     assert exec_line.endswith(" run")
-    if shutil.which("systemd-analyze") is None:
-        pytest.skip("systemd-analyze not installed")
-    runtime = tmp_path / "runtime"
-    runtime.mkdir(mode=0o700)
-    proc = subprocess.run(
-        ["systemd-analyze", "--user", "verify", str(path)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "XDG_RUNTIME_DIR": str(runtime)},
-    )
-    assert proc.returncode == 0, proc.stderr
+    verify_unit(tmp_path, path)
 
 
 def test_install_service_command(

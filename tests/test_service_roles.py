@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,7 +11,7 @@ import pytest
 from daemon import cli
 from daemon.errors import FlorenceWatchError
 from daemon.service import ROLE_UNIT_NAME, UNIT_NAME, install, render_role_unit, render_unit, unit_name
-from daemon.testing.helpers import REPO
+from daemon.testing.helpers import REPO, verify_unit
 
 
 def exec_start(unit_text: str, instance: str | None = None) -> list[str]:
@@ -24,21 +21,6 @@ def exec_start(unit_text: str, instance: str | None = None) -> list[str]:
     if instance is not None:
         command = command.replace("%i", instance)
     return [w.replace("%%", "%").replace("$$", "$") for w in shlex.split(command)]
-
-
-def verify(tmp_path: Path, unit: Path) -> None:
-    """``systemd-analyze --user verify``: the unit parses, its command exists, an instance instantiates."""
-    if shutil.which("systemd-analyze") is None:
-        pytest.skip("systemd-analyze not installed: the unit's syntax was not checked by systemd")
-    runtime = tmp_path / "runtime"
-    runtime.mkdir(mode=0o700, exist_ok=True)
-    proc = subprocess.run(
-        ["systemd-analyze", "--user", "verify", str(unit)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "XDG_RUNTIME_DIR": str(runtime)},
-    )
-    assert proc.returncode == 0, proc.stderr
 
 
 def test_repo_template_unit_is_what_install_service_renders() -> None:
@@ -68,7 +50,7 @@ def test_install_service_for_a_role(tmp_path: Path, role: str) -> None:
     assert commands[:2] == ["systemctl --user daemon-reload", f"systemctl --user enable --now florence-watch@{role}"]
     assert commands[2] == f"journalctl --user -u florence-watch@{role} -f   # follow its log"
     assert commands[3].startswith("loginctl enable-linger $USER")
-    verify(tmp_path, units / f"florence-watch@{role}.service")  # the instance, as systemd builds it
+    verify_unit(tmp_path, units / f"florence-watch@{role}.service")  # the instance, as systemd builds it
 
 
 def test_install_service_all_is_the_unit_of_one_computer(tmp_path: Path) -> None:
@@ -116,7 +98,7 @@ def test_a_config_path_with_percent_and_dollar_reaches_the_command_intact(tmp_pa
     text = path.read_text()
     assert "100%% $$HOME" in text
     assert exec_start(text, "work")[-5:] == ["--config", str(config), "run", "--role", "work"]
-    verify(tmp_path, tmp_path / "units" / "florence-watch@work.service")
+    verify_unit(tmp_path, tmp_path / "units" / "florence-watch@work.service")
 
 
 def test_unknown_role() -> None:

@@ -325,3 +325,24 @@ def minilm_folder() -> Path:
         if digest != expected:
             raise RuntimeError(f"{path}: SHA-256 {digest}, not the hub's {expected}")
     return folder
+
+
+def verify_unit(tmp_path: Path, unit: Path) -> None:
+    """``systemd-analyze --user verify``: the unit parses, its command exists, an instance instantiates."""
+    if shutil.which("systemd-analyze") is None:
+        _skip("systemd-analyze not installed: the unit's syntax was not checked by systemd")
+    runtime = tmp_path / "runtime"
+    runtime.mkdir(mode=0o700, exist_ok=True)
+    proc = subprocess.run(
+        ["systemd-analyze", "--user", "verify", str(unit)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "XDG_RUNTIME_DIR": str(runtime)},
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def _skip(reason: str) -> None:
+    import pytest  # test-only helper: the package itself never imports pytest
+
+    pytest.skip(reason)
