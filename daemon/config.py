@@ -7,6 +7,7 @@ Every key is checked on load; a bad one names the key and the file.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -44,6 +45,10 @@ class ModelConfig:
     batch_size: int = 0  # 0 or "auto": 4 on a CPU, sized from free memory on a GPU
     num_beams: int | dict[str, int] = 3  # a number for all tasks, or a table per task
     max_new_tokens: dict[str, int] = field(default_factory=default_max_new_tokens)
+    # With nothing queued this long, the model leaves (GPU) memory; the next file loads it again. 0: never.
+    idle_unload_seconds: float = 300.0
+    # "6GiB": the most GPU memory the model and its batches may take (cards of 4-8 GB); "": no bound.
+    max_gpu_memory: str = ""
 
     def __post_init__(self) -> None:
         # One number means the same limit for every task.
@@ -119,6 +124,14 @@ class SearchConfig:
 
 
 @dataclass(frozen=True)
+class PauseConfig:
+    # Rules that pause the daemon by themselves (``florence-watch pause`` is the manual one).
+    on_battery: bool = False  # while the computer runs on battery (/sys/class/power_supply)
+    # While other processes hold more than this share (0-1) of the GPU's memory (a game, a call); 0: off.
+    gpu_share: float = 0.0
+
+
+@dataclass(frozen=True)
 class Config:
     watch: WatchConfig = field(default_factory=WatchConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -126,6 +139,7 @@ class Config:
     metadata: MetadataConfig = field(default_factory=MetadataConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    pause: PauseConfig = field(default_factory=PauseConfig)
     source: str = "<defaults>"
 
     @property
@@ -151,6 +165,17 @@ def database_url(database: str) -> str:
     if "://" in database:
         return database
     return f"sqlite:///{expand(database)}"
+
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30}
+
+
+def parse_size(text: str) -> int:
+    """ "6GiB", "6 GB", "512MiB" -> bytes; ValueError names the accepted forms."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
+    if not m or m[2].upper() not in _UNITS or float(m[1]) <= 0:
+        raise ValueError(f'must be a size such as "6GiB", "6GB" or "512MiB", not {text!r}')
+    return int(float(m[1]) * _UNITS[m[2].upper()])
 
 
 def find_config_file(explicit: str | None) -> Path | None:
@@ -187,6 +212,7 @@ _SECTIONS: dict[str, type] = {
     "metadata": MetadataConfig,
     "serve": ServeConfig,
     "search": SearchConfig,
+    "pause": PauseConfig,
 }
 
 
@@ -290,12 +316,21 @@ def _validate(section: str, obj: Any, source: str) -> None:
                 raise ConfigError(source, "model.max_new_tokens", f"{task} must be at least 1")
         if obj.batch_size < 0:
             raise ConfigError(source, "model.batch_size", 'must be "auto" or at least 1')
+        if obj.idle_unload_seconds < 0:
+            raise ConfigError(source, "model.idle_unload_seconds", "must be 0 (never) or more")
+        if obj.max_gpu_memory:
+            try:
+                parse_size(obj.max_gpu_memory)
+            except ValueError as exc:
+                raise ConfigError(source, "model.max_gpu_memory", str(exc)) from None
         beams = obj.num_beams if isinstance(obj.num_beams, dict) else {"": obj.num_beams}
         for task, n in beams.items():
             if task and task not in allowed:
                 raise ConfigError(source, "model.num_beams", f"unknown task {task!r}")
             if n < 1:
                 raise ConfigError(source, "model.num_beams", "must be at least 1")
+    if section == "pause" and not 0 <= obj.gpu_share < 1:
+        raise ConfigError(source, "pause.gpu_share", "must be a share between 0 (off) and 1, e.g. 0.3")
     if section == "serve" and not 0 <= obj.port <= 65535:
         raise ConfigError(source, "serve.port", "must be between 0 and 65535 (0: any free port)")
     if section == "index" and obj.max_attempts < 1:
