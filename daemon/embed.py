@@ -416,8 +416,8 @@ class EmbedThread:
 
     POLL_S = 10.0
 
-    def __init__(self, db: Database, model: str) -> None:
-        self.db, self.model = db, model
+    def __init__(self, db: Database, model: str, paused: Callable[[], bool] = lambda: False) -> None:
+        self.db, self.model, self.paused = db, model, paused
         self._wake, self._stop = threading.Event(), threading.Event()
         self._thread = threading.Thread(target=self._run, name="embed", daemon=True)
 
@@ -433,6 +433,9 @@ class EmbedThread:
         self._wake.set()
         self._thread.join(timeout=60)
 
+    def _halted(self) -> bool:
+        return self._stop.is_set() or self.paused()  # a paused daemon runs no model, this one included
+
     def _run(self) -> None:
         try:
             embedder = Embedder(self.model)
@@ -441,7 +444,7 @@ class EmbedThread:
             return
         while not self._stop.is_set():
             try:
-                if embed_missing(self.db, embedder, stop=self._stop.is_set):
+                if not self.paused() and embed_missing(self.db, embedder, stop=self._halted):
                     continue  # more may have come meanwhile
             except DatabaseError as exc:  # the index's server is away: the daemon waits for it too
                 log.warning("embedding paused: %s", exc)

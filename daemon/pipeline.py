@@ -186,7 +186,7 @@ class Pipeline:
                 [w.decoded.image for w in work], pixels=None if any(p is None for p in pixels) else pixels
             )
         except Interrupted:
-            log.info("shutdown: %d image(s) returned to the queue unfinished", len(work))
+            log.info("stopped or paused: %d image(s) returned to the queue unfinished", len(work))
             self.prefetch.release(work)
             return
         except Exception as exc:

@@ -19,13 +19,15 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from . import index, jobs
-from .analyze import Analyzer, FlorenceAnalyzer
+from .analyze import Analyzer
 from .config import Config, database_url
 from .db import Database, display_url, unreachable
 from .errors import DatabaseError, FlorenceWatchError
 from .metadata import MetadataWriter, remove_stale_temp_files
 from .notify import AliveEvent, Notifier
+from .pause import Paused, Pauser
 from .pipeline import Pipeline, forget, offer
+from .resident import ResidentAnalyzer
 from .watch import FolderWatcher
 from .workers import Heartbeat
 
@@ -49,7 +51,7 @@ def open_pipeline(
     writer = MetadataWriter(config.metadata, processes=min(2, os.cpu_count() or 1)) if config.metadata.write else None
     try:
         if analyzer is None:
-            analyzer = FlorenceAnalyzer(config.model)
+            analyzer = ResidentAnalyzer(config.model)
             log.info("model: %s", analyzer.describe())
         pipeline = Pipeline(config, db, analyzer, writer, tag_threads, role)
         try:
@@ -84,6 +86,8 @@ class Daemon:
         self._status_at = 0.0
         self.wakeup = threading.Event()
         self._embedder: EmbedThread | None = None
+        self.pauser = Pauser(config.pause)
+        self.paused: Paused | None = None
 
     def request_stop(self, signum: int | None = None, _frame: object = None) -> None:
         if not self.stop_event.is_set():
@@ -107,6 +111,9 @@ class Daemon:
             self._watch_only()
         else:
             with open_pipeline(self.config, self.analyzer, role=self.role) as pipeline, self._embedding(pipeline.db):
+                if isinstance(pipeline.analyzer, ResidentAnalyzer):
+                    pipeline.analyzer.announce = self.notifier.status
+                self._check_pause(pipeline)  # a pause outlives a restart: no file written before resume
                 pipeline.recover()
                 if self.role == "all":
                     with self._watching(pipeline.db, pipeline.offer):
@@ -149,7 +156,7 @@ class Daemon:
             return
         from .embed import EmbedThread
 
-        self._embedder = EmbedThread(db, self.config.search.embedding_model).start()
+        self._embedder = EmbedThread(db, self.config.search.embedding_model, lambda: self.paused is not None).start()
         try:
             yield
         finally:
@@ -188,20 +195,45 @@ class Daemon:
             self._status_at = time.monotonic()
             self.notifier.status(status_line(pipeline))
 
+    def _check_pause(self, pipeline: Pipeline) -> bool:
+        """Paused now (by hand or by rule)? On the way in, give back claims, model memory and writes."""
+        paused, self.paused = self.paused, self.pauser.check()
+        if self.paused is not None and paused != self.paused:
+            log.info("%s: watching and queueing, no model run, no file written", self.paused.describe())
+            self.notifier.status(self.paused.describe())
+            pipeline.reset()  # other workers may take the batch this one prepared
+            if pipeline.tagger is not None:
+                pipeline.tagger.held.set()
+            if isinstance(pipeline.analyzer, ResidentAnalyzer):
+                pipeline.analyzer.unload()  # a game or a call gets the GPU memory back
+        elif self.paused is None and paused is not None:
+            log.info("resumed")
+            self._status_at = 0.0
+            if pipeline.tagger is not None:
+                pipeline.tagger.held.clear()
+                pipeline.tagger.recover()  # the metadata writes held back meanwhile
+        return self.paused is not None
+
     def _queue(self, offer: Callable[[Iterable[str]], int], paths: list[str]) -> None:
         if offer(paths):
             self.wakeup.set()
 
     def _loop(self, pipeline: Pipeline) -> None:
         self.notifier.ready(status_line(pipeline))
+        halt = _Halt(self.stop_event, self.pauser)
         while not self.stop_event.is_set():
-            self._report(pipeline)
             try:
-                if pipeline.process_batch(self.stop_event):
+                if self._check_pause(pipeline):
+                    self.wakeup.wait(timeout=self._idle_s(1.0))
+                    continue
+                self._report(pipeline)
+                if pipeline.process_batch(halt):
                     if self._embedder is not None:
                         self._embedder.wake()
                     continue
                 pipeline.idle()
+                if isinstance(pipeline.analyzer, ResidentAnalyzer) and pipeline.analyzer.unload_if_idle():
+                    self.notifier.status(status_line(pipeline))
             except DatabaseError as exc:
                 if not unreachable(exc):
                     raise
@@ -211,6 +243,17 @@ class Daemon:
             # without a watcher of its own looks at the shared queue more often.
             self.wakeup.wait(timeout=self._idle_s(1.0 if self.role == "all" else 0.25))
             self.wakeup.clear()
+
+
+class _Halt(threading.Event):
+    """Stop the batch in hand: on shutdown, or as a pause begins (the model looks between decoding steps)."""
+
+    def __init__(self, stop: threading.Event, pauser: Pauser) -> None:
+        super().__init__()
+        self.stop, self.pauser = stop, pauser
+
+    def is_set(self) -> bool:
+        return self.stop.is_set() or self.pauser.check() is not None
 
 
 def wait_for_index(config: Config, stop: threading.Event) -> bool:
@@ -233,4 +276,6 @@ def status_line(pipeline: Pipeline) -> str:
     if queued:
         return f"indexing: {queued:,} queued, {pipeline.heartbeat.rate:.1f} images/s"
     with pipeline.db.transaction() as s:
-        return f"idle, {index.indexed_count(s):,} indexed"
+        line = f"idle, {index.indexed_count(s):,} indexed"
+    resident = pipeline.analyzer
+    return line + ", model not in memory" if isinstance(resident, ResidentAnalyzer) and not resident.loaded else line

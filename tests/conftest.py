@@ -98,6 +98,12 @@ def open_test_pipeline() -> Iterator[PipelineFactory]:
 
 
 @pytest.fixture(autouse=True)
+def own_state_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test its own $XDG_STATE_HOME: a pause one test leaves (pause.json) must not pause the next."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+
+
+@pytest.fixture(autouse=True)
 def no_thread_leaks() -> Iterator[None]:
     """Fail a test that leaves threads running (watchdog's conftest does the same)."""
     before = set(threading.enumerate())

@@ -187,6 +187,8 @@ class Tagger:
         self._queue: queue.Queue[int | TagRequest | None] = queue.Queue(maxsize=64)
         self._busy_paths: set[str] = set()
         self._busy = threading.Condition()
+        # Set while the daemon is paused: nothing is written; the files stay pending in the index.
+        self.held = threading.Event()
         count = writer.processes if threads is None else threads
         self._threads = [threading.Thread(target=self._work, name=f"tag{i}", daemon=True) for i in range(count)]
         for t in self._threads:
@@ -263,8 +265,10 @@ class Tagger:
     def write_group(self, items: list[int | TagRequest]) -> int:
         """Read several files in one go, write each, record them together; returns how many were written.
 
-        Files another worker is writing right now are left pending for later.
+        Files another worker is writing right now, or any file while paused, are left pending for later.
         """
+        if self.held.is_set():
+            return 0
         requests = self._requests(items)
         with self._claimed({r.path for r in requests}):
             mine = {r.file_id for r in requests if r.claimed}

@@ -164,11 +164,10 @@ def build_processor(tokenizer: Any, image_size: int) -> Any:
     )
 
 
-def tiny_config(vocab_size: int, image_token_id: int) -> Any:
-    """A Florence2Config small enough to run in milliseconds on a CPU."""
+def tiny_config(vocab_size: int, image_token_id: int, d_model: int = 32) -> Any:
+    """A Florence2Config small enough to run in milliseconds on a CPU (*d_model* widens its text layers)."""
     from transformers import BartConfig, Florence2Config, Florence2VisionConfig
 
-    d_model = 32
     vision = Florence2VisionConfig(
         depths=[1, 1, 1, 1],
         embed_dim=[16, 24, 32, 48],
@@ -199,7 +198,7 @@ def tiny_config(vocab_size: int, image_token_id: int) -> Any:
     return Florence2Config(vision_config=vision, text_config=text, image_token_id=image_token_id)
 
 
-def tiny_model(tokenizer: Any, seed: int, min_new_tokens: int) -> Any:
+def tiny_model(tokenizer: Any, seed: int, min_new_tokens: int, d_model: int = 32) -> Any:
     """A random-weight Florence2ForConditionalGeneration sized for *tokenizer*."""
     import torch
     from transformers import Florence2ForConditionalGeneration, GenerationConfig
@@ -207,7 +206,7 @@ def tiny_model(tokenizer: Any, seed: int, min_new_tokens: int) -> Any:
     # Real checkpoints pad the vocabulary to a multiple of 64 (51,328).
     vocab_size = -(-len(tokenizer) // 64) * 64
     torch.manual_seed(seed)
-    model = Florence2ForConditionalGeneration(tiny_config(vocab_size, tokenizer.image_token_id)).eval()
+    model = Florence2ForConditionalGeneration(tiny_config(vocab_size, tokenizer.image_token_id, d_model)).eval()
     # Shrink the <loc_N> embeddings (tied to the output layer): the 1,000
     # location tokens would otherwise crowd words out of random captions,
     # while detection and OCR still produce some boxes.
@@ -234,6 +233,7 @@ def build_tiny_florence(
     image_size: int | None = None,
     seed: int = 0,
     min_new_tokens: int = 10,
+    d_model: int = 32,
 ) -> Path:
     """Write a tiny random-weight Florence-2 checkpoint to *dest* and return it.
 
@@ -241,6 +241,7 @@ def build_tiny_florence(
     (``../shared/florence-2-large-files``); without it a synthetic tokenizer
     is trained. *min_new_tokens* goes into the generation config: random
     weights may pick ``</s>`` first, and tests need non-empty output.
+    *d_model* 1024 gives ~100 MB of weights, for tests that watch memory.
     """
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
@@ -255,7 +256,7 @@ def build_tiny_florence(
 
     tokenizer = build_tokenizer(vocab, merges)
     processor = build_processor(tokenizer, image_size)
-    model = tiny_model(tokenizer, seed, min_new_tokens)
+    model = tiny_model(tokenizer, seed, min_new_tokens, d_model)
     model.save_pretrained(dest)
     processor.save_pretrained(dest)
     log.info("tiny Florence-2 written to %s (%d tokens, %dx%d images)", dest, len(tokenizer), image_size, image_size)

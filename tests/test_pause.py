@@ -1,0 +1,190 @@
+"""Pausing: by hand across a restart, the battery rule on a fake power_supply folder, the GPU-share rule."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from daemon import index, pause
+from daemon.config import PauseConfig
+from daemon.db import File
+from daemon.errors import FlorenceWatchError
+from daemon.testing.helpers import PipelineFactory, RunningDaemon, copy_corpus, make_config, read_tags, wait_until
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("2h", 7200), ("90m", 5400), ("1h30m", 5400), ("45s", 45), ("1d", 86400), ("15", 900), ("1.5h", 5400)],
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert pause.parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "soon", "2x", "h", "2h later", "0m"])
+def test_bad_durations_say_how_to_write_one(text: str) -> None:
+    with pytest.raises(FlorenceWatchError, match=r"2h|longer"):
+        pause.parse_duration(text)
+
+
+def test_pause_by_hand_runs_out(tmp_path: Path) -> None:
+    state = tmp_path / "pause.json"
+    assert pause.by_hand(state) is None
+    p = pause.pause(3600, state)
+    assert pause.by_hand(state) == p and p.until is not None
+    assert pause.by_hand(state, now=p.until + 1) is None
+    assert not state.exists()  # a pause that ran out is gone for good
+    pause.pause(None, state)
+    assert pause.by_hand(state) == pause.Paused("by hand", None)
+    assert pause.resume(state) and not pause.resume(state)
+
+
+def test_pause_descriptions() -> None:
+    noon = time.mktime((2026, 11, 27, 12, 0, 0, 0, 0, -1))
+    assert pause.Paused("by hand", noon + 6 * 3600).describe(now=noon) == "paused until 18:00"
+    assert pause.Paused("by hand", noon + 30 * 3600).describe(now=noon) == "paused until 2026-11-28 18:00"
+    assert pause.Paused("by hand").describe() == "paused until `florence-watch resume`"
+    assert pause.Paused("on battery").describe() == "paused: on battery"
+
+
+def test_a_damaged_pause_file_still_pauses(tmp_path: Path) -> None:
+    state = tmp_path / "pause.json"
+    state.write_text("{not json", encoding="utf-8")
+    assert pause.by_hand(state) == pause.Paused("by hand")
+
+
+def power_supply(root: Path, *, battery: str | None, mains_online: str | None) -> Path:
+    """A /sys/class/power_supply as a laptop's kernel shows it."""
+    root.mkdir(parents=True, exist_ok=True)
+    for child in root.iterdir():
+        for f in child.iterdir():
+            f.unlink()
+        child.rmdir()
+    if battery is not None:
+        (root / "BAT0").mkdir()
+        (root / "BAT0" / "type").write_text("Battery\n")
+        (root / "BAT0" / "status").write_text(battery + "\n")
+    if mains_online is not None:
+        (root / "AC").mkdir()
+        (root / "AC" / "type").write_text("Mains\n")
+        (root / "AC" / "online").write_text(mains_online + "\n")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("battery", "mains", "expected"),
+    [
+        ("Discharging", "0", True),
+        ("Discharging", None, True),
+        ("Charging", "1", False),
+        ("Full", "1", False),
+        ("Not charging", "1", False),
+        (None, "1", False),  # a desktop
+        (None, None, False),  # a virtual machine: no power_supply at all
+    ],
+)
+def test_on_battery(tmp_path: Path, battery: str | None, mains: str | None, expected: bool) -> None:
+    assert pause.on_battery(power_supply(tmp_path / "ps", battery=battery, mains_online=mains)) is expected
+
+
+def fake_nvidia_smi(tmp_path: Path, used_mib: int, total_mib: int, apps: list[tuple[int, int]]) -> str:
+    """A script that answers the two queries gpu_share_of_others asks, as nvidia-smi does."""
+    script = tmp_path / "nvidia-smi"
+    rows = "\\n".join(f"{pid}, {mib}" for pid, mib in apps)
+    script.write_text(
+        "#!/bin/sh\n"
+        'case "$1" in\n'
+        f'  --query-gpu=*) echo "{used_mib}, {total_mib}" ;;\n'
+        f'  --query-compute-apps=*) printf "{rows}\\n" ;;\n'
+        "  *) exit 2 ;;\n"
+        "esac\n"
+    )
+    script.chmod(0o755)
+    return str(script)
+
+
+def test_gpu_share_counts_others_not_us(tmp_path: Path) -> None:
+    # 8 GiB used of 10: 6 GiB of it is ours, 1 GiB another compute process, 1 GiB a game (graphics).
+    smi = fake_nvidia_smi(tmp_path, 8192, 10240, [(4242, 6144), (777, 1024)])
+    assert pause.gpu_share_of_others(smi, own_pid=4242) == pytest.approx(2048 / 10240)
+    assert pause.gpu_share_of_others(smi, own_pid=1) == pytest.approx(8192 / 10240)
+    assert pause.gpu_share_of_others(str(tmp_path / "missing")) is None
+
+
+def test_rules(tmp_path: Path) -> None:
+    ps = power_supply(tmp_path / "ps", battery="Discharging", mains_online="0")
+    share = [0.1]
+    state = tmp_path / "pause.json"
+    both = PauseConfig(on_battery=True, gpu_share=0.5)
+    assert pause.Pauser(PauseConfig(), state, ps, lambda: 0.9).check() is None  # rules off by default
+    assert pause.Pauser(both, state, ps, lambda: share[0]).check() == pause.Paused("on battery")
+    power_supply(ps, battery="Charging", mains_online="1")
+    assert pause.Pauser(both, state, ps, lambda: share[0]).check() is None
+    share[0] = 0.75
+    paused = pause.Pauser(both, state, ps, lambda: share[0]).check()
+    assert paused is not None and paused.describe() == "paused: other programs hold 75% of the GPU's memory"
+    pause.pause(None, state)
+    assert pause.Pauser(both, state, ps, lambda: share[0]).check() == pause.Paused("by hand")
+
+
+def test_pause_by_hand_holds_across_a_restart(tmp_path: Path) -> None:
+    """Paused: files are queued, the model does not run, no file is written; still so after a restart."""
+    config = make_config(tmp_path)
+    pause.pause(None)
+    first = RunningDaemon(config).started()
+    try:
+        [photo] = copy_corpus(["pillow/hopper.jpg"], first.inbox)
+        assert wait_until(lambda: first.status()["pending"] == 1, timeout=15)
+        time.sleep(2)  # time enough to have processed it, were it not paused
+        assert first.images_analyzed() == 0 and first.status()["indexed"] == 0
+        assert not read_tags(photo, "XMP-dc:Subject").get("XMP-dc:Subject")
+    finally:
+        first.stop()
+
+    second = RunningDaemon(config).started()
+    try:
+        time.sleep(2)
+        assert second.images_analyzed() == 0 and second.status()["pending"] == 1
+        assert pause.resume()
+        st = second.settled(1, timeout=30)
+        assert st["indexed"] == 1 and second.images_analyzed() == 1
+        assert wait_until(lambda: read_tags(photo, "XMP-dc:Subject").get("XMP-dc:Subject"), timeout=15)
+    finally:
+        second.stop()
+
+
+def test_held_metadata_writes_wait_for_resume(tmp_path: Path, open_test_pipeline: PipelineFactory) -> None:
+    """While paused (the tagger held) an indexed file's write stays pending; resuming writes it."""
+    config = make_config(tmp_path)
+    pipeline = open_test_pipeline(config, tag_threads=0)
+    [photo] = copy_corpus(["pillow/flower.jpg"], config.folders[0])
+    assert pipeline.tagger is not None
+    pipeline.tagger.held.set()
+    pipeline.offer([photo])
+    pipeline.drain()
+    with pipeline.db.transaction() as s:
+        assert index.status(s)["indexed"] == 1
+        assert s.scalar(select(File.tag_state)) == "pending"
+    assert not read_tags(photo, "XMP-dc:Subject").get("XMP-dc:Subject")
+    pipeline.tagger.held.clear()
+    pipeline.tagger.recover()
+    assert read_tags(photo, "XMP-dc:Subject").get("XMP-dc:Subject")
+
+
+def test_the_battery_rule_pauses_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ps = power_supply(tmp_path / "ps", battery="Discharging", mains_online="0")
+    monkeypatch.setattr(pause, "POWER_SUPPLY", ps)
+    monkeypatch.setattr(pause, "RULES_S", 0.5)
+    d = RunningDaemon(make_config(tmp_path, pause={"on_battery": True})).started()
+    try:
+        copy_corpus(["pillow/hopper.jpg"], d.inbox)
+        assert wait_until(lambda: d.status()["pending"] == 1, timeout=15)
+        time.sleep(2)
+        assert d.images_analyzed() == 0 and d.daemon.paused == pause.Paused("on battery")
+        power_supply(ps, battery="Charging", mains_online="1")  # plugged in
+        assert d.settled(1, timeout=30)["indexed"] == 1
+        assert d.daemon.paused is None
+    finally:
+        d.stop()
