@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config import Config, database_url, find_config_file, load_config
+from daemon.config import Config, database_url, find_config_file, load_config, parse_size
 from daemon.errors import ConfigError
 from daemon.tasks import DEFAULT_TASKS
 
@@ -34,7 +34,7 @@ def test_defaults_without_a_file() -> None:
         ),
         (
             "[modle]\nname='x'\n",
-            "bad.toml: modle: unknown section (known: watch, model, index, metadata, serve, search)",
+            "bad.toml: modle: unknown section (known: watch, model, index, metadata, serve, search, pause)",
         ),
         ("[model]\ndevice = 'gpu'\n", "bad.toml: model.device: must be auto, cuda or cpu, not 'gpu'"),
         ("[metadata]\nwrite = 'yes'\n", "bad.toml: metadata.write: must be true or false, not 'yes'"),
@@ -45,6 +45,14 @@ def test_defaults_without_a_file() -> None:
         ),
         ("[model]\nbatch_size = -1\n", 'bad.toml: model.batch_size: must be "auto" or at least 1'),
         ("[index\n", "bad.toml: (file): not valid TOML"),
+        (
+            "[model]\nmax_gpu_memory = 'lots'\n",
+            'bad.toml: model.max_gpu_memory: must be a size such as "6GiB", "6GB" or "512MiB", not \'lots\'',
+        ),
+        ("[model]\nmax_gpu_memory = '0GiB'\n", "bad.toml: model.max_gpu_memory: must be a size such as"),
+        ("[model]\nidle_unload_seconds = -1\n", "bad.toml: model.idle_unload_seconds: must be 0 (never) or more"),
+        ("[pause]\ngpu_share = 1.5\n", "bad.toml: pause.gpu_share: must be a share between 0 (off) and 1"),
+        ("[pause]\non_battery = 'yes'\n", "bad.toml: pause.on_battery: must be true or false, not 'yes'"),
     ],
 )
 def test_bad_config_names_the_file_and_the_key(tmp_path: Path, toml: str, message: str) -> None:
@@ -53,6 +61,16 @@ def test_bad_config_names_the_file_and_the_key(tmp_path: Path, toml: str, messag
     with pytest.raises(ConfigError) as err:
         load_config(path)
     assert str(err.value).replace(str(tmp_path) + "/", "").startswith(message)
+
+
+def test_gpu_memory_sizes() -> None:
+    assert [parse_size(s) for s in ("6GiB", "6 GiB", "512MiB", "1.5GB", "2048")] == [
+        6 << 30,
+        6 << 30,
+        512 << 20,
+        1_500_000_000,
+        2048,
+    ]
 
 
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
