@@ -64,6 +64,7 @@ bench: setup
 	$(PY) bench/throughput.py
 	$(PY) bench/search.py
 	$(PY) bench/identity.py
+	$(PY) bench/unload.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache *.egg-info

@@ -125,7 +125,7 @@ class ResidentAnalyzer:
         return self.processor.image_processor([image], return_tensors="pt")["pixel_values"][0]
 
     def analyze(self, images: Sequence[Image.Image], pixels: Sequence[Any] | None = None) -> list[TaskResults]:
-        inner = self._ensure()
+        inner = self.load()
         inner.should_stop = self.should_stop
         try:
             return inner.analyze(images, pixels)
@@ -154,7 +154,8 @@ class ResidentAnalyzer:
             torch.cuda.empty_cache()  # PyTorch's cache would otherwise keep the memory from other programs
         return True
 
-    def _ensure(self) -> FlorenceAnalyzer:
+    def load(self) -> FlorenceAnalyzer:
+        """The model, loaded again first if it was unloaded."""
         with self._lock:
             if self._inner is None:
                 started = time.monotonic()
