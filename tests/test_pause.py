@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
 
 from daemon import index, pause
+from daemon.analyze import Interrupted
 from daemon.config import PauseConfig
 from daemon.db import File
 from daemon.errors import FlorenceWatchError
-from daemon.testing.helpers import PipelineFactory, RunningDaemon, copy_corpus, make_config, read_tags, wait_until
+from daemon.testing.helpers import (
+    FakeAnalyzer,
+    PipelineFactory,
+    RunningDaemon,
+    copy_corpus,
+    make_config,
+    read_tags,
+    wait_until,
+)
 
 
 @pytest.mark.parametrize(
@@ -186,5 +198,41 @@ def test_the_battery_rule_pauses_and_resumes(tmp_path: Path, monkeypatch: pytest
         power_supply(ps, battery="Charging", mains_online="1")  # plugged in
         assert d.settled(1, timeout=30)["indexed"] == 1
         assert d.daemon.paused is None
+    finally:
+        d.stop()
+
+
+class SlowModel(FakeAnalyzer):
+    """A model whose first batch takes 30 s, looking at the stop hook between 'decoding steps' as Florence-2 does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.should_stop: Callable[[], bool] | None = None
+        self.started = threading.Event()
+        self.interrupted = 0
+
+    def analyze(self, images: Sequence[Any], pixels: Sequence[Any] | None = None) -> list[Any]:
+        self.started.set()
+        deadline = time.monotonic() + (30 if not self.interrupted else 0)
+        while time.monotonic() < deadline:
+            if self.should_stop is not None and self.should_stop():
+                self.interrupted += 1
+                raise Interrupted("paused")
+            time.sleep(0.05)
+        return super().analyze(images, pixels)
+
+
+def test_a_pause_stops_the_batch_in_hand(tmp_path: Path) -> None:
+    """A person pausing for a game gets the GPU now, not when a long batch ends: the batch goes back to the queue."""
+    model = SlowModel()
+    d = RunningDaemon(make_config(tmp_path), analyzer=model).started()
+    try:
+        copy_corpus(["pillow/hopper.jpg"], d.inbox)
+        assert model.started.wait(15)
+        pause.pause(None)
+        assert wait_until(lambda: model.interrupted == 1, timeout=5)
+        assert wait_until(lambda: d.status()["pending"] == 1, timeout=5) and d.status()["indexed"] == 0
+        pause.resume()
+        assert d.settled(1, timeout=30)["indexed"] == 1
     finally:
         d.stop()
