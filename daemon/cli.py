@@ -172,12 +172,18 @@ def _open_db(config: Config) -> Iterator[Database]:
 
 
 def _index_status(config: Config) -> dict[str, Any]:
-    """The index's counts and failures (``index.status``), and whether search by meaning is on."""
-    from . import index
+    """The index's counts and failures (``index.status``), what waits for another try, the
+    queue's throughput and ETA, and whether search by meaning is on."""
+    from . import index, jobs
     from .embed import semantic_status
 
     with _open_db(config) as db, db.transaction() as s:
-        return {**index.status(s), "semantic": semantic_status(s, config.search)}
+        st = index.status(s)
+        retrying = {"count": jobs.retrying_count(s), "jobs": jobs.retrying(s)}
+        semantic = semantic_status(s, config.search)
+    q = st["queue"]
+    throughput = jobs.throughput(q["pending"] + q["running"], st["workers"], config.index.lease_seconds)
+    return {**st, "retrying": retrying, "throughput": throughput, "semantic": semantic}
 
 
 @contextmanager
@@ -407,14 +413,19 @@ def _metadata_now(config: Config, info: dict[str, Any]) -> dict[str, Any] | None
 
 
 def _status_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", action="store_true", help="print JSON: {indexed, pending, failed, failures}")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print JSON: {indexed, pending, failed, failures, queue, retrying, throughput, workers, ...}",
+    )
 
 
 @command(
     "status",
     "Counts of indexed, pending and failed files.",
     "florence-watch status --json",
-    description="Counts of indexed, pending and failed files, and why each failure failed.",
+    description="Counts of indexed, pending and failed files, and why each failure failed;\n"
+    "the queue, its throughput and ETA, what waits for another try, and every worker.",
     arguments=_status_arguments,
 )
 def cmd_status(args: argparse.Namespace, config: Config, config_file: Path | None) -> int:
@@ -425,6 +436,7 @@ def cmd_status(args: argparse.Namespace, config: Config, config_file: Path | Non
     print(f"indexed {st['indexed']}   pending {st['pending']}   failed {st['failed']}")
     q, sem = st["queue"], st["semantic"]
     print(f"queue: {q['pending']} waiting, {q['running']} being processed, {q['metadata']} metadata writes to do")
+    print(_throughput_line(st["throughput"]))
     if sem["on"]:
         print(f"search by meaning: on ({sem['model']}: {sem['embedded']} image(s) embedded, {sem['missing']} to do)")
     else:
@@ -434,11 +446,69 @@ def cmd_status(args: argparse.Namespace, config: Config, config_file: Path | Non
             f"  worker {w['host']}:{w['pid']}  {w['role']:5}  {w['device'] or '-':8}  {w['images_per_s']:6.2f} images/s"
             f"  {w['processed']} done  heartbeat {w['seconds_since_heartbeat']:.0f} s ago"
         )
+    for r in st["retrying"]["jobs"]:
+        tried = f"{r['attempts']} attempt(s) failed" if r["attempts"] else "given back"  # by a host without the file
+        when = f"next try in {_duration(r['next_try_in_seconds'])}" if r["next_try_in_seconds"] > 0 else "due now"
+        print(f"  retrying: {r['path']}\n          {tried}, {when}: {r['reason']}")
+    if st["retrying"]["count"] > len(st["retrying"]["jobs"]):
+        print(f"  ... and {st['retrying']['count'] - len(st['retrying']['jobs'])} more waiting for another try")
     for f in st["failures"]:
         print(f"  failed: {f['path']}\n          {f['reason']}")
     for f in st["metadata_failures"]:
         print(f"  indexed, {f['reason']}: {f['path']}")
     return 0
+
+
+def _throughput_line(t: dict[str, Any]) -> str:
+    """status's line on how fast the queue drains and when it will be empty."""
+    if not t["live_workers"]:
+        waiting = f"; {t['to_do']} image(s) wait for `florence-watch run`" if t["to_do"] else ""
+        return f"throughput: no worker running{waiting}"
+    rate = f"throughput: {t['images_per_s']:.2f} images/s from {t['live_workers']} worker(s)"
+    if not t["to_do"]:
+        return f"{rate}; the queue is empty"
+    if t["eta_seconds"] is None:
+        return f"{rate}; ETA unknown until the first images are done"
+    return f"{rate}; ETA {_duration(t['eta_seconds'])} for {t['to_do']} image(s)"
+
+
+def _duration(seconds: float) -> str:
+    """12 s, 4 min, 2 h 05 min: how long, to the precision a person reads."""
+    if seconds < 60:
+        return f"{max(1, round(seconds))} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def _doctor_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print JSON: {ok, checks: [{name, ok, state, detail, fix}]}")
+
+
+@command(
+    "doctor",
+    "Check that this computer is ready to run florence-watch.",
+    "florence-watch --config ~/florence-watch/config.toml doctor",
+    description="Check what florence-watch needs and say how to fix what is wrong: exiftool;\n"
+    "Python, torch and transformers; the GPU; the model on disk (nothing is downloaded);\n"
+    "inotify limits; each watched folder; the index; the systemd unit; the web port.\n"
+    "Exit status 0 when all is well (notes are fine), 1 when a check failed.",
+    arguments=_doctor_arguments,
+)
+def cmd_doctor(args: argparse.Namespace, config: Config, config_file: Path | None) -> int:
+    from .doctor import diagnose
+
+    report = diagnose(config)
+    if args.json:
+        _json(report.as_dict())
+        return 0 if report.ok else 1
+    print(f"configuration: {config_file or 'built-in defaults'}")
+    for c in report.checks:
+        print(f"{c.state.upper() if c.state == 'fail' else c.state:4}  {c.name:15}  {c.detail}")
+        if c.fix:
+            print(f"{'':23}{'fix' if c.state == 'fail' else 'to do'}: {c.fix}")
+    failed = sum(not c.ok for c in report.checks)
+    print("all is well" if not failed else f"{failed} problem(s) found")
+    return 0 if report.ok else 1
 
 
 def _reindex_arguments(p: argparse.ArgumentParser) -> None:

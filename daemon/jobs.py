@@ -18,9 +18,9 @@ import os
 import socket
 import time
 from collections.abc import Iterable
-from typing import cast
+from typing import Any, cast
 
-from sqlalchemy import Table, and_, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, Table, and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from .db import Job, chunks, now
@@ -203,3 +203,50 @@ def _alive(pid: int) -> bool:
 def counts(session: Session) -> dict[str, int]:
     rows = session.execute(select(Job.state, func.count()).group_by(Job.state)).all()
     return {state: n for state, n in rows}
+
+
+def _retrying() -> ColumnElement[bool]:
+    """Pending jobs with a reason from an earlier try: a failed attempt (``fail``), or a file this
+    host could not see (``release`` with a delay). A job queued anew (``enqueue``) starts from
+    nothing (no attempts, due at once), whatever reason it still carries."""
+    return and_(Job.state == "pending", Job.error.is_not(None), or_(Job.attempts > 0, Job.not_before > 0))
+
+
+def retrying(session: Session, limit: int = 20) -> list[dict[str, Any]]:
+    """The first *limit* jobs waiting for another try, soonest first: path, failed attempts so
+    far, next try (a time, and the seconds until it: 0 once due) and the last reason. For ``status``."""
+    query = (
+        select(Job.path, Job.attempts, Job.not_before, Job.error)
+        .where(_retrying())
+        .order_by(Job.not_before, Job.id)
+        .limit(limit)
+    )
+    t = now()
+    return [
+        {
+            "path": path,
+            "attempts": attempts,
+            "next_try": not_before,
+            "next_try_in_seconds": round(max(0.0, not_before - t), 1),
+            "reason": error,
+        }
+        for path, attempts, not_before, error in session.execute(query)
+    ]
+
+
+def retrying_count(session: Session) -> int:
+    """How many jobs wait for another try (``retrying`` lists the first of them)."""
+    return int(session.scalar(select(func.count()).select_from(Job).where(_retrying())) or 0)
+
+
+def throughput(to_do: int, workers: Iterable[dict[str, Any]], live_within_s: float) -> dict[str, Any]:
+    """The queue's drain rate and how long *to_do* jobs will take at it.
+
+    Live workers are those that process images (not ``watch``) and beat within
+    *live_within_s* (a lease: past it their claims are up for grabs); their
+    rates add up. ``eta_seconds`` is None with no live worker or no rate yet.
+    """
+    live = [w for w in workers if w["role"] != "watch" and w["seconds_since_heartbeat"] <= live_within_s]
+    rate = round(sum((float(w["images_per_s"]) for w in live), 0.0), 2)
+    eta = to_do / rate if live and rate > 0 else None
+    return {"to_do": to_do, "live_workers": len(live), "images_per_s": rate, "eta_seconds": eta}

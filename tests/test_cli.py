@@ -10,12 +10,15 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import select
 
-from daemon import cli
+from daemon import cli, jobs
 from daemon.cli import COMMANDS, build_parser, main
-from daemon.config import load_config
+from daemon.config import database_url, load_config
+from daemon.db import Database, Job, Worker, now
 from daemon.pipeline import Pipeline
 from daemon.service import UNIT_NAME, install, render_unit
 from daemon.tasks import TASKS
@@ -260,3 +263,78 @@ def test_search_with_nothing_to_search_for_says_so(tmp_path: Path, capsys: pytes
         assert capsys.readouterr().err == "error: nothing to search for: give words, or a filter such as --folder\n"
     assert main(["--database", db, "search", "--has-text"]) == 0  # a filter alone is a search
     assert capsys.readouterr().err == "no matches\n"
+
+
+def test_status_lists_retries_and_the_queue_eta(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A job given back with a delay and a reason, and one whose attempt failed, show as retrying (one
+    given back at shutdown or queued anew does not); with workers' rates, the queue gets an ETA."""
+    database = str(tmp_path / "index.db")
+    db = Database(database_url(database))
+    with db.transaction(write=True) as s:
+        jobs.enqueue(s, [f"/photos/{n}.jpg" for n in ("a", "b", "c", "d")])
+    with db.transaction(write=True) as s:
+        claimed = {j.path: j.id for j in jobs.claim(s, 4, owner="other:1:1")}
+    with db.transaction(write=True) as s:
+        jobs.release(s, [claimed["/photos/a.jpg"]], delay_s=600, reason="not visible on this host")
+        jobs.fail(s, claimed["/photos/b.jpg"], "cannot decode: truncated", max_attempts=3)
+        b_due = s.scalar(select(Job.not_before).where(Job.path == "/photos/b.jpg"))
+        jobs.release(s, [claimed["/photos/c.jpg"]])  # a shutdown: no reason, not a retry
+        jobs.fail(s, claimed["/photos/d.jpg"], "cannot decode: truncated", max_attempts=3)
+    with db.transaction(write=True) as s:
+        jobs.enqueue(s, ["/photos/d.jpg"])  # changed again: a fresh start, not a retry
+    db.close()
+
+    def status() -> tuple[list[str], dict[str, Any]]:
+        assert main(["--database", database, "status"]) == 0
+        text = capsys.readouterr().out.splitlines()
+        assert main(["--database", database, "status", "--json"]) == 0
+        return text, json.loads(capsys.readouterr().out)
+
+    text, st = status()
+    assert "throughput: no worker running; 4 image(s) wait for `florence-watch run`" in text
+    assert st["throughput"] == {"to_do": 4, "live_workers": 0, "images_per_s": 0.0, "eta_seconds": None}
+    # Soonest first: b's first retry is 5 s away, a's in 10 minutes.
+    i = text.index("  retrying: /photos/b.jpg")
+    assert re.fullmatch(
+        r" {10}1 attempt\(s\) failed, (next try in [1-5] s|due now): cannot decode: truncated", text[i + 1]
+    )
+    assert text[i + 2 : i + 4] == [
+        "  retrying: /photos/a.jpg",
+        "          given back, next try in 10 min: not visible on this host",
+    ]
+    assert st["retrying"]["count"] == 2
+    assert [{k: r[k] for k in ("path", "attempts", "next_try", "reason")} for r in st["retrying"]["jobs"]] == [
+        {"path": "/photos/b.jpg", "attempts": 1, "next_try": b_due, "reason": "cannot decode: truncated"},
+        {
+            "path": "/photos/a.jpg",
+            "attempts": 0,
+            "next_try": pytest.approx(now() + 600, abs=30),
+            "reason": "not visible on this host",
+        },
+    ]
+    assert 0 < st["retrying"]["jobs"][1]["next_try_in_seconds"] <= 600
+
+    # Two live workers at 1.5 and 0.5 images/s, a watcher and one silent for longer than a lease: 4 / 2.0 = 2 s.
+    db = Database(database_url(database))
+    with db.transaction(write=True) as s:
+        for wid, role, rate, age in (
+            ("h:1:1", "work", 1.5, 1),
+            ("h:2:1", "all", 0.5, 5),
+            ("h:3:1", "watch", 0.0, 1),
+            ("h:4:1", "work", 9.0, 600),
+        ):
+            s.add(
+                Worker(
+                    id=wid,
+                    host="h",
+                    pid=int(wid.split(":")[1]),
+                    role=role,
+                    device="cpu",
+                    images_per_s=rate,
+                    heartbeat=now() - age,
+                )
+            )
+    db.close()
+    text, st = status()
+    assert "throughput: 2.00 images/s from 2 worker(s); ETA 2 s for 4 image(s)" in text
+    assert st["throughput"] == {"to_do": 4, "live_workers": 2, "images_per_s": 2.0, "eta_seconds": 2.0}
