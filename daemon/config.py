@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from .engine import parse_engine
 from .errors import ConfigError
 from .tasks import DEFAULT_TASKS, default_max_new_tokens, inputless
 
@@ -49,6 +50,8 @@ class ModelConfig:
     idle_unload_seconds: float = 300.0
     # "6GiB": the most GPU memory the model and its batches may take (cards of 4-8 GB); "": no bound.
     max_gpu_memory: str = ""
+    # How prompts become generate calls: auto | tasks | folded, +static, +vision (daemon/engine.py).
+    engine: str = "auto"
 
     def __post_init__(self) -> None:
         # One number means the same limit for every task.
@@ -323,6 +326,11 @@ def _validate(section: str, obj: Any, source: str) -> None:
                 parse_size(obj.max_gpu_memory)
             except ValueError as exc:
                 raise ConfigError(source, "model.max_gpu_memory", str(exc)) from None
+        if obj.engine != "auto":
+            try:
+                parse_engine(obj.engine)
+            except ValueError as exc:
+                raise ConfigError(source, "model.engine", str(exc)) from None
         beams = obj.num_beams if isinstance(obj.num_beams, dict) else {"": obj.num_beams}
         for task, n in beams.items():
             if task and task not in allowed:

@@ -27,7 +27,11 @@ def test_loads_through_the_auto_classes(analyzer: FlorenceAnalyzer, tiny_model: 
     assert type(analyzer.processor).__name__ == "Florence2Processor"
     assert analyzer.model_id == str(tiny_model)
     dtype = str(analyzer.dtype).removeprefix("torch.")
-    assert analyzer.describe() == f"{tiny_model} on {analyzer.device} ({dtype}, batch {analyzer.batch_size})"
+    engine = analyzer.engine.name
+    assert (
+        analyzer.describe()
+        == f"{tiny_model} on {analyzer.device} ({dtype}, batch {analyzer.batch_size}, engine {engine})"
+    )
 
 
 def test_every_default_task_gives_non_empty_text(analyzer: FlorenceAnalyzer, corpus: Path) -> None:
