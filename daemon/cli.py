@@ -18,13 +18,14 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .config import Config, database_url, find_config_file, load_config
 from .errors import FlorenceWatchError, NotIndexedError
+from .pause import Pauser, parse_duration, pause, resume
 
 if TYPE_CHECKING:
     from .db import Database
@@ -183,7 +184,9 @@ def _index_status(config: Config) -> dict[str, Any]:
         semantic = semantic_status(s, config.search)
     q = st["queue"]
     throughput = jobs.throughput(q["pending"] + q["running"], st["workers"], config.index.lease_seconds)
-    return {**st, "retrying": retrying, "throughput": throughput, "semantic": semantic}
+    paused = Pauser(config.pause).check()
+    on_this_computer = None if paused is None else {**asdict(paused), "describe": paused.describe()}
+    return {**st, "retrying": retrying, "throughput": throughput, "semantic": semantic, "paused": on_this_computer}
 
 
 @contextmanager
@@ -434,6 +437,8 @@ def cmd_status(args: argparse.Namespace, config: Config, config_file: Path | Non
         _json(st)
         return 0
     print(f"indexed {st['indexed']}   pending {st['pending']}   failed {st['failed']}")
+    if st["paused"]:
+        print(f"{st['paused']['describe']} (on this computer: no model run, no file written; queueing goes on)")
     q, sem = st["queue"], st["semantic"]
     print(f"queue: {q['pending']} waiting, {q['running']} being processed, {q['metadata']} metadata writes to do")
     print(_throughput_line(st["throughput"]))
@@ -478,6 +483,41 @@ def _duration(seconds: float) -> str:
         return f"{max(1, round(seconds))} s"
     minutes = round(seconds / 60)
     return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def _pause_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--for", dest="duration", metavar="DURATION", help="e.g. 2h, 30m, 1h30m (default: until resume)")
+
+
+@command(
+    "pause",
+    "Pause the daemon on this computer (for a game, a call).",
+    "florence-watch pause --for 2h",
+    description="The daemon on this computer keeps watching and queueing new files, but runs no model,\n"
+    "writes no file and gives its model's memory back, until `florence-watch resume` or --for\n"
+    "runs out. The pause outlives a restart; `status` shows it.",
+    arguments=_pause_arguments,
+)
+def cmd_pause(args: argparse.Namespace, config: Config, config_file: Path | None) -> int:
+    paused = pause(parse_duration(args.duration) if args.duration else None)
+    print(f"{paused.describe()}: new files are queued, and described once it is over")
+    return 0
+
+
+@command(
+    "resume",
+    "End a pause made with `pause`.",
+    "florence-watch resume",
+    description="End a pause made with `florence-watch pause`; the daemon carries on within a second.\n"
+    "A pause by rule ([pause] on_battery, gpu_share) lasts while its condition holds.",
+    arguments=_no_arguments,
+)
+def cmd_resume(args: argparse.Namespace, config: Config, config_file: Path | None) -> int:
+    print("resumed" if resume() else "was not paused by hand")
+    rule = Pauser(config.pause).check()
+    if rule is not None:
+        print(f"still {rule.describe()} ([pause] in {config_file or 'the configuration'})")
+    return 0
 
 
 def _doctor_arguments(p: argparse.ArgumentParser) -> None:

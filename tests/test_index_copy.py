@@ -39,6 +39,7 @@ def answers(capsys: pytest.CaptureFixture[str], database: str, files: list[Path]
     """The index as a person sees it: status, show of each file, the matches of each query."""
     status = cli(capsys, database, "status")
     status.pop("workers")  # the processes using the index now, not its contents
+    status.pop("throughput")  # worked out from those processes
     shown = {str(f): cli(capsys, database, "show", str(f)) for f in files}
     # Paths and captions, not the order: the backends rank alike matches differently (bm25, ts_rank).
     found = {q: sorted((h["path"], h["caption"]) for h in cli(capsys, database, "search", q)) for q in QUERIES}

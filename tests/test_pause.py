@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from daemon import index, pause
+from daemon import cli, index, pause
 from daemon.analyze import Interrupted
 from daemon.config import PauseConfig
 from daemon.db import File
@@ -141,10 +142,16 @@ def test_rules(tmp_path: Path) -> None:
     assert pause.Pauser(both, state, ps, lambda: share[0]).check() == pause.Paused("by hand")
 
 
-def test_pause_by_hand_holds_across_a_restart(tmp_path: Path) -> None:
+def florence_watch(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    assert cli.main(list(args)) == 0
+    return capsys.readouterr().out
+
+
+def test_pause_by_hand_holds_across_a_restart(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Paused: files are queued, the model does not run, no file is written; still so after a restart."""
     config = make_config(tmp_path)
-    pause.pause(None)
+    db = ["--database", config.index.database]
+    assert "paused until" in florence_watch(capsys, "pause", "--for", "2h")
     first = RunningDaemon(config).started()
     try:
         [photo] = copy_corpus(["pillow/hopper.jpg"], first.inbox)
@@ -155,16 +162,21 @@ def test_pause_by_hand_holds_across_a_restart(tmp_path: Path) -> None:
     finally:
         first.stop()
 
+    status = json.loads(florence_watch(capsys, *db, "status", "--json"))
+    assert status["paused"]["reason"] == "by hand" and status["paused"]["until"] > time.time() + 7000
+    assert "paused until" in florence_watch(capsys, *db, "status").splitlines()[1]
     second = RunningDaemon(config).started()
     try:
         time.sleep(2)
         assert second.images_analyzed() == 0 and second.status()["pending"] == 1
-        assert pause.resume()
+        assert florence_watch(capsys, "resume") == "resumed\n"
         st = second.settled(1, timeout=30)
         assert st["indexed"] == 1 and second.images_analyzed() == 1
         assert wait_until(lambda: read_tags(photo, "XMP-dc:Subject").get("XMP-dc:Subject"), timeout=15)
     finally:
         second.stop()
+    assert json.loads(florence_watch(capsys, *db, "status", "--json"))["paused"] is None
+    assert florence_watch(capsys, "resume") == "was not paused by hand\n"
 
 
 def test_held_metadata_writes_wait_for_resume(tmp_path: Path, open_test_pipeline: PipelineFactory) -> None:
