@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -125,3 +128,18 @@ def test_install_service_command_with_a_role(
     assert out.splitlines()[0] == f"wrote {unit}"
     assert "systemctl --user enable --now florence-watch@work" in out
     assert exec_start(unit.read_text(), "work")[-3:] == ["run", "--role", "work"]
+
+
+def test_security_exposure_is_the_one_the_readme_quotes(tmp_path: Path) -> None:
+    """`systemd-analyze security --offline=true` on the unit: the score README.md quotes, no worse."""
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze not installed")
+    unit = tmp_path / UNIT_NAME
+    unit.write_text(render_unit())
+    out = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", "--no-pager", str(unit)], capture_output=True, text=True
+    ).stdout
+    score = re.search(r"Overall exposure level for florence-watch\.service: (\d+\.\d+)", out)
+    assert score is not None, out
+    quoted = re.search(r"rates its exposure (\d+\.\d+)", (REPO / "README.md").read_text())
+    assert quoted is not None and float(score[1]) <= float(quoted[1]), (score[1], quoted)
