@@ -151,6 +151,10 @@ class ResidentAnalyzer:
         if device.startswith("cuda"):
             import torch
 
+            # Compiled decoding (model.engine +static) keeps CUDA-graph memory pools in dynamo's caches;
+            # the next load compiles again (its warm-up is in the log).
+            torch._dynamo.reset()
+            gc.collect()
             torch.cuda.empty_cache()  # PyTorch's cache would otherwise keep the memory from other programs
         return True
 
