@@ -77,7 +77,7 @@ class FlorenceAnalyzer:
     def __init__(self, config: ModelConfig, loaded: tuple[Any, Any] | None = None, warm: bool = True) -> None:
         """Load the configured model, or wrap an already *loaded* (processor, model) pair.
 
-        An engine that compiles (CUDA: ``+static``, ``+vision``) warms up here
+        An engine that compiles (``+vision``; ``+static`` on CUDA) warms up here
         on blank batches of every padded size; *warm* False leaves that to
         :meth:`warm_up` or the first batches (the benchmark warms only the size it times).
         """
@@ -109,7 +109,7 @@ class FlorenceAnalyzer:
         # tensors each call would mean new addresses for the CUDA graphs to re-record.
         self._static_caches: dict[tuple[int, int, int], Any] = {}
         self.warmup_seconds = 0.0
-        if warm and self.device.startswith("cuda") and (self.engine.static or self.engine.compile_vision):
+        if warm and self.compiles():
             self._warm_up_or_fall_back()
 
     def describe(self) -> str:
@@ -195,6 +195,10 @@ class FlorenceAnalyzer:
     def groups(self) -> list[tuple[str, ...]]:
         """The configured tasks as the engine groups them into ``generate`` calls."""
         return plan_groups(self.tasks, self.beams, self._limit, self.engine.fold)
+
+    def compiles(self) -> bool:
+        """Whether the engine compiles anything on this device (transformers compiles decoding on CUDA only)."""
+        return self.engine.compile_vision or (self.engine.static and self.device.startswith("cuda"))
 
     def rows_per_image(self) -> int:
         """Decoder rows one image takes in the largest ``generate`` call (tasks folded x beams)."""
