@@ -110,7 +110,7 @@ class FlorenceAnalyzer:
         self._static_caches: dict[tuple[int, int, int], Any] = {}
         self.warmup_seconds = 0.0
         if warm and self.compiles():
-            self._warm_up_or_fall_back()
+            self.warm_up_or_fall_back()
 
     def describe(self) -> str:
         dtype = str(self.dtype).removeprefix("torch.")
@@ -129,9 +129,7 @@ class FlorenceAnalyzer:
 
     def preprocess(self, image: Image.Image) -> Any:
         """Resize and normalise one image (CPU work: runs in the decode threads)."""
-        pixels = self.processor.image_processor([image], return_tensors="pt")["pixel_values"][0]
-        # In the model's dtype here, in the thread: half the bytes to move on a GPU in fp16.
-        return pixels.to(self.dtype)
+        return preprocess(self.processor, self.dtype, image)
 
     def analyze(self, images: Sequence[Image.Image], pixels: Sequence[Any] | None = None) -> list[TaskResults]:
         """Run every configured task on every image; one result dict per image.
@@ -303,7 +301,8 @@ class FlorenceAnalyzer:
             torch.cuda.synchronize()
         return time.monotonic() - started
 
-    def _warm_up_or_fall_back(self) -> None:
+    def warm_up_or_fall_back(self) -> None:
+        """Warm up an engine that compiles; if compiling fails, use the same engine without it."""
         import torch
 
         try:
@@ -350,8 +349,15 @@ class FlorenceAnalyzer:
         }
 
 
-def auto_batch_size(device: str, num_beams: int) -> int:
-    """4 on a CPU (more gains nothing there); on a GPU, what free memory allows, up to 64.
+def preprocess(processor: Any, dtype: Any, image: Image.Image) -> Any:
+    """One image resized and normalised by *processor*, in the model's *dtype*."""
+    pixels = processor.image_processor([image], return_tensors="pt")["pixel_values"][0]
+    # In the model's dtype here, in the decode thread: half the bytes to move on a GPU in fp16.
+    return pixels.to(dtype)
+
+
+def auto_batch_size(device: str, num_beams: int, free: int | None = None) -> int:
+    """4 on a CPU (more gains nothing there); on a GPU, what *free* memory allows (default: the card's), up to 64.
 
     *num_beams*: decoder rows per image in the largest call (beams, times the tasks folded into it).
     """
@@ -359,7 +365,8 @@ def auto_batch_size(device: str, num_beams: int) -> int:
         return 4
     import torch
 
-    free, _total = torch.cuda.mem_get_info(torch.device(device))
+    if free is None:
+        free, _total = torch.cuda.mem_get_info(torch.device(device))
     # About 0.5 GiB per image for Florence-2-large at 3 beams and 1,024 new
     # tokens (activations plus self- and cross-attention caches); the
     # out-of-memory halving in analyze() covers what this misjudges.

@@ -20,15 +20,24 @@ from typing import Any
 
 from PIL import Image
 
-from .analyze import BASE_ID, LARGE_ID, FlorenceAnalyzer, resolve_device, resolve_model_name
+from .analyze import (
+    BASE_ID,
+    LARGE_ID,
+    FlorenceAnalyzer,
+    auto_batch_size,
+    preprocess,
+    resolve_device,
+    resolve_model_name,
+)
 from .config import ModelConfig, parse_size
 from .results import TaskResults
 
 log = logging.getLogger(__name__)
 
-# What one image of a batch takes on the GPU, for Florence-2-large at 3 beams
-# (activations plus self- and cross-attention caches); see analyze.auto_batch_size.
-PER_IMAGE_BYTES = 512 << 20
+
+def load_cold(config: ModelConfig) -> FlorenceAnalyzer:
+    """The model, not warmed up yet: warming up compiles for the batch size, sized here first."""
+    return FlorenceAnalyzer(config, warm=False)
 
 
 def candidates(config: ModelConfig) -> list[tuple[str, str]]:
@@ -41,9 +50,7 @@ def candidates(config: ModelConfig) -> list[tuple[str, str]]:
     return [(name, device), *smaller, (BASE_ID if smaller else name, "cpu")]
 
 
-def load_bounded(
-    config: ModelConfig, load: Callable[[ModelConfig], FlorenceAnalyzer] = FlorenceAnalyzer
-) -> FlorenceAnalyzer:
+def load_bounded(config: ModelConfig, load: Callable[[ModelConfig], FlorenceAnalyzer] = load_cold) -> FlorenceAnalyzer:
     """The configured model within ``max_gpu_memory``; smaller or on the CPU when it does not fit."""
     import torch
 
@@ -67,6 +74,8 @@ def load_bounded(
             continue
         if cap and not config.batch_size:
             analyzer.batch_size = batch_within(cap, analyzer)
+        if analyzer.compiles():
+            analyzer.warm_up_or_fall_back()
         return analyzer
     raise AssertionError("unreachable: the last candidate raises")  # pragma: no cover
 
@@ -90,9 +99,7 @@ def batch_within(cap: int, analyzer: FlorenceAnalyzer) -> int:
     import torch
 
     left = cap - torch.cuda.memory_allocated(torch.device(analyzer.device))
-    beams = max(analyzer.beams(t) for t in analyzer.tasks)
-    per_image = PER_IMAGE_BYTES * beams / 3
-    return int(max(1, min(analyzer.batch_size, (left * 0.8) // per_image)))
+    return min(analyzer.batch_size, auto_batch_size(analyzer.device, analyzer.rows_per_image(), free=max(0, left)))
 
 
 class ResidentAnalyzer:
@@ -108,7 +115,7 @@ class ResidentAnalyzer:
         inner = self._inner
         self.model_id, self.tasks, self.device = inner.model_id, inner.tasks, inner.device
         self.batch_size = inner.batch_size
-        self.processor = inner.processor
+        self.processor, self.dtype = inner.processor, inner.dtype
         self.should_stop: Callable[[], bool] | None = None
         self.announce: Callable[[str], None] = lambda _text: None  # the daemon's STATUS= line
         self.last_used = time.monotonic()
@@ -122,7 +129,7 @@ class ResidentAnalyzer:
         return self._inner.describe() if self._inner is not None else f"{self.model_id} (not in memory)"
 
     def preprocess(self, image: Image.Image) -> Any:
-        return self.processor.image_processor([image], return_tensors="pt")["pixel_values"][0]
+        return preprocess(self.processor, self.dtype, image)
 
     def analyze(self, images: Sequence[Image.Image], pixels: Sequence[Any] | None = None) -> list[TaskResults]:
         inner = self.load()

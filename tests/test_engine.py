@@ -233,7 +233,7 @@ def test_warm_up_runs_every_padded_size_and_a_failure_falls_back(
 
     monkeypatch.setattr(analyzer, "warm_up", broken)
     with caplog.at_level(logging.WARNING, logger="daemon.analyze"):
-        analyzer._warm_up_or_fall_back()
+        analyzer.warm_up_or_fall_back()
     assert analyzer.engine == Engine(fold=True)
     assert "engine folded+static failed to warm up (no C compiler): using folded" in caplog.text
 

@@ -117,6 +117,9 @@ class Loaded:
     device: str
     batch_size: int = 8
 
+    def compiles(self) -> bool:
+        return False
+
 
 def test_a_model_that_does_not_fit_falls_back_and_says_so(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
