@@ -10,6 +10,7 @@ compiled) is the engine's choice: :mod:`daemon.engine`.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -147,16 +148,15 @@ class FlorenceAnalyzer:
         except torch.cuda.OutOfMemoryError:
             if len(images) == 1:
                 raise
-            self._static_caches.clear()  # sized for the old batch size: give their memory back first
-            torch.cuda.empty_cache()
-            half = len(images) // 2
-            self.batch_size = max(1, min(self.batch_size, half))  # later batches start smaller
-            log.warning(
-                "GPU out of memory on %d images: retrying in halves (batch size now %d)", len(images), self.batch_size
-            )
-            return self.analyze(images[:half], pixels[:half] if pixels is not None else None) + self.analyze(
-                images[half:], pixels[half:] if pixels is not None else None
-            )
+        # Out of the handler, whose traceback held the failed batch's tensors: now they can go.
+        self._static_caches.clear()  # sized for the old batch size: give their memory back first
+        gc.collect()
+        torch.cuda.empty_cache()
+        half = len(images) // 2
+        self.batch_size = max(1, min(self.batch_size, half))  # later batches start smaller
+        log.warning("GPU out of memory on %d images: retrying in halves (batch size %d)", len(images), self.batch_size)
+        first, second = (pixels[:half], pixels[half:]) if pixels is not None else (None, None)
+        return self.analyze(images[:half], first) + self.analyze(images[half:], second)
 
     def _analyze(self, images: Sequence[Image.Image], pixels: Sequence[Any] | None) -> list[TaskResults]:
         ids = self.token_ids(images, pixels)

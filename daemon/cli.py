@@ -15,6 +15,7 @@ import argparse
 import json
 import logging
 import os
+import socket
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from . import __version__
 from .config import Config, database_url, find_config_file, load_config
 from .errors import FlorenceWatchError, NotIndexedError
-from .pause import Pauser, parse_duration, pause, resume
+from .pause import Pauser, by_hand, gpu_share_of_others, parse_duration, pause, resume, state_file
 
 if TYPE_CHECKING:
     from .db import Database
@@ -172,6 +173,13 @@ def _open_db(config: Config) -> Iterator[Database]:
         db.close()
 
 
+def _pauser(config: Config, workers: list[dict[str, Any]]) -> Pauser:
+    """The daemon's pause rules as this command sees them: the daemons here hold GPU memory of their own."""
+    here = socket.gethostname()
+    ours = {os.getpid()} | {w["pid"] for w in workers if w["host"] == here}
+    return Pauser(config.pause, gpu_share=lambda: gpu_share_of_others(ours=ours))
+
+
 def _index_status(config: Config) -> dict[str, Any]:
     """The index's counts and failures (``index.status``), what waits for another try, the
     queue's throughput and ETA, and whether search by meaning is on."""
@@ -184,7 +192,7 @@ def _index_status(config: Config) -> dict[str, Any]:
         semantic = semantic_status(s, config.search)
     q = st["queue"]
     throughput = jobs.throughput(q["pending"] + q["running"], st["workers"], config.index.lease_seconds)
-    paused = Pauser(config.pause).check()
+    paused = _pauser(config, st["workers"]).check()
     on_this_computer = None if paused is None else {**asdict(paused), "describe": paused.describe()}
     return {**st, "retrying": retrying, "throughput": throughput, "semantic": semantic, "paused": on_this_computer}
 
@@ -270,6 +278,9 @@ def cmd_scan(args: argparse.Namespace, config: Config, config_file: Path | None)
     from .watch import walk_candidates
 
     _no_such_path(args.paths)
+    paused = by_hand()
+    if paused is not None:  # scan drains the whole queue: the daemon's files too
+        raise FlorenceWatchError(f"florence-watch is {paused.describe()} on this computer: resume first")
     with open_pipeline(config) as pipeline:
         pipeline.recover()
         queued = pipeline.offer(p for root in args.paths for p in walk_candidates(Path(root).resolve()))
@@ -499,8 +510,9 @@ def _pause_arguments(p: argparse.ArgumentParser) -> None:
     arguments=_pause_arguments,
 )
 def cmd_pause(args: argparse.Namespace, config: Config, config_file: Path | None) -> int:
-    paused = pause(parse_duration(args.duration) if args.duration else None)
+    paused = pause(parse_duration(args.duration) if args.duration is not None else None)
     print(f"{paused.describe()}: new files are queued, and described once it is over")
+    print(f"(the daemon reads the pause from {state_file()})", file=sys.stderr)
     return 0
 
 
@@ -514,7 +526,8 @@ def cmd_pause(args: argparse.Namespace, config: Config, config_file: Path | None
 )
 def cmd_resume(args: argparse.Namespace, config: Config, config_file: Path | None) -> int:
     print("resumed" if resume() else "was not paused by hand")
-    rule = Pauser(config.pause).check()
+    # The battery rule only: which GPU memory is the daemon's own, only the index knows (status says).
+    rule = Pauser(config.pause, gpu_share=lambda: None).check()
     if rule is not None:
         print(f"still {rule.describe()} ([pause] in {config_file or 'the configuration'})")
     return 0

@@ -447,7 +447,7 @@ class EmbedThread:
                 if not self.paused() and embed_missing(self.db, embedder, stop=self._halted):
                     continue  # more may have come meanwhile
             except DatabaseError as exc:  # the index's server is away: the daemon waits for it too
-                log.warning("embedding paused: %s", exc)
+                log.warning("embedding postponed: %s", exc)
             self._wake.wait(self.POLL_S)
             self._wake.clear()
 

@@ -122,8 +122,8 @@ class Pipeline:
             self.tagger.recover()
 
     def reset(self) -> None:
-        """After the index was unreachable: drop the batch prepared ahead and give back every job this
-        worker holds (whether their results were stored is for the index to say: those are finished)."""
+        """After the index was unreachable, or as a pause begins: drop the batch prepared ahead and give back
+        every job this worker holds (whether their results were stored is for the index to say)."""
         self.prefetch.drop()
         with self.db.transaction(write=True) as s:
             jobs.release_owner(s, self.owner)
@@ -356,7 +356,7 @@ class Prefetch:
         return len(futures), [w for w in (f.result() for f in futures) if w is not None]
 
     def release(self, work: list[_Work]) -> None:
-        """Give prepared but unprocessed jobs back to the queue (shutdown)."""
+        """Give prepared but unprocessed jobs back to the queue (shutdown, pause)."""
         with self.db.transaction(write=True) as s:
             jobs.release(s, [w.job_id for w in work])
 

@@ -24,9 +24,11 @@ from .analyze import (
     BASE_ID,
     LARGE_ID,
     FlorenceAnalyzer,
+    Interrupted,
     auto_batch_size,
     preprocess,
     resolve_device,
+    resolve_dtype,
     resolve_model_name,
 )
 from .config import ModelConfig, parse_size
@@ -57,26 +59,28 @@ def load_bounded(config: ModelConfig, load: Callable[[ModelConfig], FlorenceAnal
     tries = candidates(config)
     for i, (name, device) in enumerate(tries):
         cap = bound_allocator(config.max_gpu_memory, device)
+        # A batch size chosen for one device means nothing on another.
+        batch_size = config.batch_size if device == tries[0][1] else 0
         try:
-            analyzer = load(replace(config, name=name, device=device))
+            analyzer = load(replace(config, name=name, device=device, batch_size=batch_size))
         except torch.cuda.OutOfMemoryError:
             if i + 1 == len(tries):
                 raise
-            gc.collect()
-            torch.cuda.empty_cache()
-            nxt = tries[i + 1]
-            log.warning(
-                "%s does not fit in %s of GPU memory: trying %s on %s instead",
-                name,
-                config.max_gpu_memory or "the free",
-                *nxt,
-            )
-            continue
-        if cap and not config.batch_size:
-            analyzer.batch_size = batch_within(cap, analyzer)
-        if analyzer.compiles():
-            analyzer.warm_up_or_fall_back()
-        return analyzer
+        else:
+            if cap and not batch_size:
+                analyzer.batch_size = batch_within(cap, analyzer)
+            if analyzer.compiles():  # after sizing: compiling records the shapes of the batch size
+                analyzer.warm_up_or_fall_back()
+            return analyzer
+        # Out of the handler: its traceback no longer holds the half-loaded tensors, so they can go.
+        gc.collect()
+        torch.cuda.empty_cache()
+        log.warning(
+            "%s does not fit in %s GPU memory: trying %s on %s instead",
+            name,
+            config.max_gpu_memory or "the free",
+            *tries[i + 1],
+        )
     raise AssertionError("unreachable: the last candidate raises")  # pragma: no cover
 
 
@@ -106,20 +110,26 @@ class ResidentAnalyzer:
     """A FlorenceAnalyzer that can leave memory and come back (the pipeline's ``Analyzer``).
 
     The processor stays: resizing images for the next batch needs no model.
+    *lazy*: load nothing until the first image (a daemon that starts paused).
     """
 
-    def __init__(self, config: ModelConfig, load: Callable[[ModelConfig], FlorenceAnalyzer] = FlorenceAnalyzer) -> None:
+    def __init__(
+        self, config: ModelConfig, load: Callable[[ModelConfig], FlorenceAnalyzer] = load_cold, lazy: bool = False
+    ) -> None:
         self.config, self._load = config, load
-        self._lock = threading.Lock()
-        self._inner: FlorenceAnalyzer | None = load_bounded(config, load)
-        inner = self._inner
-        self.model_id, self.tasks, self.device = inner.model_id, inner.tasks, inner.device
-        self.batch_size = inner.batch_size
-        self.processor, self.dtype = inner.processor, inner.dtype
+        self._lock = threading.Lock()  # the decode threads may load the model for the first batch
+        self._inner: FlorenceAnalyzer | None = None
+        self.model_id, self.device = candidates(config)[0]  # until loaded: what will be tried first
+        self.dtype = resolve_dtype(config.dtype, self.device)
+        self.tasks = tuple(config.tasks)
+        self.batch_size = config.batch_size or 4  # until loaded
+        self.processor: Any = None
         self.should_stop: Callable[[], bool] | None = None
         self.announce: Callable[[str], None] = lambda _text: None  # the daemon's STATUS= line
         self.last_used = time.monotonic()
-        self.loads = 1
+        self.loads = 0
+        if not lazy:
+            self.load()
 
     @property
     def loaded(self) -> bool:
@@ -129,10 +139,14 @@ class ResidentAnalyzer:
         return self._inner.describe() if self._inner is not None else f"{self.model_id} (not in memory)"
 
     def preprocess(self, image: Image.Image) -> Any:
+        if self.processor is None:  # started lazily: the first image loads the model
+            self.load()
         return preprocess(self.processor, self.dtype, image)
 
     def analyze(self, images: Sequence[Image.Image], pixels: Sequence[Any] | None = None) -> list[TaskResults]:
         inner = self.load()
+        if self.should_stop is not None and self.should_stop():  # loading again took a while
+            raise Interrupted("stopped while loading the model")
         inner.should_stop = self.should_stop
         try:
             return inner.analyze(images, pixels)
@@ -166,13 +180,29 @@ class ResidentAnalyzer:
         return True
 
     def load(self) -> FlorenceAnalyzer:
-        """The model, loaded again first if it was unloaded."""
+        """The model, loaded (again) first if it is not in memory."""
         with self._lock:
             if self._inner is None:
                 started = time.monotonic()
-                self.announce("loading the model again for new files")
-                self._inner = load_bounded(replace(self.config, name=self.model_id, device=self.device), self._load)
-                self._inner.batch_size = self.batch_size  # a size halved on out-of-memory stays halved
+                config = self.config
+                if self.loads:  # again: the model and device the first load settled on, the batch size it reached
+                    self.announce("loading the model again for new files")
+                    config = replace(
+                        config, name=self.model_id, device=self.device, batch_size=config.batch_size or self.batch_size
+                    )
+                inner = self._inner = load_bounded(config, self._load)
+                if self.loads and (inner.model_id, inner.device) != (self.model_id, self.device):
+                    log.warning("%s on %s did not fit this time: now %s on %s", *self._where(), *self._where(inner))
+                self.model_id, self.device, self.dtype = inner.model_id, inner.device, inner.dtype
+                self.processor, self.batch_size = inner.processor, inner.batch_size
                 self.loads += 1
-                log.info("model loaded again for new files in %.1f s", time.monotonic() - started)
+                log.info(
+                    "model %s in %.1f s",
+                    "loaded again for new files" if self.loads > 1 else "loaded",
+                    time.monotonic() - started,
+                )
             return self._inner
+
+    def _where(self, analyzer: Any = None) -> tuple[str, str]:
+        analyzer = analyzer or self
+        return analyzer.model_id, analyzer.device

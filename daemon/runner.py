@@ -39,19 +39,24 @@ log = logging.getLogger(__name__)
 
 @contextmanager
 def open_pipeline(
-    config: Config, analyzer: Analyzer | None = None, tag_threads: int | None = None, role: str = "scan"
+    config: Config,
+    analyzer: Analyzer | None = None,
+    tag_threads: int | None = None,
+    role: str = "scan",
+    lazy: bool = False,
 ) -> Iterator[Pipeline]:
     """Database, model and exiftool, opened in the order that fails fastest.
 
     *analyzer* replaces the Florence-2 model (the load tests use a fast fake);
-    *tag_threads* = 0 writes metadata in the caller's thread.
+    *tag_threads* = 0 writes metadata in the caller's thread; *lazy* loads
+    the model only for the first image (a daemon that starts paused).
     """
     db = Database(database_url(config.index.database))
     # Two exiftool processes let metadata writes use both cores of a small machine.
     writer = MetadataWriter(config.metadata, processes=min(2, os.cpu_count() or 1)) if config.metadata.write else None
     try:
         if analyzer is None:
-            analyzer = ResidentAnalyzer(config.model)
+            analyzer = ResidentAnalyzer(config.model, lazy=lazy)
             log.info("model: %s", analyzer.describe())
         pipeline = Pipeline(config, db, analyzer, writer, tag_threads, role)
         try:
@@ -87,7 +92,8 @@ class Daemon:
         self.wakeup = threading.Event()
         self._embedder: EmbedThread | None = None
         self.pauser = Pauser(config.pause)
-        self.paused: Paused | None = None
+        self.paused: Paused | None = None  # as the main loop last acted on it
+        self.turns = 0  # of the main loop (tests wait on it rather than on the clock)
 
     def request_stop(self, signum: int | None = None, _frame: object = None) -> None:
         if not self.stop_event.is_set():
@@ -110,10 +116,17 @@ class Daemon:
         if self.role == "watch":
             self._watch_only()
         else:
-            with open_pipeline(self.config, self.analyzer, role=self.role) as pipeline, self._embedding(pipeline.db):
+            # A pause outlives a restart: a daemon that starts paused loads no model and writes no file.
+            lazy = self._is_paused()
+            with (
+                open_pipeline(self.config, self.analyzer, role=self.role, lazy=lazy) as pipeline,
+                self._embedding(pipeline.db),
+            ):
                 if isinstance(pipeline.analyzer, ResidentAnalyzer):
                     pipeline.analyzer.announce = self.notifier.status
-                self._check_pause(pipeline)  # a pause outlives a restart: no file written before resume
+                if pipeline.tagger is not None:
+                    pipeline.tagger.paused = self._is_paused
+                self._check_pause(pipeline)
                 pipeline.recover()
                 if self.role == "all":
                     with self._watching(pipeline.db, pipeline.offer):
@@ -156,7 +169,7 @@ class Daemon:
             return
         from .embed import EmbedThread
 
-        self._embedder = EmbedThread(db, self.config.search.embedding_model, lambda: self.paused is not None).start()
+        self._embedder = EmbedThread(db, self.config.search.embedding_model, self._is_paused).start()
         try:
             yield
         finally:
@@ -193,47 +206,54 @@ class Daemon:
         """A STATUS= line for ``systemctl status``, every STATUS_S at most."""
         if time.monotonic() - self._status_at >= STATUS_S:
             self._status_at = time.monotonic()
-            self.notifier.status(status_line(pipeline))
+            self.notifier.status(status_line(pipeline, self.paused))
+
+    def _is_paused(self) -> bool:
+        """What the tagger, the embedding thread and the model ask (the Pauser caches its answer)."""
+        return self.pauser.check() is not None
 
     def _check_pause(self, pipeline: Pipeline) -> bool:
-        """Paused now (by hand or by rule)? On the way in, give back claims, model memory and writes."""
-        paused, self.paused = self.paused, self.pauser.check()
-        if self.paused is not None and paused != self.paused:
-            log.info("%s: watching and queueing, no model run, no file written", self.paused.describe())
-            self.notifier.status(self.paused.describe())
-            pipeline.reset()  # other workers may take the batch this one prepared
-            if pipeline.tagger is not None:
-                pipeline.tagger.held.set()
+        """Paused now (by hand or by rule)? On the way in, give back the model's memory and the claims."""
+        paused = self.pauser.check()
+        if paused is not None and self.paused is None:
+            log.info("%s: watching and queueing, no model run, no file written", paused.describe())
             if isinstance(pipeline.analyzer, ResidentAnalyzer):
-                pipeline.analyzer.unload()  # a game or a call gets the GPU memory back
-        elif self.paused is None and paused is not None:
+                pipeline.analyzer.unload()  # first, and without the index: a game or a call gets the GPU now
+            pipeline.reset()  # other workers may take the batch this one prepared
+        elif paused is None and self.paused is not None:
             log.info("resumed")
-            self._status_at = 0.0
             if pipeline.tagger is not None:
-                pipeline.tagger.held.clear()
                 pipeline.tagger.recover()  # the metadata writes held back meanwhile
-        return self.paused is not None
+        if paused != self.paused:
+            self._status_at = 0.0  # say so now
+        self.paused = paused  # last: an index error above leaves the change to be made again next turn
+        return paused is not None
 
     def _queue(self, offer: Callable[[Iterable[str]], int], paths: list[str]) -> None:
         if offer(paths):
             self.wakeup.set()
 
     def _loop(self, pipeline: Pipeline) -> None:
-        self.notifier.ready(status_line(pipeline))
+        self.notifier.ready(status_line(pipeline, self.paused))
         halt = _Halt(self.stop_event, self.pauser)
         while not self.stop_event.is_set():
+            self.turns += 1
             try:
                 if self._check_pause(pipeline):
+                    self._report(pipeline)
                     self.wakeup.wait(timeout=self._idle_s(1.0))
+                    self.wakeup.clear()  # a file queued meanwhile waits for the resume, not another turn
                     continue
                 self._report(pipeline)
                 if pipeline.process_batch(halt):
                     if self._embedder is not None:
                         self._embedder.wake()
                     continue
+                if self._check_pause(pipeline):  # the batch stopped for a pause: no retried writes now
+                    continue
                 pipeline.idle()
                 if isinstance(pipeline.analyzer, ResidentAnalyzer) and pipeline.analyzer.unload_if_idle():
-                    self.notifier.status(status_line(pipeline))
+                    self.notifier.status(status_line(pipeline, self.paused))
             except DatabaseError as exc:
                 if not unreachable(exc):
                     raise
@@ -246,7 +266,10 @@ class Daemon:
 
 
 class _Halt(threading.Event):
-    """Stop the batch in hand: on shutdown, or as a pause begins (the model looks between decoding steps)."""
+    """Stop the batch in hand: on shutdown, or as a pause begins (the model looks between decoding steps).
+
+    An Event only for ``process_batch``'s sake: it is read, never set or waited on.
+    """
 
     def __init__(self, stop: threading.Event, pauser: Pauser) -> None:
         super().__init__()
@@ -270,8 +293,10 @@ def wait_for_index(config: Config, stop: threading.Event) -> bool:
                 return False
 
 
-def status_line(pipeline: Pipeline) -> str:
-    """For systemd's STATUS=: "idle, 12,345 indexed" or "indexing: 37 queued, 4.1 images/s"."""
+def status_line(pipeline: Pipeline, paused: Paused | None = None) -> str:
+    """For systemd's STATUS=: "idle, 12,345 indexed", "indexing: 37 queued, 4.1 images/s", "paused until 18:00"."""
+    if paused is not None:
+        return paused.describe()
     queued = pipeline.pending()
     if queued:
         return f"indexing: {queued:,} queued, {pipeline.heartbeat.rate:.1f} images/s"

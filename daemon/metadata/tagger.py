@@ -187,8 +187,8 @@ class Tagger:
         self._queue: queue.Queue[int | TagRequest | None] = queue.Queue(maxsize=64)
         self._busy_paths: set[str] = set()
         self._busy = threading.Condition()
-        # Set while the daemon is paused: nothing is written; the files stay pending in the index.
-        self.held = threading.Event()
+        # Asked before each file: while the daemon is paused nothing is written (the files stay pending).
+        self.paused: Callable[[], bool] = lambda: False
         count = writer.processes if threads is None else threads
         self._threads = [threading.Thread(target=self._work, name=f"tag{i}", daemon=True) for i in range(count)]
         for t in self._threads:
@@ -267,9 +267,10 @@ class Tagger:
 
         Files another worker is writing right now, or any file while paused, are left pending for later.
         """
-        if self.held.is_set():
-            return 0
         requests = self._requests(items)
+        if self.paused():
+            self._postpone(requests)
+            return 0
         with self._claimed({r.path for r in requests}):
             mine = {r.file_id for r in requests if r.claimed}
             if len(mine) < len(requests):
@@ -281,7 +282,17 @@ class Tagger:
             with self.db.transaction(write=True) as s:
                 record(s, done, self.paths.indexed)
                 index.release_tags(s, list(mine), self.owner)
+            if len(done) < len(requests) and self.paused():  # a pause began mid-group
+                written = {w.request.file_id for w in done}
+                self._postpone([r for r in requests if r.file_id not in written])
         return sum(w.outcome is not None for w in done)
+
+    def _postpone(self, requests: list[TagRequest]) -> None:
+        """Paused: these files are left pending, unclaimed, for whichever worker writes after the pause."""
+        with self.db.transaction(write=True) as s:
+            ids = [r.file_id for r in requests]
+            index.mark_tag_pending(s, ids)
+            index.release_tags(s, ids, self.owner)
 
     def _write(self, requests: list[TagRequest]) -> list[Written]:
         targets = [_target(self.writer, r) for r in requests]
@@ -290,6 +301,8 @@ class Tagger:
         temps = TempFiles()
         done: list[Written] = []
         for r, t in zip(requests, targets, strict=True):
+            if self.paused():  # the person wants their computer now: the rest of the group waits
+                break
             now_, read_at = (current.get(t), stats.get(t)) if t is not None else (None, None)
             w = write_one(self.writer, r, current=now_, read_at=read_at, temps=temps)
             if w is not None:
