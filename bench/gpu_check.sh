@@ -5,7 +5,7 @@
 # in one process, then one table (docs/performance.md). Expects transformers'
 # pinned wheel in .whl/ (the machine has an older one) and the shared files
 # in $FLORENCE_WATCH_SHARED (default .device/shared).
-# Output: $OUT (or ./gpu-out)/variants.json, lengths.json, agreement.json and their logs.
+# Output: $OUT (or ./gpu-out)/variants.json, lengths.json, agreement.json, unload.json and their logs.
 #
 # Its Python parts on a CPU, small (a couple of minutes on 2 cores):
 #   PYTHON=.venv/bin/python DEVICE=cpu ARCH=base IMAGES=2 NAIVE=1 TOKENS=2 LENGTHS=1,2,2,4 \
@@ -42,6 +42,13 @@ timeout 60 "$py" bench/throughput.py --agreement --device "$device" --engines "$
   --json >"$out/agreement.json" 2>"$out/agreement.log"
 echo "agreement: rc=$? after $((SECONDS - start)) s"
 cat "$out/agreement.json"
+
+# 4. Idle unload (issue 14): reserved memory after the model leaves, and the time to load it again,
+#    Florence-2-base under a 6 GiB bound (the batch sized to it).
+timeout 60 "$py" bench/unload.py --arch base --device "$device" --max-gpu-memory 6GiB --images 4 \
+  --json >"$out/unload.json" 2>"$out/unload.log"
+echo "unload: rc=$? after $((SECONDS - start)) s"
+cat "$out/unload.json"
 
 echo
 [ -s "$out/lengths.json" ] && "$py" bench/throughput.py --table "$out/lengths.json" && echo
