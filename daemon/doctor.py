@@ -20,12 +20,13 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .config import Config, database_url
+from .watch import walk_folders
 
 log = logging.getLogger(__name__)
 
@@ -327,25 +328,11 @@ def _count_folders(roots: list[Path], recursive: bool, follow_symlinks: bool, st
         if not recursive:
             count += 1
             continue
-        for _ in _walk_folders(root, follow_symlinks):
+        for _ in walk_folders(root, follow_symlinks):
             count += 1
             if count > stop_after:
                 return count
     return count
-
-
-def _walk_folders(root: Path, follow_symlinks: bool) -> Iterator[str]:
-    seen: set[tuple[int, int]] = set()
-    for dirpath, dirnames, _files in os.walk(root, followlinks=follow_symlinks):
-        try:
-            st = os.stat(dirpath)
-        except OSError:
-            continue
-        if (st.st_dev, st.st_ino) in seen:  # a symlink loop
-            dirnames[:] = []
-            continue
-        seen.add((st.st_dev, st.st_ino))
-        yield dirpath
 
 
 def check_folders(ctx: Context) -> list[Check]:

@@ -52,6 +52,21 @@ def _identity(folder: Path) -> tuple[int, int] | None:
     return (st.st_dev, st.st_ino)
 
 
+def walk_folders(root: Path, follow_symlinks: bool = False) -> Iterator[tuple[str, list[str], list[str]]]:
+    """``os.walk`` that enters each folder once: a symlink loop ends there (the caller may prune *dirnames*)."""
+    seen: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=follow_symlinks):
+        try:
+            st = os.stat(dirpath)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        yield dirpath, dirnames, filenames
+
+
 def walk_candidates(root: Path, follow_symlinks: bool = False) -> Iterator[str]:
     """Every image file under *root* (or *root* itself), skipping hidden folders."""
     if not follow_symlinks and root.is_symlink():
@@ -60,16 +75,7 @@ def walk_candidates(root: Path, follow_symlinks: bool = False) -> Iterator[str]:
         if is_candidate(root):
             yield str(root)
         return
-    seen: set[tuple[int, int]] = set()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=follow_symlinks):
-        try:
-            st = os.stat(dirpath)
-        except OSError:
-            continue
-        if (st.st_dev, st.st_ino) in seen:  # a symlink loop
-            dirnames[:] = []
-            continue
-        seen.add((st.st_dev, st.st_ino))
+    for dirpath, dirnames, filenames in walk_folders(root, follow_symlinks):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             path = os.path.join(dirpath, name)
