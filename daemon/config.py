@@ -20,12 +20,17 @@ from .tasks import DEFAULT_TASKS, default_max_new_tokens, inputless
 CONFIG_ENV = "FLORENCE_WATCH_CONFIG"
 
 
-def xdg_data_home() -> Path:
-    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+# The XDG base directories: $XDG_*_HOME, else their default under the home folder.
+XDG_DEFAULTS = {"DATA": ".local/share", "STATE": ".local/state", "CACHE": ".cache", "CONFIG": ".config"}
+
+
+def xdg_home(kind: str) -> Path:
+    """``xdg_home("DATA")``: $XDG_DATA_HOME, else ~/.local/share (likewise STATE, CACHE, CONFIG)."""
+    return Path(os.environ.get(f"XDG_{kind}_HOME") or Path.home() / XDG_DEFAULTS[kind])
 
 
 def default_database() -> str:
-    return str(xdg_data_home() / "florence-watch" / "index.db")
+    return str(xdg_home("DATA") / "florence-watch" / "index.db")
 
 
 @dataclass(frozen=True)
@@ -106,8 +111,7 @@ class MetadataConfig:
 
 
 def default_thumbnails() -> str:
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return str(cache / "florence-watch" / "thumbnails")
+    return str(xdg_home("CACHE") / "florence-watch" / "thumbnails")
 
 
 @dataclass(frozen=True)
@@ -187,8 +191,7 @@ def find_config_file(explicit: str | None) -> Path | None:
         return Path(explicit)
     if os.environ.get(CONFIG_ENV):
         return Path(os.environ[CONFIG_ENV])
-    xdg = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
-    candidate = xdg / "florence-watch" / "config.toml"
+    candidate = xdg_home("CONFIG") / "florence-watch" / "config.toml"
     return candidate if candidate.exists() else None
 
 

@@ -249,11 +249,9 @@ def check_embedding_model(ctx: Context) -> Check:
 
 def _device(device: str) -> str:
     """model.device as ``run`` resolves it, without failing on a missing GPU (check_cuda says that)."""
-    if device != "auto":
-        return device
-    import torch
+    from .analyze import resolve_device
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return resolve_device(device) if device == "auto" else device
 
 
 def _locate(name: str) -> tuple[str | None, str]:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import PauseConfig
+from .config import PauseConfig, xdg_home
 from .errors import FlorenceWatchError
 
 log = logging.getLogger(__name__)
@@ -35,8 +35,7 @@ GPU_HYSTERESIS = 0.8
 
 
 def state_file() -> Path:
-    base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
-    return base / "florence-watch" / "pause.json"
+    return xdg_home("STATE") / "florence-watch" / "pause.json"
 
 
 @dataclass(frozen=True)
@@ -57,6 +56,9 @@ class Paused:
         return "paused until " + time.strftime(fmt, time.localtime(self.until))
 
 
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([dhms])")
+
+
 def parse_duration(text: str) -> float:
     """ "2h", "90m", "1h30m", "45s", "1d" -> seconds; a bare number is minutes."""
     units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
@@ -64,8 +66,8 @@ def parse_duration(text: str) -> float:
     if re.fullmatch(r"\d+(\.\d+)?", text):
         seconds = float(text) * 60
     else:
-        parts = re.findall(r"(\d+(?:\.\d+)?)\s*([dhms])", text)
-        if not parts or re.sub(r"(\d+(?:\.\d+)?)\s*([dhms])", "", text).strip():
+        parts = _DURATION_PART.findall(text)
+        if not parts or _DURATION_PART.sub("", text).strip():
             raise FlorenceWatchError(f"{text!r} is not a duration: write it as 2h, 30m, 1h30m or 45s")
         seconds = sum(float(n) * units[u] for n, u in parts)
     if seconds <= 0:
@@ -96,7 +98,7 @@ def resume(path: Path | None = None) -> bool:
 
 
 def by_hand(path: Path | None = None, now: float | None = None) -> Paused | None:
-    """The pause by hand in force, if any (one that has run out is removed)."""
+    """The pause by hand in force, if any (one that has run out is none)."""
     path = path or state_file()
     now = time.time() if now is None else now
     try:

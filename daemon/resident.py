@@ -192,7 +192,13 @@ class ResidentAnalyzer:
                     )
                 inner = self._inner = load_bounded(config, self._load)
                 if self.loads and (inner.model_id, inner.device) != (self.model_id, self.device):
-                    log.warning("%s on %s did not fit this time: now %s on %s", *self._where(), *self._where(inner))
+                    log.warning(
+                        "%s on %s did not fit this time: now %s on %s",
+                        self.model_id,
+                        self.device,
+                        inner.model_id,
+                        inner.device,
+                    )
                 self.model_id, self.device, self.dtype = inner.model_id, inner.device, inner.dtype
                 self.processor, self.batch_size = inner.processor, inner.batch_size
                 self.loads += 1
@@ -202,7 +208,3 @@ class ResidentAnalyzer:
                     time.monotonic() - started,
                 )
             return self._inner
-
-    def _where(self, analyzer: Any = None) -> tuple[str, str]:
-        analyzer = analyzer or self
-        return analyzer.model_id, analyzer.device

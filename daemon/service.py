@@ -15,6 +15,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from .config import xdg_home
 from .errors import FlorenceWatchError
 
 UNIT_NAME = "florence-watch.service"
@@ -82,8 +83,7 @@ def unit_name(role: str = "all") -> str:
 
 
 def user_unit_dir() -> Path:
-    xdg = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(xdg) / "systemd" / "user"
+    return xdg_home("CONFIG") / "systemd" / "user"
 
 
 def current_exec_start(config_path: str | None) -> str:

@@ -56,14 +56,13 @@ def walk_folders(root: Path, follow_symlinks: bool = False) -> Iterator[tuple[st
     """``os.walk`` that enters each folder once: a symlink loop ends there (the caller may prune *dirnames*)."""
     seen: set[tuple[int, int]] = set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=follow_symlinks):
-        try:
-            st = os.stat(dirpath)
-        except OSError:
+        ident = _identity(Path(dirpath))
+        if ident is None:
             continue
-        if (st.st_dev, st.st_ino) in seen:
+        if ident in seen:  # a symlink loop
             dirnames[:] = []
             continue
-        seen.add((st.st_dev, st.st_ino))
+        seen.add(ident)
         yield dirpath, dirnames, filenames
 
 
