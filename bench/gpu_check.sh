@@ -37,7 +37,7 @@ timeout 75 "${bench[@]}" --naive-images 1 --task-tokens "$lengths" --engines tas
 echo "lengths: rc=$? after $((SECONDS - start)) s"
 
 # 3. Token agreement on this device (tiny model): each variant against today's engine, today's against
-#    the naive loop, at batch 1 and 3, float32 and float16 (on a CPU all agree: tests/test_engine.py).
+#    the naive loop, at batch 1 and 3, float32 and float16 (on a CPU all agree: tests/model/test_engine.py).
 timeout 60 "$py" bench/throughput.py --agreement --device "$device" --engines "${AGREE:-folded,folded+static}" \
   --json >"$out/agreement.json" 2>"$out/agreement.log"
 echo "agreement: rc=$? after $((SECONDS - start)) s"

@@ -79,8 +79,8 @@ def key_costs(files: dict[str, Path], repeat: int) -> list[dict[str, Any]]:
 def model_run_seconds(tokens: int) -> float:
     """One image, the default four tasks, the engine on a random-weight Florence-2-base (fp32, CPU)."""
     from bench.throughput import random_florence
-    from daemon.analyze import FlorenceAnalyzer
     from daemon.config import ModelConfig
+    from daemon.model.analyze import FlorenceAnalyzer
     from daemon.tasks import DEFAULT_TASKS
 
     config = ModelConfig(

@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sqlalchemy import insert, text
 
-from daemon.db import Database, Document, File, Image
-from daemon.search import Query, parse, search
+from daemon.index.db import Database, Document, File, Image
+from daemon.index.search import Query, parse, search
 
 COMMON = ["a", "the", "of", "with", "on", "in", "photo", "picture", "image", "view"]
 NOUNS = [
@@ -177,8 +177,9 @@ def meaning_bench(url: str, n: int, limit: int) -> None:
     import numpy as np
 
     from daemon.config import SearchConfig
-    from daemon.embed import Embedder, store
-    from daemon.meaning import Meaning, hybrid_search
+    from daemon.index.meaning import Meaning, hybrid_search
+    from daemon.index.vectors import store
+    from daemon.model.embed import Embedder
     from daemon.testing.helpers import minilm_folder
 
     folder = str(minilm_folder())
@@ -198,7 +199,7 @@ def meaning_bench(url: str, n: int, limit: int) -> None:
     t = time.perf_counter()
     embedder.embed(captions)
     print(f"embedding at index time: {len(captions) / (time.perf_counter() - t):.0f} captions/s (batch 64, CPU)")
-    meaning = Meaning(SearchConfig(embedding_model=folder))
+    meaning = Meaning(SearchConfig(embedding_model=folder), Embedder)
     print(f"{'hybrid query':<36} {'hits':>5} {'cold ms':>8} {'warm ms':>8}")
     for words in ("puppy on a couch", "label:dog seaside", "automobile -tree"):
         times = []

@@ -5,7 +5,7 @@ All run in one process, on the same images and the same weights:
 * naive: for each image, for each task, one ``generate`` with pixels at
   batch size 1, exactly as Florence-2 guides write it (the vision tower runs
   once per task);
-* each engine variant (``model.engine``, daemon/engine.py): the daemon's
+* each engine variant (``model.engine``, daemon/model/engine.py): the daemon's
   ``FlorenceAnalyzer.analyze`` on batches of images, vision features once
   per image, the task prompts one ``generate`` per task (``tasks``, the
   engine before issue 15) or folded, with or without the static cache
@@ -42,10 +42,15 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from daemon.analyze import FlorenceAnalyzer, naive_generate  # noqa: E402
-from daemon.config import ModelConfig  # noqa: E402
-from daemon.engine import CPU_DEFAULT, CUDA_DEFAULT, parse_engine  # noqa: E402
+from daemon.config import (  # noqa: E402
+    CPU_DEFAULT,
+    CUDA_DEFAULT,
+    ModelConfig,
+    parse_engine,
+)
 from daemon.imaging import decode  # noqa: E402
+from daemon.model.analyze import FlorenceAnalyzer  # noqa: E402
+from daemon.model.ask import naive_generate  # noqa: E402
 from daemon.tasks import DEFAULT_TASKS  # noqa: E402
 
 SHARED = Path(os.environ.get("FLORENCE_WATCH_SHARED", REPO.parent / "shared"))
@@ -194,7 +199,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.model:
         analyzer = FlorenceAnalyzer(config)
     else:
-        from daemon.analyze import resolve_device, resolve_dtype
+        from daemon.model.analyze import resolve_device, resolve_dtype
 
         device = resolve_device(args.device)
         loaded = random_florence(args.arch, Path(args.files), device, resolve_dtype(args.dtype, device))
@@ -345,8 +350,8 @@ def variant(
 
     import torch
 
-    from daemon.analyze import uncompile_vision_tower
-    from daemon.engine import bucket
+    from daemon.model.analyze import uncompile_vision_tower
+    from daemon.model.engine import bucket
 
     engine = None
     try:
@@ -433,14 +438,14 @@ def copy_times(pixels: list[Any], device: str) -> dict[str, float]:
 def agreement(device: str, engines: list[str]) -> dict[str, Any]:
     """On the tiny Florence-2: of the (image, task) outputs, how many each variant shares token for
     token with today's engine (at batch 1 and batch 3), and today's engine with the naive loop
-    (batch 1), in float32 and, on CUDA, float16. On a CPU all agree (tests/test_engine.py); on CUDA
+    (batch 1), in float32 and, on CUDA, float16. On a CPU all agree (tests/model/test_engine.py); on CUDA
     batched and compiled kernels round differently, which flips near-ties of random weights."""
     import dataclasses
     import tempfile
 
     import torch
 
-    from daemon.analyze import uncompile_vision_tower
+    from daemon.model.analyze import uncompile_vision_tower
     from daemon.testing.tiny_florence import build_tiny_florence
 
     def same(got: list[list[int]], want: list[list[int]]) -> str:
@@ -564,7 +569,7 @@ def main(argv: list[str] | None = None) -> int:
         print(table(json.loads(Path(args.table).read_text(encoding="utf-8"))))
         return 0
     if args.agreement:
-        from daemon.analyze import resolve_device
+        from daemon.model.analyze import resolve_device
 
         engines = [e for e in args.engines.split(",") if e] or ["folded", "tasks+static", "folded+static"]
         found = agreement(resolve_device(args.device), engines)

@@ -25,10 +25,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.throughput import IMAGES, SHARED, random_florence  # noqa: E402
-from daemon.analyze import resolve_device, resolve_dtype  # noqa: E402
 from daemon.config import ModelConfig  # noqa: E402
 from daemon.imaging import decode  # noqa: E402
-from daemon.resident import ResidentAnalyzer  # noqa: E402
+from daemon.model.analyze import resolve_device, resolve_dtype  # noqa: E402
+from daemon.model.resident import ResidentAnalyzer  # noqa: E402
 
 MIB = 1 << 20
 

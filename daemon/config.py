@@ -13,9 +13,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from .engine import parse_engine
-from .errors import ConfigError
-from .tasks import DEFAULT_TASKS, default_max_new_tokens, inputless
+from daemon.errors import ConfigError
+from daemon.tasks import DEFAULT_TASKS, default_max_new_tokens, inputless
 
 CONFIG_ENV = "FLORENCE_WATCH_CONFIG"
 
@@ -55,7 +54,7 @@ class ModelConfig:
     idle_unload_seconds: float = 300.0
     # "6GiB": the most GPU memory the model and its batches may take (cards of 4-8 GB); "": no bound.
     max_gpu_memory: str = ""
-    # How prompts become generate calls: auto | tasks | folded, +static, +vision (daemon/engine.py).
+    # How prompts become generate calls: auto | tasks | folded, +static, +vision (daemon/model/engine.py).
     engine: str = "auto"
 
     def __post_init__(self) -> None:
@@ -360,3 +359,43 @@ def _validate(section: str, obj: Any, source: str) -> None:
             raise ConfigError(source, "metadata.sidecar", f"must be auto, always or never, not {obj.sidecar!r}")
         if not 16 <= obj.alt_text_max <= 250:
             raise ConfigError(source, "metadata.alt_text_max", "must be between 16 and 250")
+
+
+# --- model.engine: the variants' names (daemon/model/engine.py does the work) ---
+
+BASES = ("tasks", "folded")
+EXTRAS = ("static", "vision")
+CPU_DEFAULT = "tasks"
+CUDA_DEFAULT = "folded+static"
+
+
+@dataclass(frozen=True)
+class Engine:
+    """One engine variant: how tasks are grouped and what is compiled."""
+
+    fold: bool = False
+    static: bool = False
+    compile_vision: bool = False
+
+    @property
+    def name(self) -> str:
+        extras = [e for e, on in (("static", self.static), ("vision", self.compile_vision)) if on]
+        return "+".join(["folded" if self.fold else "tasks", *extras])
+
+
+def parse_engine(name: str) -> Engine:
+    """``tasks``, ``folded``, either with ``+static`` and/or ``+vision``; ValueError otherwise."""
+    base, *extras = [part.strip() for part in name.split("+")]
+    if base not in BASES or any(e not in EXTRAS for e in extras) or len(set(extras)) != len(extras):
+        raise ValueError(
+            f'must be "auto" or one of {" or ".join(BASES)}, optionally with +static and/or +vision '
+            f'(e.g. "folded+static"), not {name!r}'
+        )
+    return Engine(fold=base == "folded", static="static" in extras, compile_vision="vision" in extras)
+
+
+def resolve_engine(name: str, device: str) -> Engine:
+    """The engine *name* selects on *device* (``auto``: the default for that device)."""
+    if name == "auto":
+        name = CUDA_DEFAULT if device.startswith("cuda") else CPU_DEFAULT
+    return parse_engine(name)

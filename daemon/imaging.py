@@ -16,8 +16,8 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageError
-from .files import is_raw
+from daemon.errors import ImageError
+from daemon.files import is_raw
 
 try:  # HEIC/HEIF (iPhone photos); Pillow reads AVIF itself
     from pillow_heif import register_heif_opener

@@ -11,12 +11,12 @@ image; ``ask`` and ``find`` run any task once, with the text or region it takes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from .errors import FlorenceWatchError
+from daemon.errors import FlorenceWatchError
 
 if TYPE_CHECKING:
-    from PIL import Image
+    pass
 
 
 @dataclass(frozen=True)
@@ -136,42 +136,3 @@ def check_input(
                 f"--box {x1:g},{y1:g},{x2:g},{y2:g} is not a region of this {w}x{h} image "
                 "(need 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height)"
             )
-
-
-def region_tokens(box: tuple[float, float, float, float], size: tuple[int, int], processor: Any) -> str:
-    """The box as Florence's ``<loc_N>`` bins, quantised exactly as its processor does."""
-    import torch
-
-    bins = processor.post_processor.quantize(torch.tensor([box], dtype=torch.float32), size)
-    return "".join(f"<loc_{int(v)}>" for v in bins[0].tolist())
-
-
-def prompt_for(
-    task: Task,
-    image: Image.Image,
-    processor: Any,
-    text: str | None = None,
-    box: tuple[float, float, float, float] | None = None,
-) -> str:
-    """The task token followed by its input, as Florence2Processor expects it."""
-    check_input(task, image.size, text, box)
-    if task.takes == "text":
-        return task.token + (text or "").strip()
-    if task.takes == "region":
-        assert box is not None
-        return task.token + region_tokens(box, image.size, processor)
-    return task.token
-
-
-def ask(
-    analyzer: Any,
-    image: Image.Image,
-    task: Task,
-    text: str | None = None,
-    box: tuple[float, float, float, float] | None = None,
-) -> Any:
-    """Run one task on one image with the analyzer's model; the parsed result."""
-    from .analyze import naive_generate
-
-    prompt = prompt_for(task, image, analyzer.processor, text, box)
-    return naive_generate(analyzer, image, task.token, prompt=prompt)

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from daemon.analyze import Analyzer
 from daemon.config import Config
-from daemon.pipeline import Pipeline
-from daemon.runner import open_pipeline
+from daemon.model.analyze import Analyzer
+from daemon.service.pipeline import Pipeline
+from daemon.service.runner import open_pipeline
 from daemon.testing import helpers
 from daemon.testing.helpers import CORPUS, FakeAnalyzer, PipelineFactory
 from daemon.testing.postgres import Cluster

@@ -11,13 +11,13 @@ from PIL import Image
 
 from daemon import tasks
 from daemon.config import parse_config
-from daemon.db import File
 from daemon.errors import ConfigError, FlorenceWatchError
-from daemon.export import check_task
+from daemon.index.db import File
+from daemon.index.export import check_task
 from daemon.results import TaskResults
-from daemon.serve import WebApp
 from daemon.tasks import Task, task_named
 from daemon.testing.helpers import FakeAnalyzer, PipelineFactory, make_config
+from daemon.web.serve import WebApp
 
 NEW = Task("<NEW_TASK>", "", ("new-task",), "regions of a task added in one place", 128, "newlayer")
 SVG = "{http://www.w3.org/2000/svg}"

@@ -16,10 +16,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..config import MetadataConfig
-from ..errors import MetadataError
-from ..files import SIDECAR_ONLY_EXTENSIONS, extension
-from .plan import LIST_KEYS, READ_KEYS, Decisions, Outcome, Target, Wanted, plan
+from daemon.config import MetadataConfig
+from daemon.errors import MetadataError
+from daemon.files import SIDECAR_ONLY_EXTENSIONS, extension
+from daemon.metadata.plan import LIST_KEYS, READ_KEYS, Decisions, Outcome, Target, Wanted, plan
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import MetadataConfig
-from ..files import EXIF_EXTENSIONS, IIM_EXTENSIONS
+from daemon.config import MetadataConfig
+from daemon.files import EXIF_EXTENSIONS, IIM_EXTENSIONS
 
 Tag = tuple[str, str]  # the name exiftool writes -> the key exiftool -G1 reads it back under
 

@@ -26,15 +26,15 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from .. import index, jobs
-from ..config import IndexConfig
-from ..db import Database, File, now
-from ..errors import DatabaseError, ImageError, MetadataError
-from ..files import TempFiles, is_under
-from ..imaging import Fingerprint, sha256_file
-from ..results import Summary
-from .exiftool import MetadataWriter, Stat, stat_of
-from .plan import Decisions, Outcome
+from daemon.config import IndexConfig
+from daemon.errors import DatabaseError, ImageError, MetadataError
+from daemon.files import TempFiles, is_under
+from daemon.imaging import Fingerprint, sha256_file
+from daemon.index import jobs, records
+from daemon.index.db import Database, File, now
+from daemon.metadata.exiftool import MetadataWriter, Stat, stat_of
+from daemon.metadata.plan import Decisions, Outcome
+from daemon.results import Summary
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +51,11 @@ class TagRequest:
     path: str
     recorded: tuple[int | None, int | None, int | None]  # the fingerprint we read the file at
     fields: dict[str, Any]  # MetadataWriter.write's keyword arguments
-    claimed: bool = False  # the file's write claim was taken with the results (index.claim_tags)
+    claimed: bool = False  # the file's write claim was taken with the results (records.claim_tags)
 
 
 def tag_request(
-    f: File, summary: Summary, decided: index.Decided | None, local: Callable[[str], str] = str
+    f: File, summary: Summary, decided: records.Decided | None, local: Callable[[str], str] = str
 ) -> TagRequest:
     """What *f* should carry: its image's summary, less the person's decisions about the image.
 
@@ -85,7 +85,9 @@ def load_tag_request(
     f = session.get(File, file_id)
     if f is None or f.image_id is None:
         return None
-    return tag_request(f, index.summary_for_file(session, f, model), index.decisions_for(session, f.image_id), local)
+    return tag_request(
+        f, records.summary_for_file(session, f, model), records.decisions_for(session, f.image_id), local
+    )
 
 
 @dataclass
@@ -155,15 +157,15 @@ def record(session: Session, done: list[Written], indexed: Callable[[str], str] 
     """Record what was written (or why not) for each file; targets in the index's form (*indexed*)."""
     for w in done:
         if w.outcome is None:
-            index.record_tag_failure(session, w.request.file_id, w.reason)
+            records.record_tag_failure(session, w.request.file_id, w.reason)
         elif w.fp is not None:
             target = indexed(w.outcome.target)
-            index.record_tag(
+            records.record_tag(
                 session, w.request.file_id, written=w.outcome.written, target=target, sha256=w.sha256, fp=w.fp
             )
             if w.outcome.decisions != w.request.fields["decided"]:
                 log.info("%s: a person's decision recorded: not %s", w.request.path, _describe(w.outcome.decisions))
-                index.record_decisions(
+                records.record_decisions(
                     session, w.request.image_id, w.outcome.decisions.keywords, w.outcome.decisions.fields
                 )
 
@@ -205,7 +207,7 @@ class Tagger:
         """Read these sidecars of ours again (a photo tool edited them): a removal there is a decision."""
         if sidecars:
             with self.db.transaction() as s:
-                owners = index.files_tagged_in(s, sidecars)
+                owners = records.files_tagged_in(s, sidecars)
             for file_id in owners:
                 self.submit(file_id)
 
@@ -276,12 +278,12 @@ class Tagger:
             if len(mine) < len(requests):
                 with self.db.transaction(write=True) as s:
                     unclaimed = [r.file_id for r in requests if not r.claimed]
-                    mine |= index.claim_tags(s, unclaimed, self.owner, self.paths.lease_seconds)
+                    mine |= records.claim_tags(s, unclaimed, self.owner, self.paths.lease_seconds)
             requests = [r for r in requests if r.file_id in mine]
             done = self._write(requests)
             with self.db.transaction(write=True) as s:
                 record(s, done, self.paths.indexed)
-                index.release_tags(s, list(mine), self.owner)
+                records.release_tags(s, list(mine), self.owner)
             if len(done) < len(requests) and self.paused():  # a pause began mid-group
                 written = {w.request.file_id for w in done}
                 self._postpone([r for r in requests if r.file_id not in written])
@@ -291,8 +293,8 @@ class Tagger:
         """Paused: these files are left pending, unclaimed, for whichever worker writes after the pause."""
         with self.db.transaction(write=True) as s:
             ids = [r.file_id for r in requests]
-            index.mark_tag_pending(s, ids)
-            index.release_tags(s, ids, self.owner)
+            records.mark_tag_pending(s, ids)
+            records.release_tags(s, ids, self.owner)
 
     def _write(self, requests: list[TagRequest]) -> list[Written]:
         targets = [_target(self.writer, r) for r in requests]

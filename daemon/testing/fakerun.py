@@ -20,10 +20,10 @@ from typing import Any
 
 from PIL import Image
 
-from ..config import load_config
-from ..results import TaskResults
-from ..runner import Daemon
-from .helpers import FakeAnalyzer
+from daemon.config import load_config
+from daemon.results import TaskResults
+from daemon.service.runner import Daemon
+from daemon.testing.helpers import FakeAnalyzer
 
 
 class CostlyFake(FakeAnalyzer):

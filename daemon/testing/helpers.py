@@ -23,13 +23,13 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from .. import index
-from ..config import Config, database_url, parse_config
-from ..db import Database
-from ..results import TaskResults
+from daemon.config import Config, database_url, parse_config
+from daemon.index import records
+from daemon.index.db import Database
+from daemon.results import TaskResults
 
 if TYPE_CHECKING:
-    from ..pipeline import Pipeline
+    from daemon.service.pipeline import Pipeline
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("FLORENCE_WATCH_SHARED", REPO.parent / "shared"))
@@ -185,7 +185,7 @@ class RunningDaemon:
     """The real daemon (watchdog, queue, exiftool) in a thread of the test, with a fake model."""
 
     def __init__(self, config: Config, analyzer: FakeAnalyzer | None = None) -> None:
-        from ..runner import Daemon
+        from daemon.service.runner import Daemon
 
         self.analyzer = analyzer or FakeAnalyzer()
         self.daemon = Daemon(config, analyzer=self.analyzer)
@@ -209,7 +209,7 @@ class RunningDaemon:
 
     def status(self) -> dict[str, Any]:
         with self.db.transaction() as s:
-            return index.status(s)
+            return records.status(s)
 
     def settled(self, total: int, timeout: float = 60, interval: float = 0.1) -> dict[str, Any]:
         """Wait until *total* files are indexed or failed and nothing is pending."""
