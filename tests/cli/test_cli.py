@@ -84,7 +84,7 @@ def test_search_and_ask_help_show_their_tables_line_by_line(
 
 
 def test_progress_bar_is_tqdm_on_a_terminal_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    with cli._progress() as progress:  # stderr is captured here: not a terminal
+    with cli.base.progress_bar() as progress:  # stderr is captured here: not a terminal
         assert progress is None
 
     class Terminal(io.StringIO):
@@ -93,7 +93,7 @@ def test_progress_bar_is_tqdm_on_a_terminal_only(monkeypatch: pytest.MonkeyPatch
 
     err = Terminal()
     monkeypatch.setattr(sys, "stderr", err)
-    with cli._progress() as progress:
+    with cli.base.progress_bar() as progress:
         assert progress is not None
         progress(2, 4)
         progress(5, 5)  # the queue grew while it drained
