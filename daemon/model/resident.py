@@ -10,6 +10,7 @@ back to Florence-2-base, then to the CPU, and says so in the log.
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import logging
 import threading
@@ -177,6 +178,7 @@ class ResidentAnalyzer:
             torch._dynamo.reset()
             gc.collect()
             torch.cuda.empty_cache()  # PyTorch's cache would otherwise keep the memory from other programs
+        _trim_heap()
         return True
 
     def load(self) -> FlorenceAnalyzer:
@@ -208,3 +210,11 @@ class ResidentAnalyzer:
                     time.monotonic() - started,
                 )
             return self._inner
+
+
+def _trim_heap() -> None:
+    """Hand freed heap pages back to the system (glibc keeps them for reuse: the process would not shrink)."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (musl, macOS): their free() returns what it can
+        pass
