@@ -16,6 +16,8 @@ TaskResults = dict[str, Any]
 _SPECIAL = re.compile(r"</?[a-z_]+(?:_\d+)?>|<?loc_\d+>")  # the parser can leave "loc_N>" halves
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ufffd]")
 _SPACES = re.compile(r"\s+")
+# Where a search snippet's match starts and ends (control characters no caption contains: clean_text removes them).
+MARK_START, MARK_END = "\x02", "\x03"
 
 
 def clean_text(text: str) -> str:
@@ -71,3 +73,8 @@ def _first_text(results: TaskResults, tasks: tuple[str, ...]) -> str:
         if isinstance(value, str) and value:
             return value
     return ""
+
+
+def marked(snippet: str, start: str = "[", end: str = "]") -> str:
+    """A search snippet with its matches between *start* and *end* (bold on a terminal, brackets elsewhere)."""
+    return snippet.replace(MARK_START, start).replace(MARK_END, end)

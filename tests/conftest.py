@@ -7,6 +7,8 @@ live in ``daemon.testing.helpers``.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -101,6 +103,18 @@ def open_test_pipeline() -> Iterator[PipelineFactory]:
 def own_state_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test its own $XDG_STATE_HOME: a pause one test leaves (pause.json) must not pause the next."""
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+
+
+@pytest.fixture(autouse=True)
+def own_runtime_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Each test its own $XDG_RUNTIME_DIR: a daemon one test starts must not answer another's queries.
+
+    Short, under /tmp: a Unix socket's path may not pass 107 bytes, and pytest's tmp_path can.
+    """
+    runtime = Path(tempfile.mkdtemp(prefix="fw-run-"))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    yield runtime
+    shutil.rmtree(runtime, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

@@ -6,14 +6,14 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from daemon.cli.base import command, open_db, print_json
+from daemon.cli.base import absolute, add_local_option, answer, command, print_json
 from daemon.config import Config
 from daemon.errors import FlorenceWatchError
 
-if TYPE_CHECKING:
-    from daemon.service.find import Found
+# Loading Florence-2 and running it on the CPU can take minutes; a daemon that takes longer is stuck.
+MODEL_TIMEOUT_S = 600.0
 
 
 def _task_table() -> str:
@@ -38,6 +38,7 @@ def _ask_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--box", metavar="X1,Y1,X2,Y2", help="the region a region task takes, in pixels")
     p.add_argument("--json", action="store_true", help="print JSON: {image, task, text, box, result}")
     p.add_argument("--draw", metavar="OUT.png", help="also save a copy of the image with the regions drawn on it")
+    add_local_option(p)
 
 
 @command(
@@ -49,15 +50,14 @@ def _ask_arguments(p: argparse.ArgumentParser) -> None:
 )
 def cmd_ask(args: argparse.Namespace, config: Config, config_file: Path | None) -> int:
     from daemon.imaging import decode
-    from daemon.model.analyze import FlorenceAnalyzer
-    from daemon.model.ask import ask
     from daemon.tasks import check_input, parse_box, task_named
 
     task = task_named(args.task)
     box = parse_box(args.box) if args.box else None
     decoded = decode(args.image)
     check_input(task, decoded.image.size, args.text, box)  # before the slow model load
-    result = ask(FlorenceAnalyzer(config.model), decoded.image, task, args.text, box)
+    payload = {"image": os.path.abspath(args.image), "task": task.token, "text": args.text}
+    result = answer(config, args, "ask", {**payload, "box": list(box) if box else None}, timeout=MODEL_TIMEOUT_S)
     if args.json:
         print_json(
             {
@@ -109,6 +109,7 @@ def _find_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=5, help="ground the phrase in this many images (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON: [{path, caption, boxes: [{label, box}]}]")
     p.add_argument("--draw-dir", metavar="DIR", help="save a copy of each image with the boxes drawn on it here")
+    add_local_option(p)
 
 
 @command(
@@ -119,50 +120,32 @@ def _find_arguments(p: argparse.ArgumentParser) -> None:
     arguments=_find_arguments,
 )
 def cmd_find(args: argparse.Namespace, config: Config, config_file: Path | None) -> int:
-    from daemon.index.meaning import Meaning
-    from daemon.model.analyze import FlorenceAnalyzer
-    from daemon.model.embed import Embedder
-    from daemon.service.find import find
-
-    with open_db(config) as db:  # the search runs here; grounding needs no database
-        matches = find(
-            db,
-            args.phrase,
-            lambda: FlorenceAnalyzer(config.model),
-            folder=args.folder,
-            limit=args.limit,
-            meaning=Meaning(config.search, Embedder),
-        )
+    payload = {"phrase": args.phrase, "folder": absolute(args.folder), "limit": args.limit}
+    matches = answer(config, args, "find", payload, timeout=MODEL_TIMEOUT_S)
     found: list[dict[str, Any]] = []
-    any_match = False
     for match in matches:
-        any_match = True
-        if match.skipped:
-            print(f"skipped {match.path}: {match.skipped}", file=sys.stderr)  # moved or changed since indexed
+        if match["skipped"]:
+            print(f"skipped {match['path']}: {match['skipped']}", file=sys.stderr)  # moved or changed since indexed
             continue
-        found.append(
-            {
-                "path": match.path,
-                "caption": match.caption,
-                "boxes": [{"label": b.label, "box": list(b.box)} for b in match.boxes],
-            }
-        )
+        found.append({k: match[k] for k in ("path", "caption", "boxes")})
         if args.draw_dir:
+            from daemon.imaging import decode
+
             # Ranked names: the order of the matches, and no clash between photo.jpg and photo.png.
-            out = Path(args.draw_dir) / f"{match.rank:02d}-{Path(match.path).name}.png"
-            _save_drawing(match.image, match.result, match.task.token, out)
+            out = Path(args.draw_dir) / f"{match['rank']:02d}-{Path(match['path']).name}.png"
+            _save_drawing(decode(match["path"]).image, match["result"], match["task"], out)
         if not args.json:
             _print_found(match, args.phrase)
-    if not any_match:
+    if not matches:
         print(f"no indexed image mentions {args.phrase!r}", file=sys.stderr)
     elif args.json:
         print_json(found)
     return 0
 
 
-def _print_found(match: Found, phrase: str) -> None:
+def _print_found(match: dict[str, Any], phrase: str) -> None:
     """One grounded match: its path, caption, and each box found."""
-    print(match.path)
-    print(f"    {match.caption}")
-    for b in match.boxes:
-        print(f"    {b.label or phrase}\tbox {','.join(f'{v:.0f}' for v in b.box)}")
+    print(match["path"])
+    print(f"    {match['caption']}")
+    for b in match["boxes"]:
+        print(f"    {b['label'] or phrase}\tbox {','.join(f'{v:.0f}' for v in b['box'])}")

@@ -160,3 +160,34 @@ def short(value: Any) -> str:
         return "-"
     text = ", ".join(value) if isinstance(value, list) else str(value)
     return text if len(text) <= 100 else text[:97] + "..."
+
+
+def add_local_option(p: argparse.ArgumentParser) -> None:
+    """``--local``: for the commands the running daemon answers."""
+    p.add_argument(
+        "--local", action="store_true", help="do the work in this process, even when the daemon could answer"
+    )
+
+
+def answer(config: Config, args: argparse.Namespace, op: str, payload: dict[str, Any], timeout: float = 30.0) -> Any:
+    """*op*'s answer from the running daemon (warm models, nothing loaded here), else worked out here.
+
+    Either way it is the same ``service.queries.Queries`` call, and the local
+    answer goes through JSON too: what is printed cannot depend on the path.
+    """
+    if not args.local:
+        from daemon.service.client import Unanswered, call
+
+        try:
+            return call(database_url(config.index.database), op, payload, timeout)
+        except Unanswered as exc:
+            log.info("%s: %s; answering in this process", op, exc)
+    from daemon.service.queries import local_queries
+
+    with local_queries(config) as queries:
+        return json.loads(json.dumps(queries.answer(op, payload)))
+
+
+def absolute(path: str | None) -> str | None:
+    """A path from the command line as the daemon sees it: its working folder is not this one."""
+    return os.path.abspath(os.path.expanduser(path)) if path else None

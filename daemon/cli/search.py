@@ -7,15 +7,10 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from daemon.cli.base import command, log, open_db, print_json, short
+from daemon.cli.base import absolute, add_local_option, answer, command, log, print_json, short
 from daemon.config import Config
-from daemon.errors import FlorenceWatchError, NotIndexedError
-
-if TYPE_CHECKING:
-    pass
-
 
 SEARCH_LANGUAGE = """\
 Full-text search over captions, descriptions, OCR text, object labels and paths.
@@ -41,6 +36,7 @@ def _search_arguments(p: argparse.ArgumentParser) -> None:
         "meaning: nearest in meaning (search.semantic)",
     )
     p.add_argument("--json", action="store_true", help="print JSON: [{path, caption, score, snippet}, ...]")
+    add_local_option(p)
 
 
 @command(
@@ -51,34 +47,28 @@ def _search_arguments(p: argparse.ArgumentParser) -> None:
     arguments=_search_arguments,
 )
 def cmd_search(args: argparse.Namespace, config: Config, config_file: Path | None) -> int:
-    from daemon.index.meaning import Meaning, hybrid_search
-    from daemon.index.search import parse
-    from daemon.model.embed import Embedder
+    from daemon.results import marked
 
-    query = parse(args.query, folder=args.folder, since=args.since, has_text=args.has_text)
-    if query.empty:
-        raise FlorenceWatchError("nothing to search for: give words, or a filter such as --folder")
-    with open_db(config) as db, db.transaction() as s:
-        hits = hybrid_search(s, query, limit=args.limit, mode=args.mode, meaning=Meaning(config.search, Embedder))
+    payload = {"query": args.query, "folder": absolute(args.folder), "since": args.since, "has_text": args.has_text}
+    hits = answer(config, args, "search", {**payload, "limit": args.limit, "mode": args.mode})
     if args.json:
-        print_json(
-            [{"path": h.path, "caption": h.caption, "score": h.score, "snippet": h.snippet_marked()} for h in hits]
-        )
+        print_json([{**{k: h[k] for k in ("path", "caption", "score")}, "snippet": marked(h["snippet"])} for h in hits])
     elif not hits:
         print("no matches", file=sys.stderr)
     else:
         bold = ("\x1b[1m", "\x1b[0m") if sys.stdout.isatty() else ("[", "]")
         for h in hits:
-            print(h.path)
-            if h.snippet and h.snippet != h.caption:
-                print(f"    {h.snippet_marked(*bold)}")
-            print(f"    {h.caption}")
+            print(h["path"])
+            if h["snippet"] and h["snippet"] != h["caption"]:
+                print(f"    {marked(h['snippet'], *bold)}")
+            print(f"    {h['caption']}")
     return 0
 
 
 def _show_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", help="an image file")
     p.add_argument("--json", action="store_true", help="print JSON")
+    add_local_option(p)
 
 
 @command(
@@ -88,16 +78,9 @@ def _show_arguments(p: argparse.ArgumentParser) -> None:
     arguments=_show_arguments,
 )
 def cmd_show(args: argparse.Namespace, config: Config, config_file: Path | None) -> int:
-    from daemon.index import records
-
-    path = os.path.abspath(args.path)
-    with open_db(config) as db, db.transaction() as s:
-        info = records.file_info(s, path)
-    if info is None:
-        raise NotIndexedError(path)
+    info = answer(config, args, "show", {"path": os.path.abspath(args.path)})
     info["in_file"] = _metadata_now(config, info)
     if args.json:
-        info.pop("results", None)
         print(json.dumps(info, ensure_ascii=False, indent=2))
         return 0
     _print_file_info(info)

@@ -42,6 +42,7 @@ from sqlalchemy.orm import Session
 
 from daemon.errors import FlorenceWatchError
 from daemon.files import folder_prefix
+from daemon.results import MARK_END, MARK_START, marked
 
 # Field prefix -> FTS5 column.
 FIELDS = {
@@ -56,8 +57,6 @@ FIELDS = {
     "objects": "labels",
     "path": "path",
 }
-# Where a snippet's match starts and ends (control characters no caption contains: clean_text removes them).
-MARK_START, MARK_END = "\x02", "\x03"
 # What db migration 0007 puts between the parts of a name (flower\u200b2.webp) in the text a snippet may come from.
 NAME_CUT = "\u200b"
 
@@ -125,7 +124,7 @@ class Hit:
     file_id: int = 0
 
     def snippet_marked(self, start: str = "[", end: str = "]") -> str:
-        return self.snippet.replace(MARK_START, start).replace(MARK_END, end)
+        return marked(self.snippet, start, end)
 
 
 def parse(query: str, *, folder: str | None = None, since: str | None = None, has_text: bool = False) -> Query:
