@@ -350,7 +350,7 @@ def variant(
 
     import torch
 
-    from daemon.model.analyze import uncompile_vision_tower
+    from daemon.model.batching import uncompile_vision_tower
     from daemon.model.engine import bucket
 
     engine = None
@@ -445,7 +445,7 @@ def agreement(device: str, engines: list[str]) -> dict[str, Any]:
 
     import torch
 
-    from daemon.model.analyze import uncompile_vision_tower
+    from daemon.model.batching import uncompile_vision_tower
     from daemon.testing.tiny_florence import build_tiny_florence
 
     def same(got: list[list[int]], want: list[list[int]]) -> str:

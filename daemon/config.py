@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -299,66 +300,100 @@ def _check(key: str, value: Any, default: Any, source: str) -> Any:
 
 
 def _validate(section: str, obj: Any, source: str) -> None:
-    if section == "watch" and obj.settle_seconds < 0:
+    """Check what the types of *section*'s values do not: ranges, names, formats."""
+    validator = _VALIDATORS.get(section)
+    if validator is not None:
+        validator(obj, source)
+
+
+def _validate_watch(obj: WatchConfig, source: str) -> None:
+    if obj.settle_seconds < 0:
         raise ConfigError(source, "watch.settle_seconds", "must be 0 or more")
-    if section == "model":
-        allowed = inputless()
-        if obj.device not in ("auto", "cpu", "cuda") and not obj.device.startswith("cuda:"):
-            raise ConfigError(source, "model.device", f"must be auto, cuda or cpu, not {obj.device!r}")
-        if obj.dtype not in ("auto", "float32", "float16", "bfloat16"):
-            raise ConfigError(source, "model.dtype", f"must be auto, float32, float16 or bfloat16, not {obj.dtype!r}")
-        for task in obj.tasks:
-            if task not in allowed:
-                raise ConfigError(
-                    source,
-                    "model.tasks",
-                    f"{task!r} is not a Florence-2 task without input (choose from {', '.join(allowed)})",
-                )
-        for task, n in obj.max_new_tokens.items():
-            if task not in allowed:
-                raise ConfigError(source, "model.max_new_tokens", f"unknown task {task!r}")
-            if n < 1:
-                raise ConfigError(source, "model.max_new_tokens", f"{task} must be at least 1")
-        if obj.batch_size < 0:
-            raise ConfigError(source, "model.batch_size", 'must be "auto" or at least 1')
-        if obj.idle_unload_seconds < 0:
-            raise ConfigError(source, "model.idle_unload_seconds", "must be 0 (never) or more")
-        if obj.max_gpu_memory:
-            try:
-                parse_size(obj.max_gpu_memory)
-            except ValueError as exc:
-                raise ConfigError(source, "model.max_gpu_memory", str(exc)) from None
-        if obj.engine != "auto":
-            try:
-                parse_engine(obj.engine)
-            except ValueError as exc:
-                raise ConfigError(source, "model.engine", str(exc)) from None
-        beams = obj.num_beams if isinstance(obj.num_beams, dict) else {"": obj.num_beams}
-        for task, n in beams.items():
-            if task and task not in allowed:
-                raise ConfigError(source, "model.num_beams", f"unknown task {task!r}")
-            if n < 1:
-                raise ConfigError(source, "model.num_beams", "must be at least 1")
-    if section == "pause" and not 0 <= obj.gpu_share < 1:
+
+
+def _validate_model(obj: ModelConfig, source: str) -> None:
+    if obj.device not in ("auto", "cpu", "cuda") and not obj.device.startswith("cuda:"):
+        raise ConfigError(source, "model.device", f"must be auto, cuda or cpu, not {obj.device!r}")
+    if obj.dtype not in ("auto", "float32", "float16", "bfloat16"):
+        raise ConfigError(source, "model.dtype", f"must be auto, float32, float16 or bfloat16, not {obj.dtype!r}")
+    _validate_model_tasks(obj, source)
+    if obj.batch_size < 0:
+        raise ConfigError(source, "model.batch_size", 'must be "auto" or at least 1')
+    if obj.idle_unload_seconds < 0:
+        raise ConfigError(source, "model.idle_unload_seconds", "must be 0 (never) or more")
+    if obj.max_gpu_memory:
+        try:
+            parse_size(obj.max_gpu_memory)
+        except ValueError as exc:
+            raise ConfigError(source, "model.max_gpu_memory", str(exc)) from None
+    if obj.engine != "auto":
+        try:
+            parse_engine(obj.engine)
+        except ValueError as exc:
+            raise ConfigError(source, "model.engine", str(exc)) from None
+    beams = obj.num_beams if isinstance(obj.num_beams, dict) else {"": obj.num_beams}
+    for task, n in beams.items():
+        if task and task not in inputless():
+            raise ConfigError(source, "model.num_beams", f"unknown task {task!r}")
+        if n < 1:
+            raise ConfigError(source, "model.num_beams", "must be at least 1")
+
+
+def _validate_model_tasks(obj: ModelConfig, source: str) -> None:
+    """model.tasks and model.max_new_tokens: Florence-2 tasks that take no input, and lengths of at least 1."""
+    allowed = inputless()
+    for task in obj.tasks:
+        if task not in allowed:
+            raise ConfigError(
+                source,
+                "model.tasks",
+                f"{task!r} is not a Florence-2 task without input (choose from {', '.join(allowed)})",
+            )
+    for task, n in obj.max_new_tokens.items():
+        if task not in allowed:
+            raise ConfigError(source, "model.max_new_tokens", f"unknown task {task!r}")
+        if n < 1:
+            raise ConfigError(source, "model.max_new_tokens", f"{task} must be at least 1")
+
+
+def _validate_pause(obj: PauseConfig, source: str) -> None:
+    if not 0 <= obj.gpu_share < 1:
         raise ConfigError(source, "pause.gpu_share", "must be a share between 0 (off) and 1, e.g. 0.3")
-    if section == "serve" and not 0 <= obj.port <= 65535:
+
+
+def _validate_serve(obj: ServeConfig, source: str) -> None:
+    if not 0 <= obj.port <= 65535:
         raise ConfigError(source, "serve.port", "must be between 0 and 65535 (0: any free port)")
-    if section == "index" and obj.max_attempts < 1:
+
+
+def _validate_index(obj: IndexConfig, source: str) -> None:
+    if obj.max_attempts < 1:
         raise ConfigError(source, "index.max_attempts", "must be at least 1")
-    if section == "index" and obj.lease_seconds < 3:
+    if obj.lease_seconds < 3:
         raise ConfigError(source, "index.lease_seconds", "must be at least 3")
-    if section == "metadata":
-        if "{name}" not in obj.sidecar_name and "{stem}" not in obj.sidecar_name:
-            raise ConfigError(source, "metadata.sidecar_name", 'must contain {name} or {stem}, e.g. "{name}.xmp"')
-        for key in ("alt_text", "description", "keywords"):
-            if getattr(obj, key) not in POLICIES:
-                raise ConfigError(
-                    source, f"metadata.{key}", f"must be fill, overwrite or off, not {getattr(obj, key)!r}"
-                )
-        if obj.sidecar not in SIDECAR_MODES:
-            raise ConfigError(source, "metadata.sidecar", f"must be auto, always or never, not {obj.sidecar!r}")
-        if not 16 <= obj.alt_text_max <= 250:
-            raise ConfigError(source, "metadata.alt_text_max", "must be between 16 and 250")
+
+
+def _validate_metadata(obj: MetadataConfig, source: str) -> None:
+    if "{name}" not in obj.sidecar_name and "{stem}" not in obj.sidecar_name:
+        raise ConfigError(source, "metadata.sidecar_name", 'must contain {name} or {stem}, e.g. "{name}.xmp"')
+    for key in ("alt_text", "description", "keywords"):
+        if getattr(obj, key) not in POLICIES:
+            raise ConfigError(source, f"metadata.{key}", f"must be fill, overwrite or off, not {getattr(obj, key)!r}")
+    if obj.sidecar not in SIDECAR_MODES:
+        raise ConfigError(source, "metadata.sidecar", f"must be auto, always or never, not {obj.sidecar!r}")
+    if not 16 <= obj.alt_text_max <= 250:
+        raise ConfigError(source, "metadata.alt_text_max", "must be between 16 and 250")
+
+
+# Each section's checks beyond the types of its values; search has none.
+_VALIDATORS: dict[str, Callable[[Any, str], None]] = {
+    "watch": _validate_watch,
+    "model": _validate_model,
+    "pause": _validate_pause,
+    "serve": _validate_serve,
+    "index": _validate_index,
+    "metadata": _validate_metadata,
+}
 
 
 # --- model.engine: the variants' names (daemon/model/engine.py does the work) ---

@@ -187,8 +187,7 @@ class Tagger:
         self._last_retry = time.monotonic()
         # The bound keeps the backlog in the database (tag_state "pending").
         self._queue: queue.Queue[int | TagRequest | None] = queue.Queue(maxsize=64)
-        self._busy_paths: set[str] = set()
-        self._busy = threading.Condition()
+        self._writing = PathsInUse()
         # Asked before each file: while the daemon is paused nothing is written (the files stay pending).
         self.paused: Callable[[], bool] = lambda: False
         count = writer.processes if threads is None else threads
@@ -273,7 +272,7 @@ class Tagger:
         if self.paused():
             self._postpone(requests)
             return 0
-        with self._claimed({r.path for r in requests}):
+        with self._writing.held({r.path for r in requests}):
             mine = {r.file_id for r in requests if r.claimed}
             if len(mine) < len(requests):
                 with self.db.transaction(write=True) as s:
@@ -320,18 +319,26 @@ class Tagger:
                 loaded = {i: load_tag_request(s, i, self.model, self.paths.local) for i in ids}
         return [r for r in (i if isinstance(i, TagRequest) else loaded[i] for i in items) if r is not None]
 
+
+class PathsInUse:
+    """The paths the tagger's threads are writing right now: two writes to one path never run at once."""
+
+    def __init__(self) -> None:
+        self._paths: set[str] = set()
+        self._changed = threading.Condition()
+
     @contextmanager
-    def _claimed(self, paths: set[str]) -> Iterator[None]:
+    def held(self, paths: set[str]) -> Iterator[None]:
         """Hold *paths* for this thread: all at once, so two threads never wait on each other's paths."""
-        with self._busy:
-            self._busy.wait_for(lambda: not paths & self._busy_paths)
-            self._busy_paths |= paths
+        with self._changed:
+            self._changed.wait_for(lambda: not paths & self._paths)
+            self._paths |= paths
         try:
             yield
         finally:
-            with self._busy:
-                self._busy_paths -= paths
-                self._busy.notify_all()
+            with self._changed:
+                self._paths -= paths
+                self._changed.notify_all()
 
 
 def _target(writer: MetadataWriter, request: TagRequest) -> Path | None:

@@ -10,7 +10,6 @@ compiled) is the engine's choice: :mod:`daemon.model.engine`.
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -21,7 +20,8 @@ from PIL import Image
 from daemon.config import Engine, ModelConfig, resolve_engine
 from daemon.errors import ModelUnavailableError
 from daemon.model import hub
-from daemon.model.engine import bucket, pad_prompts, plan_groups, row_limits
+from daemon.model.batching import Batcher, Prompts
+from daemon.model.engine import plan_groups
 from daemon.results import TaskResults, clean_result
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,12 @@ def resolve_dtype(dtype: str, device: str) -> Any:
 
 
 class FlorenceAnalyzer:
-    """Florence-2 through transformers' native classes (no remote code)."""
+    """Florence-2 through transformers' native classes (no remote code).
+
+    The façade: what to run (tasks, beams, lengths), images in and results
+    out. How each batch's prompts become ``generate`` calls is its
+    :class:`~daemon.model.batching.Batcher`'s.
+    """
 
     def __init__(self, config: ModelConfig, loaded: tuple[Any, Any] | None = None, warm: bool = True) -> None:
         """Load the configured model, or wrap an already *loaded* (processor, model) pair.
@@ -100,18 +105,27 @@ class FlorenceAnalyzer:
             log.info("loading model %s on %s", self.model_id, self.device)
             loaded = load_model(self.model_id, self.device, self.dtype)
         self.processor, self.model = loaded
-        self.engine: Engine = resolve_engine(config.engine, self.device)
-        # Fixed batch shapes where the decoding step is compiled: CUDA graphs are recorded per shape.
-        self.pad_batches = self.engine.static and self.device.startswith("cuda")
+        engine = resolve_engine(config.engine, self.device)
+        self.prompts = Prompts(self.processor, self.model, self.device, self.tasks)
+        self.batcher = Batcher(self.model, self.prompts, engine, self.device, self._generation_args)
         self.batch_size = config.batch_size or auto_batch_size(self.device, self.rows_per_image())
-        self._prompt_cache: dict[str, Any] = {}
-        self._padded_prompts: dict[tuple[tuple[str, ...], int], tuple[Any, Any]] = {}
-        # Static caches by (rows, prompt length, max decoder length), kept between batches: new
-        # tensors each call would mean new addresses for the CUDA graphs to re-record.
-        self._static_caches: dict[tuple[int, int, int], Any] = {}
         self.warmup_seconds = 0.0
         if warm and self.compiles():
             self.warm_up_or_fall_back()
+
+    @property
+    def engine(self) -> Engine:
+        """The engine variant in use (after a failed warm-up, the same without compiling)."""
+        return self.batcher.engine
+
+    @property
+    def pad_batches(self) -> bool:
+        """Whether batches are padded to a few fixed sizes (where the decoding step is compiled)."""
+        return self.batcher.pad_batches
+
+    @pad_batches.setter
+    def pad_batches(self, value: bool) -> None:
+        self.batcher.pad_batches = value
 
     def describe(self) -> str:
         dtype = str(self.dtype).removeprefix("torch.")
@@ -119,14 +133,7 @@ class FlorenceAnalyzer:
 
     def prompt_ids(self, task: str) -> Any:
         """Token ids of *task*'s prompt, exactly as Florence2Processor builds them."""
-        if task not in self._prompt_cache:
-            proc = self.processor
-            tok = proc.tokenizer
-            prompt = proc._construct_prompts([task])[0]
-            text = proc.image_token * proc.num_image_tokens + tok.bos_token + prompt + tok.eos_token
-            ids = tok([text], add_special_tokens=False, return_tensors="pt")["input_ids"]
-            self._prompt_cache[task] = ids.to(self.device)
-        return self._prompt_cache[task]
+        return self.prompts.ids(task)
 
     def preprocess(self, image: Image.Image) -> Any:
         """Resize and normalise one image (CPU work: runs in the decode threads)."""
@@ -149,9 +156,7 @@ class FlorenceAnalyzer:
             if len(images) == 1:
                 raise
         # Out of the handler, whose traceback held the failed batch's tensors: now they can go.
-        self._static_caches.clear()  # sized for the old batch size: give their memory back first
-        gc.collect()
-        torch.cuda.empty_cache()
+        self.batcher.release_memory()
         half = len(images) // 2
         self.batch_size = max(1, min(self.batch_size, half))  # later batches start smaller
         log.warning("GPU out of memory on %d images: retrying in halves (batch size %d)", len(images), self.batch_size)
@@ -174,171 +179,40 @@ class FlorenceAnalyzer:
 
         n = len(images)
         with torch.inference_mode():
-            batch = self._pixel_batch(images, pixels)
-            size = bucket(n, self.batch_size) if self.pad_batches else n
-            if size > n:
-                # The last image again up to a fixed size (one compiled shape); its rows are dropped.
-                batch = torch.cat([batch, batch[-1:].expand(size - n, *batch.shape[1:])])
-            if self.engine.compile_vision:
-                compile_vision_tower(self.model)
+            batch = pixel_batch(self.processor, self.device, self.dtype, images, pixels)
             # The vision tower runs once per image; every task reuses its output.
-            features = self.model.get_image_features(pixel_values=batch).pooler_output
+            features = self.batcher.features(batch, self.batch_size)
             out: dict[str, Any] = {}
             for group in self.groups():
-                out.update(self._generate(group, features))
+                out.update(self.batcher.generate(group, features, self.should_stop))
                 if self.should_stop is not None and self.should_stop():
                     raise Interrupted(f"stopped during {', '.join(group)}")
         return {task: out[task][:n] for task in self.tasks}
 
     def groups(self) -> list[tuple[str, ...]]:
         """The configured tasks as the engine groups them into ``generate`` calls."""
-        return plan_groups(self.tasks, self.beams, self._limit, self.engine.fold)
+        return plan_groups(self.tasks, self.beams, self.batcher.limit, self.engine.fold)
 
     def compiles(self) -> bool:
         """Whether the engine compiles anything on this device (transformers compiles decoding on CUDA only)."""
-        return self.engine.compile_vision or (self.engine.static and self.device.startswith("cuda"))
+        return self.batcher.compiles()
 
     def rows_per_image(self) -> int:
         """Decoder rows one image takes in the largest ``generate`` call (tasks folded x beams)."""
         return max(len(g) * self.beams(g[0]) for g in self.groups())
 
-    def _pixel_batch(self, images: Sequence[Image.Image], pixels: Sequence[Any] | None) -> Any:
-        import torch
-
-        if pixels is None:
-            batch = self.processor.image_processor(list(images), return_tensors="pt")["pixel_values"]
-        elif self.device.startswith("cuda"):
-            # Stacked straight into page-locked memory: the copy below is then a DMA the CPU does not wait for.
-            batch = torch.empty((len(pixels), *pixels[0].shape), dtype=pixels[0].dtype, pin_memory=True)
-            torch.stack(list(pixels), out=batch)
-        else:
-            batch = torch.stack(list(pixels))
-        return batch.to(self.device, self.dtype, non_blocking=True)
-
-    def _generate(self, group: tuple[str, ...], features: Any) -> dict[str, Any]:
-        """One ``generate`` call for the tasks of *group* on every image of *features*."""
-        from transformers import LogitsProcessorList, StoppingCriteriaList
-        from transformers.modeling_outputs import BaseModelOutputWithPooling
-
-        n = features.shape[0]
-        args = self._generation_args(group[0])
-        limits = [self._limit(t) for t in group]
-        args["max_new_tokens"] = max(limits)
-        static = self.engine.static and args["num_beams"] == 1
-        ids, mask = self._prompts(group, static)
-        # Rows task-major (task k owns rows k*n .. k*n+n-1), the features repeated to match.
-        ids, mask = ids.repeat_interleave(n, dim=0), mask.repeat_interleave(n, dim=0)
-        if len(group) > 1:
-            features = features.repeat(len(group), 1, 1)
-        stopping = self._stopping()
-        processors = []
-        if len(set(limits)) > 1:
-            forced_eos = self.model.generation_config.forced_eos_token_id
-            done, eos = row_limits(limits, n, forced_eos, ids.device)
-            stopping = StoppingCriteriaList([*(stopping or []), done])
-            if eos is not None:
-                processors.append(eos)
-                args["forced_eos_token_id"] = None  # forced at each row's own last step instead
-        if static:
-            args["cache"] = self._static_cache(ids.shape[0], ids.shape[1], 1 + max(limits))
-        out = self.model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            mm_encoder_outputs={"image": BaseModelOutputWithPooling(pooler_output=features)},
-            stopping_criteria=stopping,
-            logits_processor=LogitsProcessorList(processors) if processors else None,
-            **args,
-        )
-        return {
-            task: out[k * n : (k + 1) * n, : 1 + limit]
-            for k, (task, limit) in enumerate(zip(group, limits, strict=True))
-        }
-
-    def _prompts(self, group: tuple[str, ...], static: bool) -> tuple[Any, Any]:
-        """The group's prompts (ids, attention mask), right-padded to one length.
-
-        With a static cache every call pads to the longest configured prompt:
-        one encoder length, so one cross-attention cache shape for all calls.
-        """
-        everyone = self.tasks if static else group
-        length = max(self.prompt_ids(t).shape[1] for t in everyone)
-        key = (group, length)
-        if key not in self._padded_prompts:
-            pad = self.model.generation_config.pad_token_id
-            pad = self.processor.tokenizer.pad_token_id if pad is None else pad
-            self._padded_prompts[key] = pad_prompts([self.prompt_ids(t)[0] for t in group], length, pad)
-        return self._padded_prompts[key]
-
-    def _static_cache(self, rows: int, prompt_len: int, max_len: int) -> Any:
-        from transformers import EncoderDecoderCache, StaticCache
-
-        key = (rows, prompt_len, max_len)
-        cache = self._static_caches.get(key)
-        if cache is None:
-            text = self.model.config.get_text_config(decoder=True)
-            # As transformers builds it for cache_implementation="static": self-attention, cross-attention.
-            cache = EncoderDecoderCache(
-                StaticCache(config=text, max_cache_len=max_len), StaticCache(config=text, max_cache_len=prompt_len)
-            )
-            self._static_caches[key] = cache
-        else:
-            cache.reset()
-        return cache
-
     def warm_up(self, sizes: Sequence[int] | None = None) -> float:
         """Run blank batches of each padded size (default: all), so compiling happens now; the seconds."""
-        import time
-
-        import torch
-
-        sizes = sizes or sorted({bucket(k, self.batch_size) for k in range(1, self.batch_size + 1)})
         blank = Image.new("RGB", (64, 64))
         pixels = self.preprocess(blank)
-        started = time.monotonic()
-        for size in sizes:
-            self.analyze([blank] * size, [pixels] * size)
-        if self.device.startswith("cuda"):
-            torch.cuda.synchronize()
-        return time.monotonic() - started
+        return self.batcher.warm_up(lambda size: self.analyze([blank] * size, [pixels] * size), self.batch_size, sizes)
 
     def warm_up_or_fall_back(self) -> None:
         """Warm up an engine that compiles; if compiling fails, use the same engine without it."""
-        import torch
-
-        try:
-            self.warmup_seconds = self.warm_up()
-        except torch.cuda.OutOfMemoryError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - a compiler missing or failing must not stop the daemon
-            fallback = Engine(fold=self.engine.fold)
-            log.warning("engine %s failed to warm up (%s): using %s", self.engine.name, exc, fallback.name)
-            uncompile_vision_tower(self.model)
-            self.engine, self.pad_batches = fallback, False
-            self._static_caches.clear()
-            return
-        log.info("engine %s warmed up in %.1f s", self.engine.name, self.warmup_seconds)
-
-    def _stopping(self) -> Any:
-        from transformers import StoppingCriteria, StoppingCriteriaList
-
-        flag = self.should_stop
-        if flag is None:
-            return None
-        stop: Callable[[], bool] = flag  # named apart: the class body below cannot see the narrowing
-
-        class _OnShutdown(StoppingCriteria):
-            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-                import torch
-
-                return torch.full((input_ids.shape[0],), bool(stop()), dtype=torch.bool, device=input_ids.device)
-
-        return StoppingCriteriaList([_OnShutdown()])
+        self.warmup_seconds = self.batcher.warm_up_or_fall_back(self.warm_up)
 
     def beams(self, task: str) -> int:
         return self.num_beams if isinstance(self.num_beams, int) else self.num_beams.get(task, 3)
-
-    def _limit(self, task: str) -> int:
-        return int(self._generation_args(task)["max_new_tokens"])
 
     def _generation_args(self, task: str) -> dict[str, Any]:
         return {
@@ -354,6 +228,23 @@ def preprocess(processor: Any, dtype: Any, image: Image.Image) -> Any:
     pixels = processor.image_processor([image], return_tensors="pt")["pixel_values"][0]
     # In the model's dtype here, in the decode thread: half the bytes to move on a GPU in fp16.
     return pixels.to(dtype)
+
+
+def pixel_batch(
+    processor: Any, device: str, dtype: Any, images: Sequence[Image.Image], pixels: Sequence[Any] | None
+) -> Any:
+    """*images* as one batch of pixels on *device*: preprocessed here, or stacked from their *pixels*."""
+    import torch
+
+    if pixels is None:
+        batch = processor.image_processor(list(images), return_tensors="pt")["pixel_values"]
+    elif device.startswith("cuda"):
+        # Stacked straight into page-locked memory: the copy below is then a DMA the CPU does not wait for.
+        batch = torch.empty((len(pixels), *pixels[0].shape), dtype=pixels[0].dtype, pin_memory=True)
+        torch.stack(list(pixels), out=batch)
+    else:
+        batch = torch.stack(list(pixels))
+    return batch.to(device, dtype, non_blocking=True)
 
 
 def auto_batch_size(device: str, num_beams: int, free: int | None = None) -> int:
@@ -372,23 +263,6 @@ def auto_batch_size(device: str, num_beams: int, free: int | None = None) -> int
     # out-of-memory halving in analyze() covers what this misjudges.
     per_image = (512 << 20) * max(1, num_beams) / 3
     return int(max(1, min(64, (free * 0.8) // per_image)))
-
-
-def compile_vision_tower(model: Any) -> None:
-    """``torch.compile`` the vision tower's forward, in place, once.
-
-    The forward, not the module: its hooks (the benchmark's stage timer)
-    stay outside the compiled code.
-    """
-    import torch
-
-    tower = model.model.vision_tower
-    if "forward" not in vars(tower):
-        tower.forward = torch.compile(tower.forward)
-
-
-def uncompile_vision_tower(model: Any) -> None:
-    vars(model.model.vision_tower).pop("forward", None)
 
 
 def load_model(name: str, device: str, dtype: Any) -> tuple[Any, Any]:

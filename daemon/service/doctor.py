@@ -417,14 +417,7 @@ def check_index(ctx: Context) -> Check:
     shown = display_url(url)
     sqlite_file = Path(make_url(url).database or "") if url.startswith("sqlite") else None
     if sqlite_file is not None and not sqlite_file.exists():
-        parent = _nearest_folder(sqlite_file.parent)
-        if not os.access(parent, os.W_OK | os.X_OK):
-            return fail(
-                "index",
-                f"{sqlite_file} does not exist and {_user()} cannot create it in {parent}",
-                f"set index.database {_in(ctx.config)} to a path in a folder {_user()} can write",
-            )
-        return note("index", f"{sqlite_file}: not created yet (the first command that needs it does); {_free(parent)}")
+        return _index_not_created(ctx, sqlite_file)
     try:
         db = Database(url)  # applies pending migrations, as every command does
     except DatabaseError as exc:
@@ -456,6 +449,18 @@ def check_index(ctx: Context) -> Check:
             f"free space on the disk holding {sqlite_file.parent}, or move the index (index.database)",
         )
     return ok("index", f"{detail}; {_free(sqlite_file.parent)}")
+
+
+def _index_not_created(ctx: Context, sqlite_file: Path) -> Check:
+    """A SQLite index not made yet: fine if this user can create it, a failure if not."""
+    parent = _nearest_folder(sqlite_file.parent)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return fail(
+            "index",
+            f"{sqlite_file} does not exist and {_user()} cannot create it in {parent}",
+            f"set index.database {_in(ctx.config)} to a path in a folder {_user()} can write",
+        )
+    return note("index", f"{sqlite_file}: not created yet (the first command that needs it does); {_free(parent)}")
 
 
 def _nearest_folder(path: Path) -> Path:

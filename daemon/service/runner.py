@@ -74,6 +74,67 @@ RECONNECT_S = 2.0  # how often a daemon whose index server is away tries again
 STATUS_S = 5.0  # how often systemd's STATUS= line is brought up to date
 
 
+class Background:
+    """The threads beside the daemon's main loop: the folder watcher and the embedding thread.
+
+    Each runs for the length of a ``with`` block (:meth:`watching`, :meth:`embedding`).
+    """
+
+    def __init__(self, config: Config, wakeup: threading.Event, paused: Callable[[], bool]) -> None:
+        """*wakeup* is set when a settled file was queued; *paused* is asked by the embedding thread."""
+        self.config, self.wakeup, self.paused = config, wakeup, paused
+        self._embedder: EmbedThread | None = None
+
+    @contextmanager
+    def watching(self, db: Database, offer: Callable[[Iterable[str]], int]) -> Iterator[None]:
+        """Watch the folders while the body runs, after queueing what arrived while we were down."""
+        folders = self.config.folders
+        for folder in folders:
+            folder.mkdir(parents=True, exist_ok=True)
+        log.info("watching: %s", ", ".join(str(f) for f in folders))
+        remove_stale_temp_files(folders)
+        watcher = FolderWatcher(
+            folders,
+            on_settled=lambda paths: self._queue(offer, paths),
+            on_deleted=lambda path: forget(db, path),
+            settle_seconds=self.config.watch.settle_seconds,
+            polling=self.config.watch.polling,
+            recursive=self.config.watch.recursive,
+            follow_symlinks=self.config.watch.follow_symlinks,
+        )
+        watcher.start()
+        try:
+            queued = offer(watcher.scan())
+            log.info("start-up scan: %d file(s) to process", queued)
+            yield
+        finally:
+            watcher.stop()
+
+    @contextmanager
+    def embedding(self, db: Database) -> Iterator[None]:
+        """Embed images for search by meaning in the background while the body runs (search.semantic)."""
+        if not self.config.search.semantic:
+            yield
+            return
+        from daemon.service.embedding import EmbedThread
+
+        self._embedder = EmbedThread(db, self.config.search.embedding_model, self.paused).start()
+        try:
+            yield
+        finally:
+            self._embedder.stop()
+            self._embedder = None
+
+    def stored(self) -> None:
+        """A batch was stored: the embedding thread has new images to embed."""
+        if self._embedder is not None:
+            self._embedder.wake()
+
+    def _queue(self, offer: Callable[[Iterable[str]], int], paths: list[str]) -> None:
+        if offer(paths):
+            self.wakeup.set()
+
+
 class Daemon:
     """Watch, reconcile, process; until asked to stop.
 
@@ -90,7 +151,7 @@ class Daemon:
         self.stop_event: threading.Event = AliveEvent(self.notifier)
         self._status_at = 0.0
         self.wakeup = threading.Event()
-        self._embedder: EmbedThread | None = None
+        self.background = Background(config, self.wakeup, self._is_paused)
         self.pauser = Pauser(config.pause)
         self.paused: Paused | None = None  # as the main loop last acted on it
         self.turns = 0  # of the main loop (tests wait on it rather than on the clock)
@@ -120,7 +181,7 @@ class Daemon:
             lazy = self._is_paused()
             with (
                 open_pipeline(self.config, self.analyzer, role=self.role, lazy=lazy) as pipeline,
-                self._embedding(pipeline.db),
+                self.background.embedding(pipeline.db),
             ):
                 if isinstance(pipeline.analyzer, ResidentAnalyzer):
                     pipeline.analyzer.announce = self.notifier.status
@@ -129,58 +190,18 @@ class Daemon:
                 self._check_pause(pipeline)
                 pipeline.recover()
                 if self.role == "all":
-                    with self._watching(pipeline.db, pipeline.offer):
+                    with self.background.watching(pipeline.db, pipeline.offer):
                         self._loop(pipeline)
                 else:
                     log.info("working: taking jobs from the queue")
                     self._loop(pipeline)
         log.info("stopped")
 
-    @contextmanager
-    def _watching(self, db: Database, offer: Callable[[Iterable[str]], int]) -> Iterator[None]:
-        """Watch the folders while the body runs, after queueing what arrived while we were down."""
-        folders = self.config.folders
-        for folder in folders:
-            folder.mkdir(parents=True, exist_ok=True)
-        log.info("watching: %s", ", ".join(str(f) for f in folders))
-        remove_stale_temp_files(folders)
-        watcher = FolderWatcher(
-            folders,
-            on_settled=lambda paths: self._queue(offer, paths),
-            on_deleted=lambda path: forget(db, path),
-            settle_seconds=self.config.watch.settle_seconds,
-            polling=self.config.watch.polling,
-            recursive=self.config.watch.recursive,
-            follow_symlinks=self.config.watch.follow_symlinks,
-        )
-        watcher.start()
-        try:
-            queued = offer(watcher.scan())
-            log.info("start-up scan: %d file(s) to process", queued)
-            yield
-        finally:
-            watcher.stop()
-
-    @contextmanager
-    def _embedding(self, db: Database) -> Iterator[None]:
-        """Embed images for search by meaning in the background while the body runs (search.semantic)."""
-        if not self.config.search.semantic:
-            yield
-            return
-        from daemon.service.embedding import EmbedThread
-
-        self._embedder = EmbedThread(db, self.config.search.embedding_model, self._is_paused).start()
-        try:
-            yield
-        finally:
-            self._embedder.stop()
-            self._embedder = None
-
     def _watch_only(self) -> None:
         db = Database(database_url(self.config.index.database))
         heartbeat = Heartbeat(db, jobs.owner_id(), "watch", "", self.config.index.lease_seconds).start()
         try:
-            with self._watching(db, lambda paths: offer(db, paths, sidecars_pending=True)):
+            with self.background.watching(db, lambda paths: offer(db, paths, sidecars_pending=True)):
                 self.notifier.ready("watching, queueing new files for the workers")
                 while not self.stop_event.is_set():  # each look feeds systemd's watchdog
                     self.wakeup.wait(timeout=self._idle_s(1.0))
@@ -229,10 +250,6 @@ class Daemon:
         self.paused = paused  # last: an index error above leaves the change to be made again next turn
         return paused is not None
 
-    def _queue(self, offer: Callable[[Iterable[str]], int], paths: list[str]) -> None:
-        if offer(paths):
-            self.wakeup.set()
-
     def _loop(self, pipeline: Pipeline) -> None:
         self.notifier.ready(status_line(pipeline, self.paused))
         halt = _Halt(self.stop_event, self.pauser)
@@ -246,8 +263,7 @@ class Daemon:
                     continue
                 self._report(pipeline)
                 if pipeline.process_batch(halt):
-                    if self._embedder is not None:
-                        self._embedder.wake()
+                    self.background.stored()
                     continue
                 if self._check_pause(pipeline):  # the batch stopped for a pause: no retried writes now
                     continue

@@ -126,15 +126,15 @@ def test_a_short_last_batch_is_padded_to_a_fixed_size_and_gives_the_same_tokens(
             got[task] += rows
     assert got == expected
     # One static cache, reset and reused: 4 images x 4 folded tasks, both batches.
-    assert [rows for rows, _prompt, _length in analyzer._static_caches] == [16]
+    assert [rows for rows, _prompt, _length in analyzer.batcher._static_caches] == [16]
 
 
 def test_static_caches_are_kept_between_batches(loaded: tuple[Any, Any], images: list[Any]) -> None:
     analyzer = make(loaded, "tasks+static", num_beams=MIXED_BEAMS)
     analyzer.analyze(images[:2])
-    caches = dict(analyzer._static_caches)
+    caches = dict(analyzer.batcher._static_caches)
     analyzer.analyze(images[2:4])
-    assert analyzer._static_caches == caches  # the same objects, no new allocation
+    assert analyzer.batcher._static_caches == caches  # the same objects, no new allocation
     # Greedy tasks only (beam search reorders the cache into new tensors every step), and
     # every prompt padded to one length: one cross-attention shape.
     assert sorted((rows, length) for rows, _prompt, length in caches) == [(2, 1 + 9), (2, 1 + 12)]
@@ -169,7 +169,7 @@ def test_the_attention_mask_is_what_keeps_folded_prompts_exact(
         ids, mask = real(prompts, length, pad_id)
         return ids, mask.fill_(1)
 
-    monkeypatch.setattr("daemon.model.analyze.pad_prompts", unmasked)
+    monkeypatch.setattr("daemon.model.batching.pad_prompts", unmasked)
     assert tokens(make(loaded, "folded"), images[:3]) != expected
 
 
@@ -179,7 +179,7 @@ def test_the_compiled_vision_tower_gives_the_same_tokens(
     import torch._inductor.config
     import tqdm
 
-    from daemon.model.analyze import uncompile_vision_tower
+    from daemon.model.batching import uncompile_vision_tower
 
     # Compiling starts a thread pool and tqdm's monitor thread that outlive the test: compile in
     # this thread, without the monitor.
@@ -232,7 +232,7 @@ def test_warm_up_runs_every_padded_size_and_a_failure_falls_back(
         raise RuntimeError("no C compiler")
 
     monkeypatch.setattr(analyzer, "warm_up", broken)
-    with caplog.at_level(logging.WARNING, logger="daemon.model.analyze"):
+    with caplog.at_level(logging.WARNING, logger="daemon.model.batching"):
         analyzer.warm_up_or_fall_back()
     assert analyzer.engine == Engine(fold=True)
     assert "engine folded+static failed to warm up (no C compiler): using folded" in caplog.text
