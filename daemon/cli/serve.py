@@ -28,10 +28,12 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
     arguments=_serve_arguments,
 )
 def cmd_serve(args: argparse.Namespace, config: Config, config_file: Path | None) -> int:
+    from daemon.service.query import answering
     from daemon.web.serve import make_server, url_of
 
-    with open_db(config) as db:
-        server = make_server(config, db, args.host, args.port)
+    # The page and the command line's searches share one warm embedding model and one copy of the vectors.
+    with open_db(config) as db, answering(config, db, None, name="serve") as answerer:
+        server = make_server(config, db, args.host, args.port, meaning=answerer.queries.meaning)
         print(f"serving the index at {url_of(server)} (Ctrl-C to stop)", file=sys.stderr, flush=True)
         try:
             server.serve_forever()

@@ -15,7 +15,8 @@ import gc
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
@@ -33,6 +34,7 @@ from daemon.model.analyze import (
     resolve_dtype,
     resolve_model_name,
 )
+from daemon.model.turns import Turns
 from daemon.results import TaskResults
 
 log = logging.getLogger(__name__)
@@ -129,6 +131,7 @@ class ResidentAnalyzer:
         self.announce: Callable[[str], None] = lambda _text: None  # the daemon's STATUS= line
         self.last_used = time.monotonic()
         self.loads = 0
+        self.turns = Turns()
         if not lazy:
             self.load()
 
@@ -145,15 +148,34 @@ class ResidentAnalyzer:
         return preprocess(self.processor, self.dtype, image)
 
     def analyze(self, images: Sequence[Image.Image], pixels: Sequence[Any] | None = None) -> list[TaskResults]:
-        inner = self.load()
-        if self.should_stop is not None and self.should_stop():  # loading again took a while
-            raise Interrupted("stopped while loading the model")
-        inner.should_stop = self.should_stop
-        try:
-            return inner.analyze(images, pixels)
-        finally:
-            self.batch_size = inner.batch_size  # out-of-memory halving carries over to later batches
+        with self.turns.batch():
+            inner = self.load()
+            if self.should_stop is not None and self.should_stop():  # loading again took a while
+                raise Interrupted("stopped while loading the model")
+            inner.should_stop = self._between_steps
+            try:
+                return inner.analyze(images, pixels)
+            finally:
+                self.batch_size = inner.batch_size  # out-of-memory halving carries over to later batches
+                self.last_used = time.monotonic()
+
+    def _between_steps(self) -> bool:
+        """Asked by the batch each decoding step: a waiting question runs first; then, stop or go on."""
+        self.turns.step()
+        return self.should_stop is not None and self.should_stop()
+
+    @contextmanager
+    def question(self) -> Iterator[FlorenceAnalyzer]:
+        """The model for one person's question (``ask``, ``find``), before the batch's next decoding step.
+
+        Loaded first if it was unloaded (idle or paused): a question is answered, and counts as use.
+        """
+        with self.turns.question():
             self.last_used = time.monotonic()
+            try:
+                yield self.load()
+            finally:
+                self.last_used = time.monotonic()
 
     def unload_if_idle(self) -> bool:
         """Unload after ``idle_unload_seconds`` unused (0: never); True if it was unloaded now."""

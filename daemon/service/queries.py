@@ -33,6 +33,12 @@ class Queries:
     def __init__(self, config: Config, db: Database, meaning: Meaning, model: ModelTurn | None) -> None:
         self.config, self.db, self.meaning, self.model = config, db, meaning, model
 
+    def warm(self) -> None:
+        """Load the embedding model and the vectors now, not at the first question."""
+        if self.meaning.usable():
+            with self.db.transaction() as s:
+                self.meaning.nearest(s, "warm up", 1)
+
     def search(
         self, query: str, folder: str | None, since: str | None, has_text: bool, limit: int, mode: str
     ) -> list[dict[str, Any]]:

@@ -18,14 +18,18 @@ import resource
 import socket
 import struct
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from daemon import __version__
+from daemon.config import Config, database_url
 from daemon.errors import FlorenceWatchError
+from daemon.index.db import Database
 from daemon.service import wire
-from daemon.service.queries import Queries, Refused
+from daemon.service.queries import ModelTurn, Queries, Refused
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +64,7 @@ class QueryServer:
         self._thread = threading.Thread(target=self._serve, args=(listener, ready), name="query-server", daemon=True)
         self._thread.start()
         ready.wait()
+        self._pool.submit(self.queries.warm)  # the first question should not wait for the embedding model
         log.info("answering queries at %s", self.path)
         return True
 
@@ -68,7 +73,7 @@ class QueryServer:
         if self._loop is not None and self._thread is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=5)
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown(wait=True, cancel_futures=True)  # an answer under way finishes: one image at most
         try:
             self.path.unlink()
         except FileNotFoundError:
@@ -214,3 +219,18 @@ def _raise_file_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 65536, hard))
         except (ValueError, OSError) as exc:
             log.debug("cannot raise the open-file limit from %d: %s", soft, exc)
+
+
+@contextmanager
+def answering(config: Config, db: Database, model: ModelTurn | None, name: str = "daemon") -> Iterator[QueryServer]:
+    """Answer queries for *config*'s index while the body runs (*model*: None where there is no Florence-2)."""
+    from daemon.index.meaning import Meaning
+    from daemon.model.embed import Embedder
+
+    queries = Queries(config, db, Meaning(config.search, Embedder), model)
+    server = QueryServer(queries, wire.index_identity(database_url(config.index.database)), name)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

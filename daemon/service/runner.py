@@ -29,6 +29,7 @@ from daemon.model.resident import ResidentAnalyzer
 from daemon.service.notify import AliveEvent, Notifier
 from daemon.service.pause import Paused, Pauser
 from daemon.service.pipeline import Pipeline, forget, offer
+from daemon.service.query import answering
 from daemon.service.watch import FolderWatcher
 
 if TYPE_CHECKING:
@@ -182,6 +183,7 @@ class Daemon:
             with (
                 open_pipeline(self.config, self.analyzer, role=self.role, lazy=lazy) as pipeline,
                 self.background.embedding(pipeline.db),
+                answering(self.config, pipeline.db, getattr(pipeline.analyzer, "question", None)),
             ):
                 if isinstance(pipeline.analyzer, ResidentAnalyzer):
                     pipeline.analyzer.announce = self.notifier.status
@@ -201,7 +203,10 @@ class Daemon:
         db = Database(database_url(self.config.index.database))
         heartbeat = Heartbeat(db, jobs.owner_id(), "watch", "", self.config.index.lease_seconds).start()
         try:
-            with self.background.watching(db, lambda paths: offer(db, paths, sidecars_pending=True)):
+            with (
+                self.background.watching(db, lambda paths: offer(db, paths, sidecars_pending=True)),
+                answering(self.config, db, None),
+            ):
                 self.notifier.ready("watching, queueing new files for the workers")
                 while not self.stop_event.is_set():  # each look feeds systemd's watchdog
                     self.wakeup.wait(timeout=self._idle_s(1.0))

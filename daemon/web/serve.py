@@ -95,11 +95,12 @@ class Region:
 class WebApp:
     """Turns a request path into a response; the HTTP server below only carries it."""
 
-    def __init__(self, config: Config, db: Database) -> None:
+    def __init__(self, config: Config, db: Database, meaning: Meaning | None = None) -> None:
+        """*meaning*: one already warming (``serve`` shares its query service's); else loaded at the first search."""
         self.config = config
         self.db = db
         self.thumbs = expand(config.serve.thumbnails)
-        self.meaning = Meaning(config.search, Embedder)  # the model and vectors, loaded at the first search
+        self.meaning = meaning or Meaning(config.search, Embedder)
 
     def respond(self, target: str) -> Response:
         url = urlsplit(target)
@@ -307,9 +308,11 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("%s %s", self.address_string(), format % args)
 
 
-def make_server(config: Config, db: Database, host: str | None = None, port: int | None = None) -> ThreadingHTTPServer:
+def make_server(
+    config: Config, db: Database, host: str | None = None, port: int | None = None, meaning: Meaning | None = None
+) -> ThreadingHTTPServer:
     """A server for the index, bound but not yet serving (``serve_forever``)."""
-    handler = type("Handler", (_Handler,), {"app": WebApp(config, db)})
+    handler = type("Handler", (_Handler,), {"app": WebApp(config, db, meaning)})
     host = host or config.serve.host
     port = config.serve.port if port is None else port
     try:
