@@ -179,7 +179,9 @@ def answer(config: Config, args: argparse.Namespace, op: str, payload: dict[str,
         from daemon.service.client import Unanswered, call
 
         try:
-            return call(database_url(config.index.database), op, payload, timeout)
+            result = call(database_url(config.index.database), op, payload, timeout)
+            log.debug("%s: answered by the running florence-watch", op)
+            return result
         except Unanswered as exc:
             log.info("%s: %s; answering in this process", op, exc)
     from daemon.service.queries import local_queries

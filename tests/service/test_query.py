@@ -10,6 +10,7 @@ import os
 import socket
 import struct
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,8 @@ from PIL import Image
 from daemon import __version__
 from daemon.cli import main
 from daemon.config import Config, database_url
+from daemon.index import records
+from daemon.index.db import Database
 from daemon.index.meaning import Meaning
 from daemon.index.vectors import embed_missing
 from daemon.model.embed import Embedder
@@ -28,7 +31,7 @@ from daemon.service import query, wire
 from daemon.service.client import Unanswered, call_one
 from daemon.service.queries import Queries
 from daemon.service.query import QueryServer
-from daemon.testing.helpers import PipelineFactory, make_config, write_toml
+from daemon.testing.helpers import REPO, PipelineFactory, copy_corpus, make_config, wait_until, write_config, write_toml
 from tests.index.test_meaning import PICTURES, DescribingModel
 
 # The search language of `florence-watch search --help`, line by line, and more.
@@ -268,3 +271,39 @@ def test_a_thousand_silent_connections_do_not_stall_a_question(
 def test_an_unreachable_answerer_is_unanswered_not_an_error(tmp_path: Path) -> None:
     with pytest.raises(Unanswered, match="not running"):
         call_one(tmp_path / "none.sock", "sqlite:///x.db", "search", {}, timeout=1)
+
+
+def test_the_real_daemon_answers_search_ask_and_find(tmp_path: Path, tiny_model: Path) -> None:
+    """``florence-watch run`` with the tiny Florence-2 answers the commands; each prints what --local prints."""
+    from tests.service.test_e2e import DaemonProcess, status
+
+    config = write_config(tmp_path, tiny_model)
+    files = copy_corpus(["pillow/hopper.jpg"], tmp_path / "inbox")
+    daemon = DaemonProcess(config, tmp_path / "daemon.log")
+    db = Database(database_url(str(tmp_path / "index.db")))
+    try:
+        daemon.wait_ready()
+        assert wait_until(lambda: status(db)["indexed"] == 1, timeout=120), daemon.log.read_text()
+        with db.transaction() as s:
+            word = records.file_info(s, str(files[0]))["caption"].split()[0]
+        for command in (
+            ["search", word],
+            ["show", str(files[0])],
+            ["ask", str(files[0]), "caption"],
+            ["find", word, "--json"],
+        ):
+            there = _cli("--config", str(config), "-v", *command)
+            here = _cli("--config", str(config), *command, "--local")
+            assert there.returncode == here.returncode == 0, there.stderr
+            assert f"{command[0]}: answered by the running florence-watch" in there.stderr, there.stderr
+            assert there.stdout == here.stdout and there.stdout, command
+    finally:
+        assert daemon.stop() == 0, daemon.log.read_text()
+        db.close()
+    assert not wire.socket_path().exists()  # removed on the way out
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "daemon", *args], capture_output=True, text=True, timeout=300, cwd=REPO
+    )
