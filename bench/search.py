@@ -165,6 +165,7 @@ def main() -> int:
     db.close()
     if not args.no_meaning:
         meaning_bench(url, args.images, args.limit)
+        command_bench(url)
     return 0
 
 
@@ -211,6 +212,66 @@ def meaning_bench(url: str, n: int, limit: int) -> None:
         print(f"{words!r:<36} {hits:>5} {times[0]:>8.1f} {min(times[1:]):>8.1f}")
     print("(cold: the first query also loads the model and the vectors)")
     db.close()
+
+
+# Runs one command and reports its wall time from start to exit and its peak RSS (the child's alone).
+_MEASURE = (
+    "import resource, subprocess, sys, time\n"
+    "t = time.perf_counter(); p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+    "wall = time.perf_counter() - t\n"
+    "print(wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, p.returncode, repr(p.stderr[-300:]))\n"
+)
+
+
+def command_bench(url: str) -> None:
+    """``florence-watch search`` as a person runs it: a new process each time, with and without a daemon."""
+    import subprocess
+
+    from daemon.testing.helpers import minilm_folder, write_toml
+
+    home = Path(tempfile.mkdtemp(prefix="fw-cmd-bench-"))
+    cfg = write_toml(
+        home / "config.toml",
+        {
+            "watch": {"folders": [str(home / "inbox")]},
+            "index": {"database": url},
+            "search": {"semantic": True, "embedding_model": str(minilm_folder())},
+        },
+    )
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(home / "run"), "XDG_STATE_HOME": str(home / "state")}
+    base = [sys.executable, "-m", "daemon", "--config", str(cfg)]
+    repo = Path(__file__).resolve().parent.parent
+
+    def measure(*args: str) -> tuple[float, float]:
+        runs = []
+        for _ in range(3):
+            out = subprocess.run([sys.executable, "-c", _MEASURE, *base, *args], env=env, cwd=repo, capture_output=True)
+            wall, rss, code, err = out.stdout.decode().split(" ", 3)
+            assert code == "0", err
+            runs.append((float(wall), int(rss) / 1024))
+        return min(w for w, _ in runs), max(r for _, r in runs)
+
+    rows = []
+    for label, args in (("hybrid (default)", ()), ("words only", ("--mode", "words"))):
+        rows.append((f"{label}, no daemon", *measure("search", "puppy on a couch", *args)))
+    daemon = subprocess.Popen([*base, "run", "--role", "watch"], env=env, cwd=repo, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:  # until the daemon answers, its vectors and model warm
+            probe = subprocess.run([*base, "-v", "search", "warm"], env=env, cwd=repo, capture_output=True, text=True)
+            if "answered by the running" in probe.stderr:
+                break
+            time.sleep(1)
+        for label, args in (("hybrid (default)", ()), ("words only", ("--mode", "words"))):
+            rows.append((f"{label}, daemon running", *measure("search", "puppy on a couch", *args)))
+    finally:
+        daemon.terminate()
+        daemon.wait(60)
+    print(f"\n{'florence-watch search, a new process':<40} {'wall s':>7} {'peak RSS MiB':>13}")
+    for label, wall, rss in rows:
+        print(f"{label:<40} {wall:>7.2f} {rss:>13.0f}")
+    time_x, memory_x = rows[0][1] / rows[2][1], rows[0][2] / rows[2][2]
+    print(f"no daemon / daemon running, hybrid: {time_x:.1f}x the time, {memory_x:.1f}x the memory")
 
 
 def timed(db: Database, query: Query, limit: int) -> tuple[list[float], int]:

@@ -101,8 +101,9 @@ def open_test_pipeline() -> Iterator[PipelineFactory]:
 
 @pytest.fixture(autouse=True)
 def own_state_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each test its own $XDG_STATE_HOME: a pause one test leaves (pause.json) must not pause the next."""
+    """Each test its own $XDG_STATE_HOME and cache: a pause one test leaves (pause.json) must not pause the next."""
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # thumbnails, a PostgreSQL index's vector cache
 
 
 @pytest.fixture(autouse=True)

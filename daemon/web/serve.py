@@ -36,7 +36,7 @@ from daemon.index.db import Database, File, Image
 from daemon.index.meaning import Meaning, hybrid_search
 from daemon.index.records import results_for
 from daemon.index.search import MARK_END, MARK_START, Hit, parse
-from daemon.model.embed import Embedder
+from daemon.model.query_embed import query_encoder
 from daemon.results import Summary, TaskResults, summarize
 from daemon.tasks import layers as task_layers
 
@@ -100,7 +100,7 @@ class WebApp:
         self.config = config
         self.db = db
         self.thumbs = expand(config.serve.thumbnails)
-        self.meaning = meaning or Meaning(config.search, Embedder)
+        self.meaning = meaning or Meaning(config.search, query_encoder)
 
     def respond(self, target: str) -> Response:
         url = urlsplit(target)

@@ -17,6 +17,7 @@ from daemon.index.meaning import Meaning, fuse, hybrid_search
 from daemon.index.search import Hit, parse
 from daemon.index.vectors import embed_missing
 from daemon.model.embed import Embedder
+from daemon.model.query_embed import NumpyEmbedder, query_encoder
 from daemon.results import TaskResults
 from daemon.testing.helpers import FakeAnalyzer, PipelineFactory, make_config
 
@@ -85,6 +86,12 @@ MEANT = [
     ("medieval fortress", 28),
     ("infant", 29),
 ]
+
+
+@pytest.fixture(autouse=True)
+def own_cache_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Vector caches of a PostgreSQL index go to $XDG_CACHE_HOME: each test its own."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache-home"))
 
 
 class DescribingModel(FakeAnalyzer):
@@ -156,6 +163,16 @@ def test_filters_and_exclusions_hold_for_meaning_too(index: Any) -> None:
     with db.transaction() as s:
         q = parse("puppy", folder=str(inbox / "elsewhere"))
         assert hybrid_search(s, q, limit=5, mode="hybrid", meaning=meaning) == []
+
+
+def test_the_query_encoder_without_torch_finds_the_same(index: Any) -> None:
+    """Queries embedded by numpy (``query_encoder``), against vectors the torch model stored: the same answers."""
+    db, meaning, _ = index
+    light = Meaning(meaning.config, query_encoder)
+    assert light.usable() and isinstance(light._embedder, NumpyEmbedder)
+    for query, _ in MEANT[:12]:
+        for mode in ("meaning", "hybrid"):
+            assert top(db, light, query, mode, n=5) == top(db, meaning, query, mode, n=5), (query, mode)
 
 
 def test_without_the_embedding_model_search_is_by_words(index: Any, caplog: pytest.LogCaptureFixture) -> None:

