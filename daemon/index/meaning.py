@@ -47,6 +47,8 @@ class Meaning:
         self._vectors: Any = None
         self._refreshed = 0.0
         self._lock = threading.Lock()
+        # The query service refreshes between questions (refresh()), off the path of a question.
+        self.refresh_inline = True
 
     def usable(self) -> bool:
         """Whether search by meaning can run: the model loads (tried once; a failure is one warning)."""
@@ -66,11 +68,21 @@ class Meaning:
             if self._vectors is None:
                 self._vectors = VectorIndex.load(session, self._embedder.name)
                 self._refreshed = time.monotonic()
-            elif time.monotonic() - self._refreshed >= REFRESH_S:
+            elif self.refresh_inline and time.monotonic() - self._refreshed >= REFRESH_S:
                 self._vectors.refresh(session)
                 self._refreshed = time.monotonic()
             vectors = self._vectors
         return list(vectors.nearest(vec, k))
+
+    def refresh(self, session: Session) -> None:
+        """Read the vectors added or replaced since the last read, if any were loaded.
+
+        Searches go on meanwhile with the vectors they have: VectorIndex swaps rows in under its own lock.
+        """
+        vectors = self._vectors
+        if vectors is not None:
+            vectors.refresh(session)
+            self._refreshed = time.monotonic()
 
 
 def query_text(q: Query) -> str:

@@ -7,6 +7,7 @@ SQLAlchemy, numpy or torch.
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ def call_one(path: Path, index_url: str, op: str, args: dict[str, Any], timeout:
     try:
         sock.settimeout(CONNECT_TIMEOUT_S)
         try:
-            sock.connect(str(path))
+            _connect(sock, path)
         except FileNotFoundError:
             raise Unanswered(f"not running (no socket at {path})") from None
         except ConnectionRefusedError:
@@ -63,3 +64,16 @@ def call_one(path: Path, index_url: str, op: str, args: dict[str, Any], timeout:
     if reply.get("kind") == "user":
         raise FlorenceWatchError(str(reply.get("error")))
     raise Unanswered(f"refused: {reply.get('error')}")
+
+
+def _connect(sock: socket.socket, path: Path) -> None:
+    """Connect, waiting while the daemon's backlog is full (a burst of clients): EAGAIN, not a refusal."""
+    deadline = time.monotonic() + CONNECT_TIMEOUT_S
+    while True:
+        try:
+            sock.connect(str(path))
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daemon.config import Config
 from daemon.errors import FlorenceWatchError, NotIndexedError
-from daemon.imaging import decode
 from daemon.index.db import Database
-from daemon.index.meaning import Meaning, hybrid_search
-from daemon.index.search import parse
-from daemon.service.find import find
+from daemon.index.search import parse, search
+
+if TYPE_CHECKING:  # imported where needed: a search by words needs neither numpy nor Pillow
+    from daemon.index.meaning import Meaning
 
 # Something that lends the model for one request: loads it if it is not in memory, and holds the turn.
 ModelTurn = Callable[[], AbstractContextManager[Any]]
@@ -30,14 +30,29 @@ class Refused(FlorenceWatchError):
 class Queries:
     """The read side of the index and the model's answers to one question, for either path."""
 
-    def __init__(self, config: Config, db: Database, meaning: Meaning, model: ModelTurn | None) -> None:
-        self.config, self.db, self.meaning, self.model = config, db, meaning, model
+    def __init__(self, config: Config, db: Database, meaning: Meaning | None, model: ModelTurn | None) -> None:
+        """*meaning*: the daemon's, kept warm; None: made at the first search that needs it."""
+        self.config, self.db, self._meaning, self.model = config, db, meaning, model
+
+    @property
+    def meaning(self) -> Meaning:
+        if self._meaning is None:
+            from daemon.index.meaning import Meaning
+            from daemon.model.query_embed import query_encoder
+
+            self._meaning = Meaning(self.config.search, query_encoder)
+        return self._meaning
 
     def warm(self) -> None:
         """Load the embedding model and the vectors now, not at the first question."""
         if self.meaning.usable():
             with self.db.transaction() as s:
                 self.meaning.nearest(s, "warm up", 1)
+
+    def refresh(self) -> None:
+        """Bring the vectors up to date with what the daemon embedded since (between questions)."""
+        with self.db.transaction() as s:
+            self.meaning.refresh(s)
 
     def search(
         self, query: str, folder: str | None, since: str | None, has_text: bool, limit: int, mode: str
@@ -47,7 +62,12 @@ class Queries:
         if q.empty:
             raise FlorenceWatchError("nothing to search for: give words, or a filter such as --folder")
         with self.db.transaction() as s:
-            hits = hybrid_search(s, q, limit=limit, mode=mode, meaning=self.meaning)
+            if mode == "words":  # as hybrid_search does it, without loading what meaning needs
+                hits = search(s, q, limit=limit)
+            else:
+                from daemon.index.meaning import hybrid_search
+
+                hits = hybrid_search(s, q, limit=limit, mode=mode, meaning=self.meaning)
         return [
             {"path": h.path, "caption": h.caption, "score": h.score, "snippet": h.snippet, "file_id": h.file_id}
             for h in hits
@@ -66,6 +86,8 @@ class Queries:
 
     def find(self, phrase: str, folder: str | None, limit: int) -> list[dict[str, Any]]:
         """The phrase grounded in the best matches: ``{rank, path, caption, task, boxes, result, skipped}``."""
+        from daemon.service.find import find
+
         model = self._model()
         with ExitStack() as stack:  # the model is lent only once a match decodes
             matches = find(
@@ -91,6 +113,7 @@ class Queries:
 
     def ask(self, image: str, task: str, text: str | None, box: list[float] | None) -> Any:
         """One task's parsed result on one image file."""
+        from daemon.imaging import decode
         from daemon.model.ask import ask
         from daemon.tasks import task_named
 
@@ -114,10 +137,9 @@ class Queries:
 
 
 @contextmanager
-def local_queries(config: Config, meaning: Meaning | None = None) -> Iterator[Queries]:
+def local_queries(config: Config) -> Iterator[Queries]:
     """Queries answered in this process: the index opened here, the model loaded here if a question needs it."""
     from daemon.config import database_url
-    from daemon.model.query_embed import query_encoder
 
     def model() -> AbstractContextManager[Any]:
         from daemon.model.analyze import FlorenceAnalyzer
@@ -126,6 +148,6 @@ def local_queries(config: Config, meaning: Meaning | None = None) -> Iterator[Qu
 
     db = Database(database_url(config.index.database))
     try:
-        yield Queries(config, db, meaning or Meaning(config.search, query_encoder), model)
+        yield Queries(config, db, None, model)
     finally:
         db.close()

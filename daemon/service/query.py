@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 READ_TIMEOUT_S = 5.0  # a client that sends nothing for this long is dropped
 MAX_CLIENTS = 4096  # connections held at once (each a descriptor); more are told so and closed
 WORKERS = 2  # answers computed at once (the pipeline needs the cores too)
+REFRESH_S = 2.0  # how often the vectors are brought up to date, between questions
 
 
 class QueryServer:
@@ -52,6 +53,8 @@ class QueryServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._clients = 0
+        self._refreshing = False
+        queries.meaning.refresh_inline = False  # refreshed here, on a timer: a question never waits for it
 
     def start(self) -> bool:
         """Listen; False (and a log line) when another daemon already answers at this path."""
@@ -100,7 +103,7 @@ class QueryServer:
             return None
         finally:
             os.umask(old)
-        listener.listen(128)
+        listener.listen(4096)  # the kernel caps it (somaxconn): a burst of clients waits, not refused
         listener.setblocking(False)
         return listener
 
@@ -109,15 +112,34 @@ class QueryServer:
         assert loop is not None
         asyncio.set_event_loop(loop)
         server = loop.run_until_complete(asyncio.start_unix_server(self._connection, sock=listener))
+        loop.call_later(REFRESH_S, self._tick)
         ready.set()
         try:
             loop.run_forever()
         finally:
             server.close()
-            for task in asyncio.all_tasks(loop):
+            tasks = asyncio.all_tasks(loop)
+            for task in tasks:
                 task.cancel()
-            loop.run_until_complete(asyncio.sleep(0))
+            # Let every cancelled connection end (and close its socket) before the loop goes.
+            loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
             loop.close()
+
+    def _tick(self) -> None:
+        """On the loop, every REFRESH_S: refresh the vectors on the pool, one refresh at a time."""
+        if not self._refreshing:
+            self._refreshing = True
+            self._pool.submit(self._refresh)
+        assert self._loop is not None
+        self._loop.call_later(REFRESH_S, self._tick)
+
+    def _refresh(self) -> None:
+        try:
+            self.queries.refresh()
+        except (FlorenceWatchError, OSError) as exc:  # an index away for a moment: the next tick tries again
+            log.debug("refreshing the vectors: %s", exc)
+        finally:
+            self._refreshing = False
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._clients += 1

@@ -27,6 +27,7 @@ from daemon.index.db import Database
 from daemon.index.meaning import Meaning
 from daemon.index.vectors import embed_missing
 from daemon.model.embed import Embedder
+from daemon.model.query_embed import query_encoder
 from daemon.service import query, wire
 from daemon.service.client import Unanswered, call_one
 from daemon.service.queries import Queries
@@ -61,7 +62,7 @@ def indexed(tmp_path: Path, database: str, open_test_pipeline: PipelineFactory, 
 @pytest.fixture
 def server(indexed: Any) -> Iterator[QueryServer]:
     config, _, db = indexed
-    srv = QueryServer(Queries(config, db, Meaning(config.search, Embedder), None), _identity(config))
+    srv = QueryServer(Queries(config, db, Meaning(config.search, query_encoder), None), _identity(config))
     assert srv.start()
     yield srv
     srv.stop()
@@ -133,14 +134,14 @@ def test_each_reason_to_work_here_is_one_line_at_v(
     os.unlink(wire.socket_path())
     # A daemon of another index.
     other = make_config(tmp_path / "other", index={"database": str(tmp_path / "other.db")})
-    srv = QueryServer(Queries(other, None, None, None), _identity(other))  # type: ignore[arg-type]
+    srv = QueryServer(Queries(other, None, Meaning(other.search, Embedder), None), _identity(other))  # type: ignore[arg-type]
     assert srv.start()
     try:
         assert f"the daemon serves the index {_identity(other)}, not" in reason()
     finally:
         srv.stop()
     # A daemon of another version.
-    srv = QueryServer(Queries(config, None, None, None), _identity(config))  # type: ignore[arg-type]
+    srv = QueryServer(Queries(config, None, Meaning(config.search, Embedder), None), _identity(config))  # type: ignore[arg-type]
     assert srv.start()
     try:
         reply = _exchange(wire.socket_path(), {"v": 1, "version": "0.0.1", "index": _identity(config), "op": "search"})
@@ -252,12 +253,20 @@ def test_a_thousand_silent_connections_do_not_stall_a_question(
             s.connect(str(wire.socket_path()))
             flood.append(s)
         answers: list[Any] = []
-        askers = [threading.Thread(target=lambda: answers.append(_search(config, "puppy"))) for _ in range(4)]
+        errors: list[BaseException] = []
+
+        def ask() -> None:
+            try:
+                answers.append(_search(config, "puppy"))
+            except BaseException as exc:  # noqa: BLE001 - said in the assertion below
+                errors.append(exc)
+
+        askers = [threading.Thread(target=ask) for _ in range(4)]
         for t in askers:
             t.start()
         for t in askers:
             t.join(timeout=60)
-        assert len(answers) == 4 and all(a[0]["path"].endswith("img00.png") for a in answers)
+        assert not errors and len(answers) == 4 and all(a[0]["path"].endswith("img00.png") for a in answers)
         # Answered while the thousand still hold their connections, not yet timed out: nothing came to them.
         for s in (flood[0], flood[-1]):
             s.setblocking(False)
