@@ -63,6 +63,7 @@ test: lint test-tools
 bench: setup
 	$(PY) bench/throughput.py
 	$(PY) bench/search.py
+	$(PY) bench/question.py
 	$(PY) bench/identity.py
 	$(PY) bench/unload.py
 

@@ -58,7 +58,7 @@ class QueryServer:
 
     def start(self) -> bool:
         """Listen; False (and a log line) when another daemon already answers at this path."""
-        listener = self._bind()
+        listener = bind_private(self.path)
         if listener is None:
             return False
         _raise_file_limit()
@@ -81,31 +81,6 @@ class QueryServer:
             self.path.unlink()
         except FileNotFoundError:
             pass
-
-    def _bind(self) -> socket.socket | None:
-        folder = self.path.parent
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(folder, 0o700)  # made earlier with a wider umask, or by an older version
-        if self.path.exists() and _answers(self.path):
-            log.warning("another florence-watch already answers queries at %s: this one does not", self.path)
-            return None
-        try:
-            self.path.unlink()  # stale: its daemon died without removing it
-        except FileNotFoundError:
-            pass
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o177)  # the socket is 0600 from its first moment
-        try:
-            listener.bind(str(self.path))
-        except OSError as exc:  # e.g. a path over the 107 bytes a Unix socket may have
-            listener.close()
-            log.warning("cannot answer queries at %s: %s", self.path, exc)
-            return None
-        finally:
-            os.umask(old)
-        listener.listen(4096)  # the kernel caps it (somaxconn): a burst of clients waits, not refused
-        listener.setblocking(False)
-        return listener
 
     def _serve(self, listener: socket.socket, ready: threading.Event) -> None:
         loop = self._loop
@@ -203,6 +178,34 @@ class QueryServer:
             return _refusal("refused", f"{op} failed in the daemon: {exc}")
         self.served += 1
         return {"ok": True, "result": result}
+
+
+def bind_private(path: Path) -> socket.socket | None:
+    """A listening socket at *path* that only this user can reach; None (and a log line) when another
+    florence-watch answers there already, or the path cannot be bound."""
+    folder = path.parent
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)  # made earlier with a wider umask, or by an older version
+    if path.exists() and _answers(path):
+        log.warning("another florence-watch already answers queries at %s: this one does not", path)
+        return None
+    try:
+        path.unlink()  # stale: its daemon died without removing it
+    except FileNotFoundError:
+        pass
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)  # the socket is 0600 from its first moment
+    try:
+        listener.bind(str(path))
+    except OSError as exc:  # e.g. a path over the 107 bytes a Unix socket may have
+        listener.close()
+        log.warning("cannot answer queries at %s: %s", path, exc)
+        return None
+    finally:
+        os.umask(old)
+    listener.listen(4096)  # the kernel caps it (somaxconn): a burst of clients waits, not refused
+    listener.setblocking(False)
+    return listener
 
 
 def _refusal(kind: str, error: str) -> dict[str, Any]:

@@ -293,6 +293,14 @@ def test_the_real_daemon_answers_search_ask_and_find(tmp_path: Path, tiny_model:
     try:
         daemon.wait_ready()
         assert wait_until(lambda: status(db)["indexed"] == 1, timeout=120), daemon.log.read_text()
+        # Bad clients meanwhile: three hundred that never send, one that announces a 2 GiB frame.
+        silent = [socket.socket(socket.AF_UNIX) for _ in range(300)]
+        for s in silent:
+            s.connect(str(wire.socket_path()))
+        assert _raw(wire.socket_path(), struct.pack(">I", 2**31))["kind"] == "bad"
+        # ... and the daemon goes on indexing.
+        copy_corpus(["pillow/flower.jpg"], tmp_path / "inbox")
+        assert wait_until(lambda: status(db)["indexed"] == 2, timeout=120), daemon.log.read_text()
         with db.transaction() as s:
             word = records.file_info(s, str(files[0]))["caption"].split()[0]
         for command in (
@@ -306,10 +314,13 @@ def test_the_real_daemon_answers_search_ask_and_find(tmp_path: Path, tiny_model:
             assert there.returncode == here.returncode == 0, there.stderr
             assert f"{command[0]}: answered by the running florence-watch" in there.stderr, there.stderr
             assert there.stdout == here.stdout and there.stdout, command
+        for s in silent:
+            s.close()
     finally:
         assert daemon.stop() == 0, daemon.log.read_text()
         db.close()
     assert not wire.socket_path().exists()  # removed on the way out
+    assert "Traceback" not in daemon.log.read_text()
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
