@@ -118,7 +118,16 @@ def index_status(config: Config) -> dict[str, Any]:
     throughput = jobs.throughput(q["pending"] + q["running"], st["workers"], config.index.lease_seconds)
     paused = pauser(config, st["workers"]).check()
     on_this_computer = None if paused is None else {**asdict(paused), "describe": paused.describe()}
-    return {**st, "retrying": retrying, "throughput": throughput, "semantic": semantic, "paused": on_this_computer}
+    from daemon.service.reconcile import last
+
+    return {
+        **st,
+        "retrying": retrying,
+        "throughput": throughput,
+        "semantic": semantic,
+        "paused": on_this_computer,
+        "reconciled": last(config),
+    }
 
 
 @contextmanager

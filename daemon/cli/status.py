@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +45,8 @@ def cmd_status(args: argparse.Namespace, config: Config, config_file: Path | Non
         print(f"search by meaning: on ({sem['model']}: {sem['embedded']} image(s) embedded, {sem['missing']} to do)")
     else:
         print(f"search by meaning: off ({sem['reason']}); search is by words")
+    if st["reconciled"]:
+        print(_reconciled_line(st["reconciled"]))
     for w in st["workers"]:
         print(
             f"  worker {w['host']}:{w['pid']}  {w['role']:5}  {w['device'] or '-':8}  {w['images_per_s']:6.2f} images/s"
@@ -60,6 +63,13 @@ def cmd_status(args: argparse.Namespace, config: Config, config_file: Path | Non
     for f in st["metadata_failures"]:
         print(f"  indexed, {f['reason']}: {f['path']}")
     return 0
+
+
+def _reconciled_line(r: dict[str, Any]) -> str:
+    """status's line on the last start-up reconcile on this computer, and each folder it left alone."""
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["at"]))
+    line = f"start-up reconcile ({when}): {len(r['removed'])} file(s) gone from disk left the index"
+    return line + "".join(f"\n  not reconciled: {folder}: {why}" for folder, why in r["skipped"].items())
 
 
 def _throughput_line(t: dict[str, Any]) -> str:

@@ -257,6 +257,16 @@ def mark_deleted(session: Session, path: str) -> bool:
     return bool(files)
 
 
+def live_paths_under(session: Session, folder: str) -> set[str]:
+    """The paths of files under *folder* the index still counts as on disk (any state but deleted)."""
+    return set(session.scalars(select(File.path).where(under(File.path, folder), File.state != "deleted")))
+
+
+def mark_all_deleted(session: Session, paths: list[str]) -> int:
+    """:func:`mark_deleted` for many files at once; how many were in the index."""
+    return sum(mark_deleted(session, path) for path in paths)
+
+
 def record_tag(
     session: Session, file_id: int, *, written: dict[str, Any], target: str, sha256: str | None, fp: Fingerprint
 ) -> None:

@@ -30,6 +30,7 @@ from daemon.service.notify import AliveEvent, Notifier
 from daemon.service.pause import Paused, Pauser
 from daemon.service.pipeline import Pipeline, forget, offer
 from daemon.service.query import answering
+from daemon.service.reconcile import reconcile
 from daemon.service.watch import FolderWatcher
 
 if TYPE_CHECKING:
@@ -107,6 +108,7 @@ class Background:
         try:
             queued = offer(watcher.scan())
             log.info("start-up scan: %d file(s) to process", queued)
+            reconcile(db, self.config)  # what went while we were down leaves search
             yield
         finally:
             watcher.stop()

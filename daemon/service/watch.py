@@ -52,10 +52,15 @@ def _identity(folder: Path) -> tuple[int, int] | None:
     return (st.st_dev, st.st_ino)
 
 
-def walk_folders(root: Path, follow_symlinks: bool = False) -> Iterator[tuple[str, list[str], list[str]]]:
-    """``os.walk`` that enters each folder once: a symlink loop ends there (the caller may prune *dirnames*)."""
+def walk_folders(
+    root: Path, follow_symlinks: bool = False, onerror: Callable[[OSError], object] | None = None
+) -> Iterator[tuple[str, list[str], list[str]]]:
+    """``os.walk`` that enters each folder once: a symlink loop ends there (the caller may prune *dirnames*).
+
+    *onerror* gets each folder that could not be listed (os.walk would skip it without a word).
+    """
     seen: set[tuple[int, int]] = set()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=follow_symlinks):
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=follow_symlinks, onerror=onerror):
         ident = _identity(Path(dirpath))
         if ident is None:
             continue
@@ -66,15 +71,17 @@ def walk_folders(root: Path, follow_symlinks: bool = False) -> Iterator[tuple[st
         yield dirpath, dirnames, filenames
 
 
-def walk_candidates(root: Path, follow_symlinks: bool = False) -> Iterator[str]:
-    """Every image file under *root* (or *root* itself), skipping hidden folders."""
+def walk_candidates(
+    root: Path, follow_symlinks: bool = False, onerror: Callable[[OSError], object] | None = None
+) -> Iterator[str]:
+    """Every image file under *root* (or *root* itself), skipping hidden folders (*onerror*: as walk_folders)."""
     if not follow_symlinks and root.is_symlink():
         return
     if root.is_file():
         if is_candidate(root):
             yield str(root)
         return
-    for dirpath, dirnames, filenames in walk_folders(root, follow_symlinks):
+    for dirpath, dirnames, filenames in walk_folders(root, follow_symlinks, onerror):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             path = os.path.join(dirpath, name)

@@ -1,0 +1,147 @@
+"""Changes made while the daemon was stopped: after a start-up the index holds what the disk holds.
+
+Six photos indexed; then, with nothing running, one deleted, one moved into a subfolder, one renamed,
+one's pixels replaced; then the start-up the daemon does (scan, reconcile, drain). Both backends; and
+the folders that must never be taken as "everything was deleted".
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+from sqlalchemy import select
+
+from daemon.config import Config
+from daemon.index.db import File
+from daemon.index.search import parse, search
+from daemon.service.reconcile import last, reconcile
+from daemon.service.watch import walk_candidates
+from daemon.testing.helpers import FakeAnalyzer, PipelineFactory, make_config
+
+
+def _photo(path: Path, shade: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (32, 32), (shade, 90, 160)).save(path)
+    return path
+
+
+@pytest.fixture
+def indexed(tmp_path: Path, database: str, open_test_pipeline: PipelineFactory) -> Any:
+    inbox = tmp_path / "inbox"
+    for i in range(6):
+        _photo(inbox / f"img{i}.png", 30 * i)
+    config = make_config(tmp_path, index={"database": database}, metadata={"write": False})
+    model = FakeAnalyzer()
+    pipeline = open_test_pipeline(config, model)
+    pipeline.offer(walk_candidates(inbox))
+    pipeline.drain()
+    return config, pipeline, model, inbox
+
+
+def _live(pipeline: Any) -> dict[str, int | None]:
+    with pipeline.db.transaction() as s:
+        return dict(s.execute(select(File.path, File.image_id).where(File.state != "deleted")).all())
+
+
+def _start_up(config: Config, pipeline: Any, inbox: Path) -> Any:
+    """What the daemon does as it starts watching: queue what is new or changed, remove what is gone."""
+    pipeline.offer(walk_candidates(inbox))
+    done = reconcile(pipeline.db, config)
+    pipeline.drain()
+    return done
+
+
+def test_the_index_equals_the_disk_after_a_start_up(indexed: Any) -> None:
+    config, pipeline, model, inbox = indexed
+    before = _live(pipeline)
+    (inbox / "img0.png").unlink()
+    (inbox / "sub").mkdir()
+    shutil.move(inbox / "img1.png", inbox / "sub" / "img1.png")
+    os.rename(inbox / "img2.png", inbox / "renamed.png")
+    _photo(inbox / "img3.png", 250)  # new pixels, same name
+    calls = len(model.calls)
+
+    done = _start_up(config, pipeline, inbox)
+
+    on_disk = {str(p) for p in inbox.rglob("*.png")}
+    assert set(_live(pipeline)) == on_disk and len(on_disk) == 5
+    assert sorted(done.removed) == sorted(str(inbox / n) for n in ("img0.png", "img1.png", "img2.png"))
+    after = _live(pipeline)
+    # Moved and renamed: recognised by content, the same image and its results; no model run for them.
+    assert after[str(inbox / "sub" / "img1.png")] == before[str(inbox / "img1.png")]
+    assert after[str(inbox / "renamed.png")] == before[str(inbox / "img2.png")]
+    assert sum(model.calls[calls:]) == 1  # only the replaced pixels were described again
+    assert after[str(inbox / "img3.png")] != before[str(inbox / "img3.png")]
+    with pipeline.db.transaction() as s:
+        found = {h.path for h in search(s, parse("", folder=str(inbox)), limit=100)}
+    assert found == on_disk  # search points at nothing that is gone
+    assert last(config) is not None and len(last(config)["removed"]) == 3  # type: ignore[arg-type]
+
+
+def test_a_missing_or_empty_folder_is_not_taken_as_everything_deleted(indexed: Any) -> None:
+    config, pipeline, _, inbox = indexed
+    before = _live(pipeline)
+    hidden = inbox.with_name("away")
+    inbox.rename(hidden)  # unmounted
+    done = reconcile(pipeline.db, config)
+    assert done.removed == [] and done.skipped == {str(inbox): "the folder is missing"}
+    inbox.mkdir()  # an empty mount point
+    done = reconcile(pipeline.db, config)
+    assert done.removed == [] and "the folder is empty while the index holds files" in done.skipped[str(inbox)]
+    assert _live(pipeline) == before
+    assert last(config)["skipped"] == done.skipped  # type: ignore[index]  # status shows it
+
+
+def test_a_folder_that_cannot_be_listed_removes_nothing(indexed: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    config, pipeline, _, inbox = indexed
+    shutil.move(inbox / "img4.png", _photo(inbox / "deep" / "x.png", 7).parent / "img4.png")
+    _start_up(config, pipeline, inbox)
+    before = _live(pipeline)
+    real = os.scandir
+
+    def scandir(path: Any = ".") -> Any:
+        if str(path).endswith("deep"):  # a share answering with an I/O error
+            raise OSError(errno.EIO, "Input/output error", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    done = reconcile(pipeline.db, config)
+    assert done.removed == [] and done.skipped[str(inbox)].endswith("deep: Input/output error")
+    assert _live(pipeline) == before
+
+
+def test_the_real_daemon_reconciles_at_start_up_and_status_says_so(tmp_path: Path, tiny_model: Path) -> None:
+    """The user's trial: index photos, stop the daemon, change the folder, start it again."""
+    from daemon.index.db import Database
+    from daemon.testing.helpers import wait_until, write_config
+    from tests.service.test_e2e import DaemonProcess, status
+    from tests.service.test_query import _cli
+
+    config = write_config(tmp_path, tiny_model)
+    inbox = tmp_path / "inbox"
+    for i in range(4):
+        _photo(inbox / f"img{i}.png", 60 * i)
+    db = Database(f"sqlite:///{tmp_path / 'index.db'}")
+    try:
+        daemon = DaemonProcess(config, tmp_path / "daemon.log")
+        daemon.wait_ready()
+        assert wait_until(lambda: status(db)["indexed"] == 4, timeout=120), daemon.log.read_text()
+        assert daemon.stop() == 0
+        (inbox / "img0.png").unlink()
+        os.rename(inbox / "img1.png", inbox / "moved.png")
+        daemon = DaemonProcess(config, tmp_path / "daemon2.log")
+        daemon.wait_ready()
+        assert wait_until(lambda: status(db)["pending"] == 0 and status(db)["indexed"] == 3, timeout=120)
+        assert daemon.stop() == 0
+    finally:
+        db.close()
+    listed = _cli("--config", str(config), "search", "--folder", str(inbox), "--local").stdout.splitlines()
+    assert sorted(p for p in listed if not p.startswith(" ")) == sorted(str(p) for p in inbox.glob("*.png"))
+    out = _cli("--config", str(config), "status").stdout
+    assert "start-up reconcile (" in out and "2 file(s) gone from disk left the index" in out, out
