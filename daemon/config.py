@@ -167,6 +167,11 @@ def expand(path: str | Path) -> Path:
     return Path(os.path.expandvars(str(path))).expanduser()
 
 
+def mask_password(url: str) -> str:
+    """*url* with its password as ``***``, for logs and messages (no URL parser needed)."""
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
 def database_url(database: str) -> str:
     """A path becomes an SQLite URL; an SQLAlchemy URL is passed through."""
     if "://" in database:

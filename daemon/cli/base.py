@@ -109,6 +109,7 @@ def index_status(config: Config) -> dict[str, Any]:
     from daemon.index import jobs, records
     from daemon.index.vectors import semantic_status
     from daemon.model.embed import off_reason
+    from daemon.service.reconcile import last
 
     with open_db(config) as db, db.transaction() as s:
         st = records.status(s)
@@ -118,8 +119,6 @@ def index_status(config: Config) -> dict[str, Any]:
     throughput = jobs.throughput(q["pending"] + q["running"], st["workers"], config.index.lease_seconds)
     paused = pauser(config, st["workers"]).check()
     on_this_computer = None if paused is None else {**asdict(paused), "describe": paused.describe()}
-    from daemon.service.reconcile import last
-
     return {
         **st,
         "retrying": retrying,

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from daemon.cli.base import command, open_db
+from daemon.cli.base import absolute, command, open_db
 from daemon.config import Config, database_url
 
 if TYPE_CHECKING:
@@ -40,7 +39,7 @@ def cmd_export(args: argparse.Namespace, config: Config, config_file: Path | Non
 
     task = task_named(args.task)
     check_task(task)
-    folder = os.path.abspath(os.path.expanduser(args.folder)) if args.folder else None
+    folder = absolute(args.folder)
     with open_db(config) as db, db.transaction() as s:
         n = export(s, args.format, Path(args.out), task.token, folder)
     print(f"wrote {n} image(s) to {args.out}", file=sys.stderr)

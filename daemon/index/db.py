@@ -9,7 +9,6 @@ two writers then queue on the busy timeout instead of failing halfway.
 from __future__ import annotations
 
 import logging
-import re
 import sqlite3
 import threading
 import time
@@ -45,6 +44,7 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from daemon.config import mask_password
 from daemon.errors import DatabaseError
 
 log = logging.getLogger(__name__)
@@ -529,7 +529,7 @@ def _display(url: str) -> str:
     try:
         parsed = make_url(url)
     except ArgumentError:  # not even a URL: mask what looks like a password all the same
-        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+        return mask_password(url)
     return parsed.database if parsed.drivername.startswith("sqlite") and parsed.database else parsed.render_as_string()
 
 

@@ -129,8 +129,12 @@ class Queries:
 
     def answer(self, op: str, args: dict[str, Any]) -> Any:
         """*op* with *args* as they came over the socket; TypeError for arguments that do not fit."""
-        ops: dict[str, Callable[..., Any]] = {"search": self.search, "show": self.show, "find": self.find}
-        ops["ask"] = self.ask
+        ops: dict[str, Callable[..., Any]] = {
+            "search": self.search,
+            "show": self.show,
+            "find": self.find,
+            "ask": self.ask,
+        }
         if op not in ops:
             raise TypeError(f"no such operation: {op!r}")
         return ops[op](**args)

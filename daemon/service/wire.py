@@ -21,6 +21,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from daemon.config import mask_password
+
 PROTOCOL = 1
 MAX_FRAME = 1 << 20  # 1 MiB: a search reply is a few kB; anything bigger is garbage or an attack
 HEADER = struct.Struct(">I")
@@ -48,7 +50,7 @@ def index_identity(url: str) -> str:
     m = re.match(r"sqlite(?:\+\w+)?:///(.+)", url)
     if m:
         return os.path.realpath(os.path.expanduser(m.group(1)))
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+    return mask_password(url)
 
 
 def encode(message: dict[str, Any]) -> bytes:
