@@ -66,9 +66,11 @@ def cmd_status(args: argparse.Namespace, config: Config, config_file: Path | Non
 
 
 def _reconciled_line(r: dict[str, Any]) -> str:
-    """status's line on the last start-up reconcile on this computer, and each folder it left alone."""
+    """status's line on the last reconcile on this computer, and each folder it left alone."""
+    from daemon.service.reconcile import summary
+
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["at"]))
-    line = f"start-up reconcile ({when}): {len(r['removed'])} file(s) gone from disk left the index"
+    line = f"reconciled with the disk ({when}): {summary(r)}"
     return line + "".join(f"\n  not reconciled: {folder}: {why}" for folder, why in r["skipped"].items())
 
 

@@ -257,9 +257,12 @@ def mark_deleted(session: Session, path: str) -> bool:
     return bool(files)
 
 
-def live_paths_under(session: Session, folder: str) -> set[str]:
-    """The paths of files under *folder* the index still counts as on disk (any state but deleted)."""
-    return set(session.scalars(select(File.path).where(under(File.path, folder), File.state != "deleted")))
+def live_stats_under(session: Session, folder: str) -> dict[str, tuple[int, int, int] | None]:
+    """The files under *folder* the index still counts as on disk (any state but deleted), with their stat."""
+    rows = session.execute(
+        select(File.path, File.inode, File.size, File.mtime_ns).where(under(File.path, folder), File.state != "deleted")
+    )
+    return {path: None if inode is None else (inode, size, mtime) for path, inode, size, mtime in rows}
 
 
 def mark_all_deleted(session: Session, paths: list[str]) -> int:

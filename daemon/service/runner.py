@@ -99,6 +99,7 @@ class Background:
             folders,
             on_settled=lambda paths: self._queue(offer, paths),
             on_deleted=lambda path: forget(db, path),
+            on_back=lambda folder: reconcile(db, self.config, folders=[folder]),  # a remount
             settle_seconds=self.config.watch.settle_seconds,
             polling=self.config.watch.polling,
             recursive=self.config.watch.recursive,
@@ -106,9 +107,9 @@ class Background:
         )
         watcher.start()
         try:
-            queued = offer(watcher.scan())
-            log.info("start-up scan: %d file(s) to process", queued)
-            reconcile(db, self.config)  # what went while we were down leaves search
+            # One walk: what came or changed while we were down is queued, what went leaves search.
+            done = reconcile(db, self.config, offer)
+            log.info("start-up scan: %d file(s) to process", done.queued)
             yield
         finally:
             watcher.stop()

@@ -144,7 +144,12 @@ class _Handler(FileSystemEventHandler):
         dest = os.fsdecode(event.dest_path) if getattr(event, "dest_path", "") else ""
         if event.event_type == "deleted" or isinstance(event, DirDeletedEvent):
             self.w.tracker.discard(src)
-            self.w.on_deleted(src)
+            if Path(src) in self.w.folders:
+                # A watched folder itself (deleted, or a share unmounted) is not "everything was deleted":
+                # its files stay until it comes back and is reconciled.
+                log.warning("watched folder %s is gone; nothing under it leaves the index", src)
+            else:
+                self.w.on_deleted(src)
         elif event.event_type == "moved":
             self.w.tracker.discard(src)
             if not self.w.inside(dest) or isinstance(event, DirMovedEvent) or is_candidate(src):
@@ -167,6 +172,7 @@ class FolderWatcher:
         on_settled: Callable[[list[str]], None],
         on_deleted: Callable[[str], None],
         *,
+        on_back: Callable[[Path], object] | None = None,
         settle_seconds: float = 2.0,
         polling: bool = False,
         recursive: bool = True,
@@ -175,6 +181,7 @@ class FolderWatcher:
         self.folders = [Path(os.path.abspath(f)) for f in folders]
         self.on_settled = on_settled
         self.on_deleted = on_deleted
+        self.on_back = on_back  # a watched folder came back (remounted, made again): reconcile it
         self.recursive = recursive
         self.follow_symlinks = follow_symlinks
         self.tracker = SettleTracker(settle_seconds)
@@ -270,6 +277,8 @@ class FolderWatcher:
                 self._roots[folder] = None
                 continue
             self.consider(str(folder), is_dir=True)
+            if self.on_back is not None:
+                self.on_back(folder)
 
     def _settle_loop(self) -> None:
         ticks = 0
@@ -299,8 +308,3 @@ class FolderWatcher:
             self.observer.join(timeout=5)
         if self._thread.is_alive():
             self._thread.join(timeout=5)
-
-    def scan(self) -> Iterator[str]:
-        """Every candidate file in the watched folders (the reconcile scan)."""
-        for folder in self.folders:
-            yield from walk_candidates(folder, self.follow_symlinks)

@@ -156,8 +156,10 @@ def test_a_watched_folder_deleted_and_created_again(watched: tuple[Path, Recorde
     shutil.copyfile(CORPUS / "pillow/hopper.jpg", inbox / "a.jpg")
     assert wait_until(lambda: rec.settled, timeout=10)
     shutil.rmtree(inbox)
-    assert wait_until(lambda: str(inbox / "a.jpg") in rec.deleted or str(inbox) in rec.deleted, timeout=10)
     time.sleep(1.5)  # the watcher notices the folder is gone
+    # The watched folder itself gone (or a share unmounted) is never "everything was deleted"; inotify
+    # still reports each file rm -rf deleted, polling only the folder.
+    assert str(inbox) not in rec.deleted
     inbox.mkdir()
     time.sleep(1.5)  # ... and that it is back
     shutil.copyfile(CORPUS / "pillow/flower.jpg", inbox / "b.jpg")
