@@ -76,7 +76,7 @@ def reconcile(
         moved = _moved({p: known[p] for p in gone}, {p: st for p, st in on_disk.items() if p not in known})
         done.note("moved", sorted(moved))
         done.note("removed", [p for p in gone if p not in moved.values()])
-        done.note("changed", sorted(p for p, st in on_disk.items() if known.get(p) not in (None, st)))
+        done.note("changed", sorted(p for p, st in on_disk.items() if _changed(known.get(p), st)))
     if done.removed or done.moved or done.changed:
         log.info("reconciled with the disk: %s", summary(asdict(done)))
     save(config, done)
@@ -93,6 +93,11 @@ def _moved(gone: dict[str, Stat | None], new: dict[str, Stat]) -> dict[str, str]
         if old is not None:
             found[path] = old
     return found
+
+
+def _changed(before: Stat | None, now: Stat) -> bool:
+    """Size or mtime differ: new content (a new inode alone is a remount or a copy back; offer still checks)."""
+    return before is not None and before[1:] != now[1:]
 
 
 def _listing(folder: Path, follow_symlinks: bool, indexed: bool) -> tuple[dict[str, Stat], str]:
