@@ -334,8 +334,22 @@ def _count_folders(roots: list[Path], recursive: bool, follow_symlinks: bool, st
 
 
 def check_folders(ctx: Context) -> list[Check]:
-    """Each watched folder: there, readable, and writable when metadata is written into the files."""
-    return [_check_folder(folder, ctx.config) for folder in ctx.config.folders]
+    """Each watched folder: there, readable, and writable when metadata is written into the files.
+
+    And each one the last reconcile left alone (missing, an empty mount point, an I/O error).
+    """
+    from daemon.service.reconcile import last
+
+    skipped = dict((last(ctx.config) or {}).get("skipped") or {})
+    checks = [_check_folder(folder, ctx.config) for folder in ctx.config.folders]
+    return checks + [
+        note(
+            "folder",
+            f"{folder}: the last reconcile with the index left it alone ({why}); nothing under it was removed",
+            "mount it or bring it back; the running daemon reconciles it when it returns",
+        )
+        for folder, why in skipped.items()
+    ]
 
 
 def _check_folder(folder: Path, config: Config) -> Check:

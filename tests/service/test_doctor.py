@@ -256,3 +256,25 @@ def test_nvidia_driver_version_from_proc(tmp_path: Path) -> None:
         "Tue Mar  5 22:15:33 UTC 2024\nGCC version:  gcc version 12.2.0 (Debian 12.2.0-14)\n"
     )
     assert doctor._nvidia_driver(tmp_path) == "550.54.15"
+
+
+def test_a_folder_the_reconcile_left_alone_is_shown(
+    tmp_path: Path, tiny_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from daemon.config import load_config
+    from daemon.service.reconcile import reconcile
+
+    cfg = healthy_config(tmp_path, tiny_model)
+    (tmp_path / "inbox").rmdir()  # a share not mounted when the daemon started
+    config = load_config(cfg)
+    db = Database(database_url(config.index.database))
+    try:
+        reconcile(db, config)
+    finally:
+        db.close()
+    main(["--config", str(cfg), "doctor"])
+    out = capsys.readouterr().out.splitlines()
+    assert (
+        f"note  folder           {tmp_path / 'inbox'}: the last reconcile with the index left it alone "
+        "(the folder is missing); nothing under it was removed" in out
+    ), out
