@@ -106,7 +106,7 @@ def pauser(config: Config, workers: list[dict[str, Any]]) -> Pauser:
 def index_status(config: Config) -> dict[str, Any]:
     """The index's counts and failures (``records.status``), what waits for another try, the
     queue's throughput and ETA, and whether search by meaning is on."""
-    from daemon.index import jobs, records
+    from daemon.index import folders, jobs, records
     from daemon.index.vectors import semantic_status
     from daemon.model.embed import off_reason
     from daemon.service.reconcile import last
@@ -115,6 +115,7 @@ def index_status(config: Config) -> dict[str, Any]:
         st = records.status(s)
         retrying = {"count": jobs.retrying_count(s), "jobs": jobs.retrying(s)}
         semantic = semantic_status(s, config.search, off_reason(config.search))
+        unwatched = folders.hidden(s)
     q = st["queue"]
     throughput = jobs.throughput(q["pending"] + q["running"], st["workers"], config.index.lease_seconds)
     paused = pauser(config, st["workers"]).check()
@@ -126,6 +127,7 @@ def index_status(config: Config) -> dict[str, Any]:
         "semantic": semantic,
         "paused": on_this_computer,
         "reconciled": last(config),
+        "unwatched": unwatched,
     }
 
 

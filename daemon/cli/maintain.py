@@ -83,3 +83,30 @@ def cmd_retag(args: argparse.Namespace, config: Config, config_file: Path | None
     verb = "would change" if args.dry_run else "changed"
     print(f"{total} indexed file(s): {changed} {verb}, {failed} failed", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _forget_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dry-run", action="store_true", help="only list the folders and how many files each holds")
+
+
+@command(
+    "forget-unwatched",
+    "Remove the files of unwatched folders from the index.",
+    "florence-watch forget-unwatched --dry-run",
+    description="Files under a folder taken out of watch.folders are hidden from search and listed by\n"
+    "`status`, never removed silently. This removes them from the index (the files on disk are not touched).",
+    arguments=_forget_arguments,
+)
+def cmd_forget_unwatched(args: argparse.Namespace, config: Config, config_file: Path | None) -> int:
+    from daemon.index import folders
+
+    with open_db(config) as db, db.transaction(write=not args.dry_run) as s:
+        listed = folders.hidden(s)
+        for u in listed:
+            print(f"{u['folder']}: {u['files']} file(s)")
+        if not args.dry_run:
+            n = folders.forget_unwatched(s)
+            print(f"removed {n} file(s) from the index", file=sys.stderr)
+    if not listed:
+        print("no folder that was watched is unwatched now", file=sys.stderr)
+    return 0

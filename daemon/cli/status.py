@@ -47,6 +47,11 @@ def cmd_status(args: argparse.Namespace, config: Config, config_file: Path | Non
         print(f"search by meaning: off ({sem['reason']}); search is by words")
     if st["reconciled"]:
         print(_reconciled_line(st["reconciled"]))
+    for u in st["unwatched"]:
+        print(
+            f"no longer watched: {u['folder']}: {u['files']} file(s) hidden from search "
+            "(florence-watch forget-unwatched removes them; put the folder back in watch.folders to keep them)"
+        )
     for w in st["workers"]:
         print(
             f"  worker {w['host']}:{w['pid']}  {w['role']:5}  {w['device'] or '-':8}  {w['images_per_s']:6.2f} images/s"

@@ -96,7 +96,7 @@ class File(Base):
     inode: Mapped[int | None] = mapped_column(BigInteger)
     size: Mapped[int | None] = mapped_column(BigInteger)
     mtime_ns: Mapped[int | None] = mapped_column(BigInteger)
-    state: Mapped[str] = mapped_column(String(16), default="pending")  # pending|indexed|failed|deleted
+    state: Mapped[str] = mapped_column(String(16), default="pending")  # pending|indexed|failed|deleted|unwatched
     error: Mapped[str | None] = mapped_column(Text)
     tag_state: Mapped[str] = mapped_column(String(16), default="none")  # none|pending|done|skipped|failed
     written: Mapped[str | None] = mapped_column(Text)  # JSON: exactly what we wrote
@@ -164,6 +164,16 @@ class Worker(Base):
     processed: Mapped[int] = mapped_column(BigInteger, default=0)
     started_at: Mapped[float] = mapped_column(default=now)
     heartbeat: Mapped[float] = mapped_column(default=now)
+
+
+class WatchedFolder(Base):
+    """A folder a watcher on *host* watches, or watched until its config dropped it (its files are hidden)."""
+
+    __tablename__ = "watched_folders"
+    host: Mapped[str] = mapped_column(String(255), primary_key=True)
+    path: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    watched: Mapped[bool] = mapped_column(default=True)
+    seen_at: Mapped[float] = mapped_column(default=now)
 
 
 class Embedding(Base):
@@ -398,6 +408,10 @@ def _m0008_embeddings(conn: Connection) -> None:
     Base.metadata.create_all(conn, tables=_tables(Embedding))
 
 
+def _m0009_watched_folders(conn: Connection) -> None:
+    Base.metadata.create_all(conn, tables=_tables(WatchedFolder))
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0001_initial", _m0001_initial),
     ("0002_fts", _m0002_fts),
@@ -407,6 +421,7 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0006_postgres_search", _m0006_postgres_search),
     ("0007_word_forms", _m0007_word_forms),
     ("0008_embeddings", _m0008_embeddings),
+    ("0009_watched_folders", _m0009_watched_folders),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

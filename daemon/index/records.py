@@ -262,7 +262,10 @@ def live_stats_under(session: Session, folder: str) -> dict[str, tuple[int, int,
     rows = session.execute(
         select(File.path, File.inode, File.size, File.mtime_ns).where(under(File.path, folder), File.state != "deleted")
     )
-    return {path: None if inode is None else (inode, size, mtime) for path, inode, size, mtime in rows}
+    return {
+        path: None if inode is None or size is None or mtime is None else (inode, size, mtime)
+        for path, inode, size, mtime in rows
+    }
 
 
 def mark_all_deleted(session: Session, paths: list[str]) -> int:

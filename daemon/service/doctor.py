@@ -340,7 +340,9 @@ def check_folders(ctx: Context) -> list[Check]:
     """
     from daemon.service.reconcile import last
 
-    skipped = dict((last(ctx.config) or {}).get("skipped") or {})
+    skipped = (last(ctx.config) or {}).get("skipped")
+    if not isinstance(skipped, dict):
+        skipped = {}
     checks = [_check_folder(folder, ctx.config) for folder in ctx.config.folders]
     return checks + [
         note(

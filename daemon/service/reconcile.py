@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -25,6 +26,7 @@ from daemon.config import Config, database_url, xdg_home
 from daemon.imaging import Fingerprint
 from daemon.index import records
 from daemon.index.db import Database
+from daemon.index.folders import register
 from daemon.service.watch import walk_candidates
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,7 @@ class Reconciled:
     moved: int = 0
     changed: int = 0
     queued: int = 0  # new or changed files handed to the queue
+    hidden: int = 0  # files under folders dropped from the config, hidden from search
     samples: dict[str, list[str]] = field(default_factory=lambda: {"removed": [], "moved": [], "changed": []})
     skipped: dict[str, str] = field(default_factory=dict)  # folder -> why nothing under it was removed
 
@@ -56,8 +59,21 @@ def reconcile(
     offer: Callable[[Iterable[str]], int] | None = None,
     folders: list[Path] | None = None,
 ) -> Reconciled:
-    """Make the index equal *folders* (the watched ones) on disk; *offer* queues what is new or changed."""
+    """Make the index equal *folders* on disk; *offer* queues what is new or changed.
+
+    With *folders* None (the start-up), this host's watched folders are registered first: files
+    under a folder dropped from the config are hidden from search (``index.folders``).
+    """
     done = Reconciled()
+    if folders is None:
+        with db.transaction(write=True) as s:
+            done.hidden = register(s, socket.gethostname(), [str(f) for f in config.folders])
+        if done.hidden:
+            log.warning(
+                "%d file(s) under folders no longer in the config left search; "
+                "florence-watch status lists them, florence-watch forget-unwatched removes them",
+                done.hidden,
+            )
     for folder in config.folders if folders is None else folders:
         with db.transaction() as s:
             known = records.live_stats_under(s, str(folder))

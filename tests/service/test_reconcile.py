@@ -150,3 +150,48 @@ def test_the_real_daemon_reconciles_at_start_up_and_status_says_so(tmp_path: Pat
     assert sorted(p for p in listed if not p.startswith(" ")) == sorted(str(p) for p in inbox.glob("*.png"))
     out = _cli("--config", str(config), "status").stdout
     assert "reconciled with the disk (" in out and "1 removed, 1 moved or renamed, 0 changed" in out, out
+
+
+def test_a_folder_dropped_from_the_config_is_hidden_listed_and_removed_only_when_asked(
+    tmp_path: Path, database: str, open_test_pipeline: PipelineFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from daemon.cli import main
+    from daemon.cli.base import index_status
+
+    kept, dropped = tmp_path / "kept", tmp_path / "dropped"
+    for i in range(2):
+        _photo(kept / f"k{i}.png", 40 * i)
+        _photo(dropped / f"d{i}.png", 40 * i + 20)
+    both = make_config(
+        tmp_path, index={"database": database}, metadata={"write": False}, watch={"folders": [str(kept), str(dropped)]}
+    )
+    one = make_config(tmp_path, index={"database": database}, metadata={"write": False}, watch={"folders": [str(kept)]})
+    model = FakeAnalyzer()
+    pipeline = open_test_pipeline(both, model)
+
+    def found() -> set[str]:
+        with pipeline.db.transaction() as s:
+            return {Path(h.path).name for h in search(s, parse("", since="1970-01-01"), limit=100)}
+
+    _start_up(both, pipeline, kept)
+    assert found() == {"k0.png", "k1.png", "d0.png", "d1.png"}
+    images = _live(pipeline)
+    calls = len(model.calls)
+
+    assert _start_up(one, pipeline, kept).hidden == 2  # the config lost a folder
+    assert found() == {"k0.png", "k1.png"}  # hidden from search...
+    assert set(_live(pipeline)) == set(images)  # ...not removed
+    assert index_status(one)["unwatched"] == [{"folder": str(dropped), "files": 2}]
+
+    _start_up(both, pipeline, kept)  # put back: its files return, recognised by content
+    assert found() == {"k0.png", "k1.png", "d0.png", "d1.png"} and _live(pipeline) == images
+    assert model.calls[calls:] == [] and index_status(both)["unwatched"] == []
+
+    _start_up(one, pipeline, kept)
+    config_file = tmp_path / "one.toml"
+    config_file.write_text(f"[watch]\nfolders = [{str(kept)!r}]\n[index]\ndatabase = {database!r}\n")
+    assert main(["--config", str(config_file), "status"]) == 0
+    assert f"no longer watched: {dropped}: 2 file(s) hidden from search" in capsys.readouterr().out
+    assert main(["--config", str(config_file), "forget-unwatched"]) == 0
+    assert set(_live(pipeline)) == {str(kept / "k0.png"), str(kept / "k1.png")}
+    assert index_status(one)["unwatched"] == []
