@@ -134,3 +134,24 @@ def under(column: Any, folder: str | Path) -> ColumnElement[bool]:
     """SQL for :func:`is_under`: *column* (a path column) is *folder* or below it."""
     folder, prefix = folder_prefix(folder)
     return or_(column == folder, column.startswith(prefix, autoescape=True))
+
+
+ROOM_SLACK = 256 * 1024  # exiftool writes a whole new copy beside the file, plus its new metadata
+
+
+def no_room(path: str | Path) -> str:
+    """Why a new copy of *path* cannot be written beside it now ('' if it can): a full or read-only disk.
+
+    Both pass by themselves (space freed, the share remounted read-write): the write waits for them.
+    """
+    try:
+        need = os.stat(path).st_size + ROOM_SLACK
+        fs = os.statvfs(Path(path).parent)
+    except OSError:
+        return ""
+    if fs.f_flag & os.ST_RDONLY:
+        return "its filesystem is read-only"
+    free = fs.f_bavail * fs.f_frsize
+    if free < need:
+        return f"no space left on its disk ({free // 1024} KiB free, {need // 1024} KiB needed)"
+    return ""

@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 
 from daemon.config import IndexConfig
 from daemon.errors import DatabaseError, ImageError, MetadataError
-from daemon.files import TempFiles, is_under
+from daemon.files import TempFiles, is_under, no_room
 from daemon.imaging import Fingerprint, sha256_file
 from daemon.index import jobs, records
 from daemon.index.db import Database, File, now
@@ -99,6 +99,11 @@ class Written:
     reason: str = ""
     sha256: str | None = None  # the file's new hash; None if its bytes did not change
     fp: Fingerprint | None = None
+    waits: bool = False  # a full or read-only disk: left pending, tried again by Tagger.retry
+
+
+# Files whose write waits for room: each is logged once, not at every retry (any thread).
+_WAITING: set[str] = set()
 
 
 def _describe(d: Decisions) -> str:
@@ -146,8 +151,17 @@ def write_one(
         sha = sha256_file(path) if fp.stat != request.recorded else None
     except (MetadataError, ImageError, OSError) as exc:
         reason = getattr(exc, "reason", None) or str(exc)
+        full = no_room(path)
+        if full:  # exiftool left the file as it was: the write waits, and is tried again
+            if path not in _WAITING:
+                log.warning("%s: metadata write waits until it can be made: %s", path, full)
+            _WAITING.add(path)
+            return Written(request, reason=full, waits=True)
         log.error("%s: metadata not written: %s", path, reason)
         return Written(request, reason=f"metadata not written: {reason}")
+    if path in _WAITING:
+        _WAITING.discard(path)
+        log.info("%s: metadata written now that it can be", path)
     if outcome.kept:
         log.info("%s: kept what a person wrote in %s", path, ", ".join(outcome.kept))
     return Written(request, outcome, sha256=sha, fp=fp)
@@ -156,7 +170,9 @@ def write_one(
 def record(session: Session, done: list[Written], indexed: Callable[[str], str] = str) -> None:
     """Record what was written (or why not) for each file; targets in the index's form (*indexed*)."""
     for w in done:
-        if w.outcome is None:
+        if w.waits:
+            records.mark_tag_pending(session, [w.request.file_id])
+        elif w.outcome is None:
             records.record_tag_failure(session, w.request.file_id, w.reason)
         elif w.fp is not None:
             target = indexed(w.outcome.target)
