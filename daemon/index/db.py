@@ -535,6 +535,12 @@ def unreachable(exc: DatabaseError) -> bool:
     return isinstance(cause, OperationalError) and "sqlite" not in type(cause.orig).__module__
 
 
+def disk_full(exc: DatabaseError) -> bool:
+    """Whether *exc* is the index's disk being full: the commit rolled back whole; worth waiting for room."""
+    orig = getattr(exc.__cause__, "orig", None)
+    return getattr(orig, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or getattr(orig, "sqlstate", None) == "53100"
+
+
 def display_url(url: str) -> str:
     """*url* for messages and logs: a file path for SQLite, the password masked otherwise."""
     return _display(url)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from daemon.config import Config, database_url
 from daemon.errors import DatabaseError, FlorenceWatchError
 from daemon.index import jobs, records
-from daemon.index.db import Database, display_url, unreachable
+from daemon.index.db import Database, disk_full, display_url, unreachable
 from daemon.index.workers import Heartbeat
 from daemon.metadata import MetadataWriter, remove_stale_temp_files
 from daemon.model.analyze import Analyzer
@@ -72,6 +72,7 @@ def open_pipeline(
 
 
 ROLES = ("all", "watch", "work")
+ROOM_S = 5.0  # how often a daemon whose index's disk is full tries again
 RECONNECT_S = 2.0  # how often a daemon whose index server is away tries again
 STATUS_S = 5.0  # how often systemd's STATUS= line is brought up to date
 
@@ -158,6 +159,7 @@ class Daemon:
         self.background = Background(config, self.wakeup, self._is_paused)
         self.pauser = Pauser(config.pause)
         self.paused: Paused | None = None  # as the main loop last acted on it
+        self._index_full = False  # its disk was full at the last commit (logged once)
         self.turns = 0  # of the main loop (tests wait on it rather than on the clock)
 
     def request_stop(self, signum: int | None = None, _frame: object = None) -> None:
@@ -227,6 +229,19 @@ class Daemon:
                 log.info("the index is reachable again: carrying on")
                 return
 
+    def _no_room(self, pipeline: Pipeline, exc: DatabaseError) -> None:
+        """The index's disk is full: the commit rolled back whole and the work stays queued; wait for room."""
+        if not self._index_full:
+            log.error("%s; the work stays queued and is tried again every %.0f s until there is room", exc, ROOM_S)
+            self._index_full = True
+        while not self.stop_event.wait(ROOM_S):
+            try:
+                pipeline.reset()  # give back the batch in hand: the next turn claims it again
+                return
+            except DatabaseError as again:
+                if not disk_full(again):
+                    raise
+
     def _idle_s(self, wanted: float) -> float:
         """How long an idle loop may sleep: *wanted*, but never past the next watchdog ping."""
         return min(wanted, self.notifier.watchdog_s or wanted)
@@ -272,6 +287,9 @@ class Daemon:
                 self._report(pipeline)
                 if pipeline.process_batch(halt):
                     self.background.stored()
+                    if self._index_full:
+                        log.info("the index has room again: carrying on")
+                        self._index_full = False
                     continue
                 if self._check_pause(pipeline):  # the batch stopped for a pause: no retried writes now
                     continue
@@ -279,6 +297,9 @@ class Daemon:
                 if isinstance(pipeline.analyzer, ResidentAnalyzer) and pipeline.analyzer.unload_if_idle():
                     self.notifier.status(status_line(pipeline, self.paused))
             except DatabaseError as exc:
+                if disk_full(exc):
+                    self._no_room(pipeline, exc)
+                    continue
                 if not unreachable(exc):
                     raise
                 self._outage(pipeline, exc)

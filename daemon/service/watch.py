@@ -281,7 +281,7 @@ class FolderWatcher:
                 self.on_back(folder)
 
     def _settle_loop(self) -> None:
-        ticks = 0
+        ticks, failing = 0, ""  # failing: why the last queueing failed, logged once
         while not self._stop.wait(0.25):
             ticks += 1
             if ticks % 4 == 0:
@@ -294,12 +294,17 @@ class FolderWatcher:
                 try:
                     self.on_settled(ready)
                 except Exception as exc:
-                    if isinstance(exc, FlorenceWatchError):  # the index is away, say: its words say it all
-                        log.warning("could not queue %d settled file(s): %s; trying again", len(ready), exc)
-                    else:
+                    if not isinstance(exc, FlorenceWatchError):
                         log.exception("could not queue %d settled file(s)", len(ready))
+                    elif str(exc) != failing:  # the index is away or full, say: its words say it all, once
+                        log.warning("could not queue %d settled file(s): %s; trying again", len(ready), exc)
+                    failing = str(exc)
                     for p in ready:
                         self.tracker.touch(p)
+                else:
+                    if failing:
+                        log.info("queued %d settled file(s) that waited for the index", len(ready))
+                    failing = ""
 
     def stop(self) -> None:
         self._stop.set()
