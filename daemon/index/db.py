@@ -562,6 +562,8 @@ def _reason(exc: DBAPIError, migrating: bool = False) -> str:
             f"{text} (the database role needs to own the database or have CREATE on its schema, e.g. "
             "GRANT CREATE ON SCHEMA public TO the role; or run florence-watch once as the owner)"
         )
+    if getattr(exc.orig, "sqlstate", None) == "53100":  # disk_full: the server is there, its disk is not
+        return text
     if isinstance(exc, OperationalError) and "sqlite" not in type(exc.orig).__module__:
         return f"{text} (is the server running and reachable? check index.database)"
     if migrating:

@@ -8,19 +8,23 @@ once there is room again.
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import sqlite3
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from PIL import Image
+from sqlalchemy import text
 
 from daemon.config import database_url
-from daemon.index.db import Database
+from daemon.index.db import Database, display_url
 from daemon.testing.helpers import wait_until, write_config
+from daemon.testing.postgres import Cluster
 from tests.metadata.test_full_disk import _fill
 from tests.service.test_e2e import DaemonProcess, status
 from tests.service.test_query import _cli
@@ -28,8 +32,7 @@ from tests.service.test_query import _cli
 
 @pytest.fixture
 def index_disk(tmp_path: Path) -> Iterator[Path]:
-    disk = tmp_path / "index-disk"
-    disk.mkdir()
+    disk = Path(tempfile.mkdtemp(prefix="fw-index-disk-", dir="/tmp"))  # PostgreSQL's user must reach it
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True)
     if done.returncode:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
@@ -37,6 +40,48 @@ def index_disk(tmp_path: Path) -> Iterator[Path]:
         yield disk
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+        disk.rmdir()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def full_index(request: pytest.FixtureRequest, index_disk: Path) -> Iterator[tuple[str, Path]]:
+    """(index URL, the small disk its tables live on): an SQLite file, or a PostgreSQL tablespace."""
+    if request.param == "sqlite":
+        yield str(index_disk / "index.db"), index_disk
+        return
+    cluster: Cluster = request.getfixturevalue("postgres")
+    space = index_disk / "pg"
+    space.mkdir()
+    if cluster.user is not None:
+        pw = pwd.getpwnam(cluster.user)
+        os.chown(space, pw.pw_uid, pw.pw_gid)
+    name = "t_index_full"
+    cluster.drop_database(name)
+    cluster.sql("DROP TABLESPACE IF EXISTS t_small")
+    cluster.sql(f"CREATE TABLESPACE t_small LOCATION '{space}'")
+    cluster.sql(f'CREATE DATABASE "{name}"')
+    # The tables the daemon makes go to the small disk; the database's own folder (its catalogue,
+    # written as a connection starts) stays where it was: a full tablespace, not a full server.
+    cluster.sql(f'ALTER DATABASE "{name}" SET default_tablespace = t_small')
+    try:
+        yield cluster.url(name), index_disk
+    finally:
+        cluster.drop_database(name)
+        cluster.sql("DROP TABLESPACE IF EXISTS t_small")
+
+
+def _intact(url: str) -> bool:
+    """SQLite's PRAGMA integrity_check; on PostgreSQL, every file row's documents and jobs readable."""
+    if not url.startswith("postgresql"):
+        return sqlite3.connect(url).execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    db = Database(url)
+    try:
+        with db.transaction() as s:
+            s.execute(text("SELECT count(*) FROM files f LEFT JOIN documents d ON d.file_id = f.id"))
+            s.execute(text("SELECT count(*) FROM jobs"))
+        return True
+    finally:
+        db.close()
 
 
 def _photos(inbox: Path, names: range) -> None:
@@ -45,19 +90,20 @@ def _photos(inbox: Path, names: range) -> None:
 
 
 def test_a_full_index_disk_keeps_the_work_queued_and_carries_on_when_there_is_room(
-    tmp_path: Path, tiny_model: Path, index_disk: Path
+    tmp_path: Path, tiny_model: Path, full_index: tuple[str, Path]
 ) -> None:
-    index = index_disk / "index.db"
-    config = write_config(tmp_path, tiny_model, index={"database": str(index)}, metadata={"write": False})
+    index, index_disk = full_index
+    config = write_config(tmp_path, tiny_model, index={"database": index}, metadata={"write": False})
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     _photos(inbox, range(2))
-    db = Database(database_url(str(index)))
+    db = Database(database_url(index))
     daemon = DaemonProcess(config, tmp_path / "daemon.log")
     try:
         daemon.wait_ready()
         assert wait_until(lambda: status(db)["indexed"] == 2, timeout=120), daemon.log.read_text()
-        full = f"{index}: database or disk is full"
+        words = "could not extend file" if index.startswith("postgresql") else "database or disk is full"
+        full = f"{display_url(database_url(index))}: {words}"  # the index, and the server's own words
 
         def said() -> int:
             return daemon.log.read_text().count(full)
@@ -68,7 +114,7 @@ def test_a_full_index_disk_keeps_the_work_queued_and_carries_on_when_there_is_ro
         assert wait_until(lambda: said(), timeout=60), daemon.log.read_text()
         time.sleep(3)  # the watcher tries again every second: still one line
         assert said() == 1 and daemon.proc.poll() is None
-        assert sqlite3.connect(index).execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert _intact(index)
         filler.unlink()
         assert wait_until(lambda: status(db)["indexed"] == 20, timeout=180), daemon.log.read_text()[-3000:]
 
@@ -81,15 +127,17 @@ def test_a_full_index_disk_keeps_the_work_queued_and_carries_on_when_there_is_ro
         assert wait_until(lambda: said() == 2, timeout=60), daemon.log.read_text()[-3000:]
         time.sleep(6)  # another try, another failure: no new line
         assert said() == 2 and daemon.proc.poll() is None and status(db)["indexed"] < 40
-        assert sqlite3.connect(index).execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert _intact(index)
         filler.unlink()
         assert wait_until(lambda: status(db)["indexed"] == 40, timeout=180), daemon.log.read_text()[-3000:]
         assert "the index has room again: carrying on" in daemon.log.read_text()
+        assert "is the server running" not in daemon.log.read_text()  # it is: its disk is full
         assert daemon.stop() == 0
     finally:
         if daemon.proc.poll() is None:
             daemon.stop()
         db.close()
-    assert sqlite3.connect(index).execute("PRAGMA integrity_check").fetchone() == ("ok",)
-    assert not [p for p in os.listdir(index_disk) if p != "index.db" and not p.startswith("index.db-")]
+    assert _intact(index)
+    if not index.startswith("postgresql"):
+        assert not [p for p in os.listdir(index_disk) if p != "index.db" and not p.startswith("index.db-")]
     shutil.rmtree(inbox)
