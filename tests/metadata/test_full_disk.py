@@ -125,7 +125,8 @@ sys.exit(main(["--config", sys.argv[4], "scan", sys.argv[5]]))
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="mounts a tmpfs, then gives up root for nobody")
-def test_as_an_unprivileged_user_a_full_disk_waits_and_the_next_run_writes(tiny_model: Path) -> None:
+@pytest.mark.parametrize("trouble", ["full", "read-only"])
+def test_as_an_unprivileged_user_the_write_waits_and_the_next_run_makes_it(tiny_model: Path, trouble: str) -> None:
     """``florence-watch scan`` run by nobody: the same, with no root privileges to lean on."""
     root = Path(tempfile.mkdtemp(prefix="fw-full-", dir="/tmp"))
     try:
@@ -140,7 +141,7 @@ def test_as_an_unprivileged_user_a_full_disk_waits_and_the_next_run_writes(tiny_
         shutil.copyfile(PHOTO, photo)
         os.chown(photo, 65534, 65534)
         before = _sha(photo)
-        filler = _fill(inbox)
+        filler = _fill(inbox) if trouble == "full" else inbox / ".filler"
         model = Path(shutil.copytree(tiny_model, root / "model"))  # pytest's tmp_path is root's alone
         for p in [model, *model.iterdir()]:
             p.chmod(0o755 if p.is_dir() else 0o644)
@@ -163,14 +164,20 @@ def test_as_an_unprivileged_user_a_full_disk_waits_and_the_next_run_writes(tiny_
             ]
             return subprocess.run([*argv, str(photo)], capture_output=True, text=True, env=env, cwd=root, timeout=300)
 
+        if trouble == "read-only":
+            subprocess.run(["mount", "-o", "remount,ro", str(inbox)], check=True)
         first = scan()
-        assert first.stderr.count("metadata write waits until it can be made: no space") == 1, first.stderr
-        assert _sha(photo) == before and sorted(os.listdir(inbox)) == [".filler", "hopper.jpg"]
+        why = "no space" if trouble == "full" else "its filesystem is read-only"
+        assert first.stderr.count(f"metadata write waits until it can be made: {why}") == 1, first.stderr
+        assert _sha(photo) == before and not [p for p in os.listdir(inbox) if p not in (".filler", "hopper.jpg")]
         db = Database(database_url(str(root / "index.db")))
         try:
             with db.transaction() as s:
                 assert s.scalar(select(File.tag_state).where(File.path == str(photo))) == "pending"
-            filler.unlink()
+            if trouble == "full":
+                filler.unlink()
+            else:
+                subprocess.run(["mount", "-o", "remount,rw", str(inbox)], check=True)
             second = scan()  # the next run writes what waited
             with db.transaction() as s:
                 assert s.scalar(select(File.tag_state).where(File.path == str(photo))) == "done", second.stderr
