@@ -66,6 +66,7 @@ bench: setup
 	$(PY) bench/question.py
 	$(PY) bench/identity.py
 	$(PY) bench/unload.py
+	$(PY) bench/reconcile.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache *.egg-info
