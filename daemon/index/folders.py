@@ -61,7 +61,8 @@ def hidden(session: Session) -> list[dict[str, object]]:
         n = session.scalar(
             select(func.count()).select_from(File).where(under(File.path, folder), File.state == "unwatched")
         )
-        out.append({"folder": folder, "files": n or 0})
+        if n:  # a dropped folder that held nothing has nothing to say
+            out.append({"folder": folder, "files": n})
     return out
 
 

@@ -150,21 +150,26 @@ def write_one(
         # write just replaced it, or an interrupted write of ours did earlier.
         sha = sha256_file(path) if fp.stat != request.recorded else None
     except (MetadataError, ImageError, OSError) as exc:
-        reason = getattr(exc, "reason", None) or str(exc)
-        full = no_room(path)
-        if full:  # exiftool left the file as it was: the write waits, and is tried again
-            if path not in _WAITING:
-                log.warning("%s: metadata write waits until it can be made: %s", path, full)
-            _WAITING.add(path)
-            return Written(request, reason=full, waits=True)
-        log.error("%s: metadata not written: %s", path, reason)
-        return Written(request, reason=f"metadata not written: {reason}")
+        return _not_written(request, getattr(exc, "reason", None) or str(exc))
     if path in _WAITING:
         _WAITING.discard(path)
         log.info("%s: metadata written now that it can be", path)
     if outcome.kept:
         log.info("%s: kept what a person wrote in %s", path, ", ".join(outcome.kept))
     return Written(request, outcome, sha256=sha, fp=fp)
+
+
+def _not_written(request: TagRequest, reason: str) -> Written:
+    """A failed write: it waits if the disk is full or read-only (exiftool left the file as it was)."""
+    path = request.path
+    full = no_room(path)
+    if full:
+        if path not in _WAITING:
+            log.warning("%s: metadata write waits until it can be made: %s", path, full)
+        _WAITING.add(path)
+        return Written(request, reason=full, waits=True)
+    log.error("%s: metadata not written: %s", path, reason)
+    return Written(request, reason=f"metadata not written: {reason}")
 
 
 def record(session: Session, done: list[Written], indexed: Callable[[str], str] = str) -> None:

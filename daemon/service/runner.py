@@ -220,28 +220,6 @@ class Daemon:
             heartbeat.stop()
             db.close()
 
-    def _outage(self, pipeline: Pipeline, exc: DatabaseError) -> None:
-        """The index's server went away mid-run: wait for it, then start over from what it holds."""
-        log.warning("%s; waiting for the index to come back", exc)
-        while not self.stop_event.wait(RECONNECT_S):
-            if pipeline.db.reachable():
-                pipeline.reset()
-                log.info("the index is reachable again: carrying on")
-                return
-
-    def _no_room(self, pipeline: Pipeline, exc: DatabaseError) -> None:
-        """The index's disk is full: the commit rolled back whole and the work stays queued; wait for room."""
-        if not self._index_full:
-            log.error("%s; the work stays queued and is tried again every %.0f s until there is room", exc, ROOM_S)
-            self._index_full = True
-        while not self.stop_event.wait(ROOM_S):
-            try:
-                pipeline.reset()  # give back the batch in hand: the next turn claims it again
-                return
-            except DatabaseError as again:
-                if not disk_full(again):
-                    raise
-
     def _idle_s(self, wanted: float) -> float:
         """How long an idle loop may sleep: *wanted*, but never past the next watchdog ping."""
         return min(wanted, self.notifier.watchdog_s or wanted)
@@ -298,16 +276,43 @@ class Daemon:
                     self.notifier.status(status_line(pipeline, self.paused))
             except DatabaseError as exc:
                 if disk_full(exc):
-                    self._no_room(pipeline, exc)
+                    wait_for_room(pipeline, exc, self.stop_event, said=self._index_full)
+                    self._index_full = True
                     continue
                 if not unreachable(exc):
                     raise
-                self._outage(pipeline, exc)
+                wait_for_index_server(pipeline, exc, self.stop_event)
                 continue
             # Idle: sleep until a new file settles, or a retry falls due; a worker
             # without a watcher of its own looks at the shared queue more often.
             self.wakeup.wait(timeout=self._idle_s(1.0 if self.role == "all" else 0.25))
             self.wakeup.clear()
+
+
+def wait_for_index_server(pipeline: Pipeline, exc: DatabaseError, stop: threading.Event) -> None:
+    """The index's server went away mid-run: wait for it, then start over from what it holds."""
+    log.warning("%s; waiting for the index to come back", exc)
+    while not stop.wait(RECONNECT_S):
+        if pipeline.db.reachable():
+            pipeline.reset()
+            log.info("the index is reachable again: carrying on")
+            return
+
+
+def wait_for_room(pipeline: Pipeline, exc: DatabaseError, stop: threading.Event, said: bool) -> None:
+    """The index's disk is full: the commit rolled back whole and the work stays queued; wait for room.
+
+    *said*: this outage was logged already (one line for it, not one per try).
+    """
+    if not said:
+        log.error("%s; the work stays queued and is tried again every %.0f s until there is room", exc, ROOM_S)
+    while not stop.wait(ROOM_S):
+        try:
+            pipeline.reset()  # give back the batch in hand: the next turn claims it again
+            return
+        except DatabaseError as again:
+            if not disk_full(again):
+                raise
 
 
 class _Halt(threading.Event):

@@ -65,13 +65,17 @@ def _tag_state(pipeline: object, path: Path) -> str:
 
 
 def test_a_full_disk_leaves_the_photo_as_it_was_and_the_write_waits_for_space(
-    small_disk: Path, tmp_path: Path, open_test_pipeline: PipelineFactory, caplog: pytest.LogCaptureFixture
+    small_disk: Path,
+    tmp_path: Path,
+    database: str,
+    open_test_pipeline: PipelineFactory,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     photo = small_disk / "hopper.jpg"
     shutil.copyfile(PHOTO, photo)
     before = _sha(photo)
     filler = _fill(small_disk)
-    pipeline = open_test_pipeline(make_config(tmp_path), FakeAnalyzer(), tag_threads=0)
+    pipeline = open_test_pipeline(make_config(tmp_path, index={"database": database}), FakeAnalyzer(), tag_threads=0)
     with caplog.at_level(logging.INFO):
         pipeline.offer([photo])
         pipeline.drain()
@@ -89,12 +93,16 @@ def test_a_full_disk_leaves_the_photo_as_it_was_and_the_write_waits_for_space(
 
 
 def test_a_read_only_remount_waits_and_writes_when_writable_again(
-    small_disk: Path, tmp_path: Path, open_test_pipeline: PipelineFactory, caplog: pytest.LogCaptureFixture
+    small_disk: Path,
+    tmp_path: Path,
+    database: str,
+    open_test_pipeline: PipelineFactory,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     photo = small_disk / "hopper.jpg"
     shutil.copyfile(PHOTO, photo)
     before = _sha(photo)
-    pipeline = open_test_pipeline(make_config(tmp_path), FakeAnalyzer(), tag_threads=0)
+    pipeline = open_test_pipeline(make_config(tmp_path, index={"database": database}), FakeAnalyzer(), tag_threads=0)
     subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
     with caplog.at_level(logging.WARNING):
         pipeline.offer([photo])
