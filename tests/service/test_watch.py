@@ -164,3 +164,14 @@ def test_a_watched_folder_deleted_and_created_again(watched: tuple[Path, Recorde
     time.sleep(1.5)  # ... and that it is back
     shutil.copyfile(CORPUS / "pillow/flower.jpg", inbox / "b.jpg")
     assert wait_until(lambda: str(inbox / "b.jpg") in rec.settled, timeout=15), rec.settled
+
+
+def test_a_watched_folder_moved_away_removes_nothing(
+    watched: tuple[Path, Recorder, FolderWatcher], tmp_path: Path
+) -> None:
+    inbox, rec, _ = watched
+    shutil.copyfile(CORPUS / "pillow/hopper.jpg", inbox / "a.jpg")
+    assert wait_until(lambda: rec.settled, timeout=10)
+    inbox.rename(tmp_path / "away")  # a person tidying up, or a share's mount point renamed
+    time.sleep(2.0)  # the watcher notices the folder is gone
+    assert str(inbox) not in rec.deleted and str(inbox / "a.jpg") not in rec.deleted
