@@ -23,6 +23,7 @@ from sqlalchemy import select
 from daemon.config import database_url
 from daemon.index.db import Database, File
 from daemon.testing.helpers import CORPUS, REPO, FakeAnalyzer, PipelineFactory, make_config, write_config
+from tests.disks import fill, mount_tmpfs, tmpfs
 
 PHOTO = CORPUS / "pillow/hopper.jpg"
 
@@ -34,29 +35,8 @@ def _sha(path: Path) -> str:
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """The watched folder on a 1 MiB tmpfs the test can fill and remount."""
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=1777", "tmpfs", str(inbox)], capture_output=True)
-    if done.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
+    with tmpfs(tmp_path / "inbox", "size=1m,mode=1777") as inbox:
         yield inbox
-    finally:
-        subprocess.run(["umount", "-l", str(inbox)], check=False)
-
-
-def _fill(folder: Path) -> Path:
-    """Take every free block: no room for exiftool's copy of the photo."""
-    filler = folder / ".filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o644)
-    try:
-        while os.write(fd, b"\0" * 4096):
-            pass
-    except OSError:
-        pass  # ENOSPC: full
-    finally:
-        os.close(fd)
-    return filler
 
 
 def _tag_state(pipeline: object, path: Path) -> str:
@@ -74,7 +54,7 @@ def test_a_full_disk_leaves_the_photo_as_it_was_and_the_write_waits_for_space(
     photo = small_disk / "hopper.jpg"
     shutil.copyfile(PHOTO, photo)
     before = _sha(photo)
-    filler = _fill(small_disk)
+    filler = fill(small_disk)
     pipeline = open_test_pipeline(make_config(tmp_path, index={"database": database}), FakeAnalyzer(), tag_threads=0)
     with caplog.at_level(logging.INFO):
         pipeline.offer([photo])
@@ -142,14 +122,12 @@ def test_as_an_unprivileged_user_the_write_waits_and_the_next_run_makes_it(tiny_
         os.chown(root, 65534, 65534)
         inbox = root / "inbox"
         inbox.mkdir()
-        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=1777", "tmpfs", str(inbox)])
-        if mounted.returncode:
-            pytest.skip("cannot mount a tmpfs here")
+        mount_tmpfs(inbox, "size=1m,mode=1777")
         photo = inbox / "hopper.jpg"
         shutil.copyfile(PHOTO, photo)
         os.chown(photo, 65534, 65534)
         before = _sha(photo)
-        filler = _fill(inbox) if trouble == "full" else inbox / ".filler"
+        filler = fill(inbox) if trouble == "full" else inbox / ".filler"
         model = Path(shutil.copytree(tiny_model, root / "model"))  # pytest's tmp_path is root's alone
         for p in [model, *model.iterdir()]:
             p.chmod(0o755 if p.is_dir() else 0o644)

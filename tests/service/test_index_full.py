@@ -11,7 +11,6 @@ import os
 import pwd
 import shutil
 import sqlite3
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ from daemon.config import database_url
 from daemon.index.db import Database, display_url
 from daemon.testing.helpers import wait_until, write_config
 from daemon.testing.postgres import Cluster
-from tests.metadata.test_full_disk import _fill
+from tests.disks import fill, tmpfs
 from tests.service.test_e2e import DaemonProcess, status
 from tests.service.test_query import _cli
 
@@ -33,13 +32,10 @@ from tests.service.test_query import _cli
 @pytest.fixture
 def index_disk(tmp_path: Path) -> Iterator[Path]:
     disk = Path(tempfile.mkdtemp(prefix="fw-index-disk-", dir="/tmp"))  # PostgreSQL's user must reach it
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True)
-    if done.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
     try:
-        yield disk
+        with tmpfs(disk, "size=2m"):
+            yield disk
     finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
         disk.rmdir()
 
 
@@ -109,7 +105,7 @@ def test_a_full_index_disk_keeps_the_work_queued_and_carries_on_when_there_is_ro
             return daemon.log.read_text().count(full)
 
         # Full as new files are queued: the watcher keeps them and queues them once there is room.
-        filler = _fill(index_disk)
+        filler = fill(index_disk)
         _photos(inbox, range(2, 20))
         assert wait_until(lambda: said(), timeout=60), daemon.log.read_text()
         time.sleep(3)  # the watcher tries again every second: still one line
@@ -122,7 +118,7 @@ def test_a_full_index_disk_keeps_the_work_queued_and_carries_on_when_there_is_ro
         assert _cli("--config", str(config), "pause").returncode == 0
         _photos(inbox, range(20, 40))
         assert wait_until(lambda: status(db)["queue"]["pending"] == 20, timeout=60)
-        filler = _fill(index_disk)
+        filler = fill(index_disk)
         assert _cli("--config", str(config), "resume").returncode == 0
         assert wait_until(lambda: said() == 2, timeout=60), daemon.log.read_text()[-3000:]
         time.sleep(6)  # another try, another failure: no new line

@@ -22,6 +22,7 @@ from daemon.index.db import File
 from daemon.service.reconcile import last
 from daemon.service.runner import Background
 from daemon.testing.helpers import FakeAnalyzer, PipelineFactory, make_config, wait_until
+from tests.disks import mount_tmpfs, tmpfs
 
 
 def _photos(folder: Path, n: int, shade: int = 0) -> list[Path]:
@@ -107,23 +108,11 @@ def test_rsync_remove_source_files_moves_files_out(watching: tuple[Watching, Pat
     assert w.settles(lambda: not w.live())
 
 
-def _mount_tmpfs(where: Path) -> None:
-    where.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(where)], capture_output=True)
-    if done.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-
-
 @pytest.fixture
 def share(tmp_path: Path) -> Iterator[Path]:
     """The watched folder is a mount point (a share, a card) the test can unmount and mount again."""
-    inbox = tmp_path / "inbox"
-    _mount_tmpfs(inbox)
-    try:
+    with tmpfs(tmp_path / "inbox", "size=4m") as inbox:
         yield inbox
-    finally:
-        while os.path.ismount(inbox):
-            subprocess.run(["umount", "-l", str(inbox)], check=False)
 
 
 def test_an_unmounted_share_removes_nothing_and_its_remount_is_reconciled(
@@ -141,7 +130,7 @@ def test_an_unmounted_share_removes_nothing_and_its_remount_is_reconciled(
         assert w.settles(lambda: (last(config) or {}).get("skipped"))
         assert "empty while the index holds files" in last(config)["skipped"][str(share)]  # type: ignore[index]
         assert set(w.live()) == {str(p) for p in photos}  # nothing removed
-        _mount_tmpfs(share)  # it comes back, one photo deleted elsewhere meanwhile
+        mount_tmpfs(share, "size=4m")  # it comes back, one photo deleted elsewhere meanwhile
         for p in sorted(saved.iterdir())[1:]:
             shutil.copy2(p, share / p.name)
         assert w.settles(lambda: set(w.live()) == {str(p) for p in photos[1:]})
