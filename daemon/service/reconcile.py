@@ -78,20 +78,21 @@ def reconcile(
         with db.transaction() as s:
             known = records.live_stats_under(s, str(folder))
         on_disk, unsafe = _listing(folder, config.watch.follow_symlinks, bool(known))
+        if offer is not None:  # what could be listed is queued even where nothing may be removed
+            done.queued += offer(on_disk)
         if unsafe:
             log.warning("not reconciling %s with the index: %s; nothing under it is removed", folder, unsafe)
             done.skipped[str(folder)] = unsafe
             continue
-        if offer is not None:
-            done.queued += offer(on_disk)
         # Not found by the walk and not there at all: a file the walk skips (a hidden folder) is not gone.
         gone = sorted(p for p in set(known) - set(on_disk) if not os.path.lexists(p))
         if gone:
             with db.transaction(write=True) as s:
                 records.mark_all_deleted(s, gone)
         moved = _moved({p: known[p] for p in gone}, {p: st for p, st in on_disk.items() if p not in known})
+        moved_from = set(moved.values())
         done.note("moved", sorted(moved))
-        done.note("removed", [p for p in gone if p not in moved.values()])
+        done.note("removed", [p for p in gone if p not in moved_from])
         done.note("changed", sorted(p for p, st in on_disk.items() if _changed(known.get(p), st)))
     if done.removed or done.moved or done.changed:
         log.info("reconciled with the disk: %s", summary(asdict(done)))

@@ -116,9 +116,12 @@ def test_a_folder_that_cannot_be_listed_removes_nothing(indexed: Any, monkeypatc
         return real(path)
 
     monkeypatch.setattr(os, "scandir", scandir)
-    done = reconcile(pipeline.db, config)
+    _photo(inbox / "new.png", 99)  # arrived while the daemon was stopped, beside the folder in error
+    done = reconcile(pipeline.db, config, pipeline.offer)
     assert done.removed == 0 and done.skipped[str(inbox)].endswith("deep: Input/output error")
-    assert _live(pipeline) == before
+    assert done.queued == 1  # what could be listed is still queued
+    pipeline.drain()
+    assert _live(pipeline) == {**before, str(inbox / "new.png"): _live(pipeline)[str(inbox / "new.png")]}
 
 
 def test_the_real_daemon_reconciles_at_start_up_and_status_says_so(tmp_path: Path, tiny_model: Path) -> None:
