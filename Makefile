@@ -67,6 +67,7 @@ bench: setup
 	$(PY) bench/identity.py
 	$(PY) bench/unload.py
 	$(PY) bench/reconcile.py
+	$(PY) bench/scale.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache *.egg-info

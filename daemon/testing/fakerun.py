@@ -5,7 +5,8 @@
 Everything is the daemon's own (``florence-watch run``: config, database,
 watcher, queue, leases, heartbeat, exiftool, signals) except the model:
 a FakeAnalyzer that takes *cost* seconds per image (sleeping, as a GPU
-leaves the CPU free) and appends one line per batch to ``--log``.
+leaves the CPU free) and appends one line per batch to ``--log``:
+its pid, size, and wall-clock start and end.
 """
 
 from __future__ import annotations
@@ -34,11 +35,12 @@ class CostlyFake(FakeAnalyzer):
         self.cost, self.log_path = cost, log_path
 
     def analyze(self, images: Sequence[Image.Image], pixels: Sequence[Any] | None = None) -> list[TaskResults]:
+        began = time.time()
         time.sleep(self.cost * len(images))
         results = super().analyze(images, pixels)
         if self.log_path:
             with open(self.log_path, "a", encoding="utf-8") as log:
-                log.write(f"{os.getpid()} {len(images)}\n")
+                log.write(f"{os.getpid()} {len(images)} {began:.3f} {time.time():.3f}\n")
         return results
 
 
@@ -47,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", required=True)
     p.add_argument("--role", default="all", choices=("all", "watch", "work"))
     p.add_argument("--cost", type=float, default=0.0, help="seconds per image")
-    p.add_argument("--log", help="append '<pid> <batch size>' per batch here")
+    p.add_argument("--log", help="append '<pid> <size> <start> <end>' per batch here")
     args = p.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(process)d %(levelname)s %(message)s", stream=sys.stderr

@@ -7,6 +7,7 @@ time per image (as a GPU would keep the CPU free).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -158,26 +159,24 @@ def test_one_watcher_three_workers_one_killed_twice(
 
 
 @pytest.mark.slow
-def test_three_workers_are_faster_than_one(workers: Workers, tmp_path: Path) -> None:
-    """Scaling, side by side in one run: 3 workers against 1 on the same queue of 96 images."""
+def test_three_workers_share_the_queue_at_once(workers: Workers, tmp_path: Path) -> None:
+    """Three workers on one queue of 96 images each take a share, and all three work at the same moment.
+
+    How much faster that makes them is a figure, not a test: bench/scale.py.
+    """
     cfg = workers.config("work")
     cfg.write_text(cfg.read_text().replace("[model]", "[metadata]\nwrite = false\n[model]"))
-    rates = {}
-    for n in (1, 3):
-        stage = tmp_path / f"stage{n}"
-        files = variants(stage, 96, size=48 + n)  # new pictures for each run
-        crew = [workers.start("work", cfg, cost=0.1) for _ in range(n)]
-        workers.registered(n)
-        started = time.monotonic()
-        with workers.db.transaction(write=True) as s:
-            jobs.enqueue(s, map(str, files))
-        assert wait_until(lambda: workers.count(Job) == 0, timeout=120, interval=0.05), workers.logs()
-        rates[n] = len(files) / (time.monotonic() - started)
-        for p in crew:
-            p.send_signal(signal.SIGTERM)
-            p.wait(timeout=30)
-        assert wait_until(lambda: workers.count(Worker) == 0, timeout=10)
-    print(
-        f"\nscale: 1 worker {rates[1]:.1f} images/s, 3 workers {rates[3]:.1f} images/s, ratio {rates[3] / rates[1]:.2f}"
-    )
-    assert rates[3] >= 2.5 * rates[1]
+    files = variants(tmp_path / "stage", 96)
+    crew = [workers.start("work", cfg, cost=0.1) for _ in range(3)]
+    workers.registered(3)
+    with workers.db.transaction(write=True) as s:
+        jobs.enqueue(s, map(str, files))
+    assert wait_until(lambda: workers.count(Job) == 0, timeout=120, interval=0.05), workers.logs()
+    assert workers.count(ImageRow) == len(files)
+    batches = [line.split() for line in (tmp_path / "batches.log").read_text().splitlines()]
+    done = {p.pid: sum(int(b[1]) for b in batches if int(b[0]) == p.pid) for p in crew}
+    assert sum(done.values()) == len(files), done
+    assert min(done.values()) >= len(files) // 6, done  # an even share is 32
+    edges = sorted([(float(b[2]), 1) for b in batches] + [(float(b[3]), -1) for b in batches])
+    at_once = max(itertools.accumulate(step for _, step in edges))
+    assert at_once == 3, f"at most {at_once} batches ran at the same moment"
