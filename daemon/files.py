@@ -8,6 +8,7 @@ themselves to a folder.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,8 @@ EXIF_EXTENSIONS = IIM_EXTENSIONS | {".png", ".webp", ".heic", ".heif", ".avif", 
 # exiftool temp files, sidecars, exiftool backups.
 _IGNORED_SUFFIXES = (".part", ".crdownload", ".partial", ".tmp", ".download", ".xmp", "_exiftool_tmp", "_original")
 
+log = logging.getLogger(__name__)
+
 
 def extension(path: str | Path) -> str:
     """The lower-case extension with its dot (``.jpg``)."""
@@ -74,6 +77,28 @@ def is_candidate(path: str | Path) -> bool:
     if name.lower().endswith(_IGNORED_SUFFIXES):
         return False
     return extension(name) in IMAGE_EXTENSIONS
+
+
+_UNNAMEABLE: set[str] = set()  # paths already reported, so a folder rescanned does not repeat itself
+
+
+def storable(path: str) -> bool:
+    """Whether the index can hold *path*: both SQLite and PostgreSQL keep text as UTF-8, and a name in
+    another encoding (Latin-1 from an old camera card or a Windows share) reaches Python with its
+    undecodable bytes as surrogates. Such a file is left alone, reported once with the fix."""
+    try:
+        path.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        if path not in _UNNAMEABLE:
+            _UNNAMEABLE.add(path)
+            shown = os.fsencode(path).decode("utf-8", "replace")
+            log.error(
+                "skipped %s: its name is not UTF-8, which the index cannot hold; rename it "
+                "(convmv -f latin1 -t utf8 --notest FILE renames from Latin-1)",
+                shown,
+            )
+        return False
 
 
 def is_sidecar(path: str | Path) -> bool:

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from daemon.config import Config
 from daemon.errors import DatabaseError, ImageError
-from daemon.files import is_candidate, is_sidecar, is_under
+from daemon.files import is_candidate, is_sidecar, is_under, storable
 from daemon.imaging import Decoded, Fingerprint, content_key, decode, sha256_file
 from daemon.index import jobs, records
 from daemon.index.db import Database, Image
@@ -256,6 +256,8 @@ def _by_content(key: str) -> Callable[[Session], Image | None]:
 
 def forget(db: Database, path: str | Path) -> None:
     """A file or folder was deleted or moved away: it leaves search (its image and results stay)."""
+    if not storable(str(path)):  # never indexed, so nothing to forget
+        return
     with db.transaction(write=True) as s:
         if records.mark_deleted(s, os.path.abspath(path)):
             log.info("removed from the index: %s", path)
@@ -273,7 +275,7 @@ def offer(db: Database, paths: Iterable[str | Path], sidecars_pending: bool = Fa
         with db.transaction(write=True) as s:
             records.mark_tag_pending(s, records.files_tagged_in(s, [p for p in absolute if is_sidecar(p)]))
     for path in absolute:
-        if not is_candidate(path):
+        if not is_candidate(path) or not storable(path):
             continue
         try:
             seen[path] = Fingerprint.of(path)
