@@ -25,8 +25,9 @@ ALLOWED = {
     "metadata": {"base", "index", "metadata"},
     "service": {"base", "model", "index", "metadata", "service"},
     "web": {"base", "model", "index", "metadata", "service", "web"},
-    "cli": {"base", "model", "index", "metadata", "service", "web", "cli"},
-    "testing": {"base", "model", "index", "metadata", "service", "web", "cli", "testing"},
+    "desktop": {"base", "index", "service", "desktop"},
+    "cli": {"base", "model", "index", "metadata", "service", "web", "desktop", "cli"},
+    "testing": {"base", "model", "index", "metadata", "service", "web", "desktop", "cli", "testing"},
 }
 
 
@@ -72,7 +73,7 @@ GRAPH = {m: imports(m) for m in MODULES}
 def test_every_module_is_in_a_known_layer() -> None:
     assert {layer(m) for m in MODULES} <= set(ALLOWED)
     tops = sorted(p.name for p in PACKAGE.iterdir() if not p.name.startswith("__pycache__"))
-    assert {"cli", "index", "metadata", "model", "service", "web"} <= set(tops)
+    assert {"cli", "desktop", "index", "metadata", "model", "service", "web"} <= set(tops)
 
 
 def upward(graph: dict[str, set[str]]) -> list[str]:

@@ -19,7 +19,7 @@ from daemon import __version__
 
 # Importing a command module registers its commands: this order is the order of the help.
 # isort: off
-from daemon.cli import run, search, status, pause, doctor, maintain, ask, data, serve, install  # noqa: F401
+from daemon.cli import run, search, status, pause, doctor, maintain, ask, data, serve, install, desktop  # noqa: F401
 
 # isort: on
 from daemon.cli.base import COMMANDS, setup_logging

@@ -23,14 +23,18 @@ def _doctor_arguments(p: argparse.ArgumentParser) -> None:
     "florence-watch --config ~/florence-watch/config.toml doctor",
     description="Check what florence-watch needs and say how to fix what is wrong: exiftool;\n"
     "Python, torch and transformers; the GPU; the model on disk (nothing is downloaded);\n"
-    "inotify limits; each watched folder; the index; the systemd unit; the web port.\n"
+    "inotify limits; each watched folder; the index; the systemd unit; the web port; the desktop\n"
+    "search's files (D-Bus activation, .desktop entry, KRunner plugin, GNOME key file).\n"
     "Exit status 0 when all is well (notes are fine), 1 when a check failed.",
     arguments=_doctor_arguments,
 )
 def cmd_doctor(args: argparse.Namespace, config: Config, config_file: Path | None) -> int:
+    from daemon.desktop import files
     from daemon.service.doctor import diagnose
+    from daemon.service.unit import current_argv
 
-    report = diagnose(config)
+    argv = current_argv(str(config_file) if config_file else None)
+    report = diagnose(config, more=[("desktop search", lambda ctx: files.checks(argv))])
     if args.json:
         print_json(report.as_dict())
         return 0 if report.ok else 1

@@ -103,11 +103,12 @@ class Context:
 CheckFunction = Callable[[Context], Check | list[Check]]
 
 
-def diagnose(config: Config, proc: Path | None = None) -> Report:
-    """Run every check in ``CHECKS``; a check that breaks is reported as failed, never raised."""
+def diagnose(config: Config, proc: Path | None = None, more: list[tuple[str, CheckFunction]] | None = None) -> Report:
+    """Run every check in ``CHECKS``, then *more* (a higher layer's: the desktop search); a check that
+    breaks is reported as failed, never raised."""
     ctx = Context(config, proc or PROC)
     checks: list[Check] = []
-    for name, check in CHECKS:
+    for name, check in [*CHECKS, *(more or [])]:
         try:
             found = check(ctx)
         except Exception as exc:  # one broken check must not hide the others' findings

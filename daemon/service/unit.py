@@ -86,14 +86,32 @@ def user_unit_dir() -> Path:
     return xdg_home("CONFIG") / "systemd" / "user"
 
 
-def current_exec_start(config_path: str | None) -> str:
-    """The command that runs this very installation of florence-watch."""
+def current_argv(config_path: str | None) -> list[str]:
+    """This very installation of florence-watch, with its config file, as a command's first words."""
     exe = shutil.which("florence-watch")
     argv = [exe] if exe else [sys.executable, "-m", "daemon"]
     if config_path:
         argv += ["--config", str(Path(config_path).resolve())]
+    return argv
+
+
+def current_exec_start(config_path: str | None) -> str:
+    """The command that runs this very installation of florence-watch."""
     # systemd reads % as a specifier and $ as a variable, even inside quotes.
-    return shlex.join(argv).replace("%", "%%").replace("$", "$$") + " run"
+    return shlex.join(current_argv(config_path)).replace("%", "%%").replace("$", "$$") + " run"
+
+
+def remove(unit_dir: Path | None = None, role: str = "all") -> tuple[Path | None, list[str]]:
+    """Delete the user unit for *role*; returns its path (None: there was none) and the commands to run first."""
+    _check(role)
+    unit_dir = unit_dir or user_unit_dir()
+    path = unit_dir / (UNIT_NAME if role == "all" else ROLE_UNIT_NAME)
+    name = unit_name(role)
+    commands = [f"systemctl --user disable --now {name}", "systemctl --user daemon-reload"]
+    if not path.exists():
+        return None, []
+    path.unlink()
+    return path, commands
 
 
 def install(config_path: str | None, unit_dir: Path | None = None, role: str = "all") -> tuple[Path, list[str]]:

@@ -1,0 +1,220 @@
+"""``search-provider``: GNOME Shell's and KRunner's interfaces on the session bus (dbus-fast).
+
+The bus starts this process the first time a shell searches (the activation
+file ``files`` installs) and it stays while it is asked; after IDLE_S of
+silence it gives its name back and exits, and the bus starts it again at the
+next search. The searching itself is ``answers``'s (the daemon's socket),
+done on one thread beside the bus's event loop, so a slow answer never
+holds up the bus.
+"""
+
+# No `from __future__ import annotations`: dbus-fast reads the D-Bus signatures from the
+# annotations at run time, and a deferred "-> None" would read as no valid signature.
+
+import asyncio
+import logging
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+from dbus_fast import BusType, NameFlag, RequestNameReply, Variant
+from dbus_fast.aio import MessageBus
+from dbus_fast.annotations import DBusSignature
+from dbus_fast.service import ServiceInterface, dbus_method
+
+from daemon.config import Config
+from daemon.desktop.answers import Answers, Result
+from daemon.desktop.files import BUS_NAME, GNOME_PATH, KRUNNER_PATH
+from daemon.desktop.launch import folder_of, open_page, open_with_desktop
+from daemon.desktop.thumbs import thumbnail
+from daemon.errors import FlorenceWatchError
+
+log = logging.getLogger(__name__)
+
+IDLE_S = 600.0
+THUMB_BUDGET_S = 0.3  # per GetResultMetas: thumbnails not made by then come as the generic icon next time
+GENERIC_ICON = "image-x-generic"
+POSSIBLE_MATCH = 30  # Plasma 5: QueryMatch::PossibleMatch; Plasma 6 reads it as a category relevance (Low)
+
+Str = Annotated[str, DBusSignature("s")]
+Strings = Annotated[list[str], DBusSignature("as")]
+UInt = Annotated[int, DBusSignature("u")]
+Metas = Annotated[list[dict[str, Variant]], DBusSignature("aa{sv}")]
+Matches = Annotated[list[list[Any]], DBusSignature("a(sssida{sv})")]
+Actions = Annotated[list[list[str]], DBusSignature("a(sss)")]
+Settings = Annotated[dict[str, Variant], DBusSignature("a{sv}")]
+T = TypeVar("T")
+
+
+class Provider:
+    """What both interfaces share: the answers, the one thread they run on, and the idle clock."""
+
+    def __init__(self, config: Config, config_file: str | None) -> None:
+        self.config, self.config_file = config, config_file
+        self.answers = Answers(config)
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="desktop-search")
+        self.pool.submit(_warm_up)  # ahead of the first call on the one thread: its budget is not spent importing
+        self.last_call = time.monotonic()
+
+    async def run(self, fn: Any, *args: Any) -> Any:
+        self.last_call = time.monotonic()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+        finally:
+            self.last_call = time.monotonic()
+
+    def metas(self, ids: list[str]) -> list[dict[str, Variant]]:
+        """One meta per id, in order: GNOME Shell drops the whole batch when one is missing."""
+        deadline = time.monotonic() + THUMB_BUDGET_S
+        out = []
+        for result_id in ids:
+            found = self.answers.result(result_id)
+            if found is None:  # handed out by an earlier run of this provider
+                out.append({"id": Variant("s", result_id), "name": Variant("s", "(search again)")})
+                continue
+            out.append(
+                {
+                    "id": Variant("s", found.id),
+                    "name": Variant("s", found.name),
+                    "description": Variant("s", found.description),
+                    "gicon": Variant("s", self.icon(found, deadline)),
+                }
+            )
+        return out
+
+    def matches(self, query: str) -> list[list[Any]]:
+        """KRunner's matches: (id, text, icon, type, relevance, properties)."""
+        deadline = time.monotonic() + THUMB_BUDGET_S
+        return [
+            [
+                r.id,
+                r.name,
+                self.icon(r, deadline),
+                POSSIBLE_MATCH,
+                r.relevance,
+                {
+                    "subtext": Variant("s", r.description),
+                    "category": Variant("s", "Photos"),
+                    "urls": Variant("as", [Path(r.path).as_uri()]),  # dragging a match drops the file
+                },
+            ]
+            for r in self.answers.search([query])
+        ]
+
+    @staticmethod
+    def icon(result: Result, deadline: float) -> str:
+        """The thumbnail's path (both shells load an absolute path as an icon), else the generic icon's name."""
+        return thumbnail(result.path, deadline) or GENERIC_ICON
+
+    def activate(self, result_id: str, action: str = "") -> None:
+        path = self.answers.openable(result_id)
+        if path is not None:
+            open_with_desktop(folder_of(path) if action == "folder" else path)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+        self.answers.close()
+
+
+def _warm_up() -> None:
+    """Import what the first thumbnail needs (Pillow, its HEIF and RAW readers): a few hundred ms."""
+    import PIL.PngImagePlugin  # noqa: F401
+
+    import daemon.imaging  # noqa: F401
+
+
+class GnomeSearch(ServiceInterface):
+    """org.gnome.Shell.SearchProvider2, as GNOME Shell's overview calls it."""
+
+    def __init__(self, provider: Provider) -> None:
+        super().__init__("org.gnome.Shell.SearchProvider2")
+        self.p = provider
+
+    @dbus_method()
+    async def GetInitialResultSet(self, terms: Strings) -> Strings:
+        results: list[Result] = await self.p.run(self.p.answers.search, terms)
+        return [r.id for r in results]
+
+    @dbus_method()
+    async def GetSubsearchResultSet(self, previous: Strings, terms: Strings) -> Strings:
+        # Searched afresh: a longer query ranks by itself; narrowing *previous* would keep stale ranks.
+        results: list[Result] = await self.p.run(self.p.answers.search, terms)
+        return [r.id for r in results]
+
+    @dbus_method()
+    async def GetResultMetas(self, ids: Strings) -> Metas:
+        metas: list[dict[str, Variant]] = await self.p.run(self.p.metas, ids)
+        return metas
+
+    @dbus_method()
+    async def ActivateResult(self, result_id: Str, terms: Strings, timestamp: UInt) -> None:
+        await self.p.run(self.p.activate, result_id)
+
+    @dbus_method()
+    async def LaunchSearch(self, terms: Strings, timestamp: UInt) -> None:
+        from daemon.desktop.answers import query_text
+
+        await self.p.run(open_page, self.p.config, self.p.config_file, query_text(terms))
+
+
+class KRunner(ServiceInterface):
+    """org.kde.krunner1, as KRunner's D-Bus runner calls it."""
+
+    def __init__(self, provider: Provider) -> None:
+        super().__init__("org.kde.krunner1")
+        self.p = provider
+
+    @dbus_method()
+    def Actions(self) -> Actions:
+        return [["folder", "Open the containing folder", "document-open-folder"]]
+
+    @dbus_method()
+    async def Match(self, query: Str) -> Matches:
+        matches: list[list[Any]] = await self.p.run(self.p.matches, query)
+        return matches
+
+    @dbus_method()
+    async def Run(self, match_id: Str, action_id: Str) -> None:
+        await self.p.run(self.p.activate, match_id, action_id)
+
+    @dbus_method()
+    def Teardown(self) -> None:
+        """KRunner closed: nothing to let go (the handed-out ids stay for a reopened KRunner)."""
+
+
+async def serve(config: Config, config_file: str | None, idle_s: float = IDLE_S) -> None:
+    """Own the bus name until *idle_s* pass without a call, or SIGTERM."""
+    try:
+        bus = await MessageBus(bus_type=BusType.SESSION).connect()
+    except Exception as exc:  # noqa: BLE001 -- no session bus (a plain ssh login): one clear line
+        raise FlorenceWatchError(f"cannot reach the session bus: {exc}") from None
+    provider = Provider(config, config_file)
+    bus.export(GNOME_PATH, GnomeSearch(provider))
+    bus.export(KRUNNER_PATH, KRunner(provider))
+    try:
+        reply = await bus.request_name(BUS_NAME, NameFlag.DO_NOT_QUEUE)
+        if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
+            raise FlorenceWatchError(f"another process owns {BUS_NAME} on this session bus")
+        log.info("desktop search: %s on the session bus", BUS_NAME)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        while not stop.is_set() and time.monotonic() - provider.last_call < idle_s and bus.connected:
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=min(5.0, idle_s))
+            except TimeoutError:
+                pass
+        # The name first: a search arriving now starts a new provider instead of meeting a closing one.
+        if bus.connected:
+            await bus.release_name(BUS_NAME)
+    finally:
+        bus.disconnect()
+        provider.close()
+
+
+def main(config: Config, config_file: Path | None, idle_s: float = IDLE_S) -> int:
+    asyncio.run(serve(config, str(config_file) if config_file else None, idle_s))
+    return 0

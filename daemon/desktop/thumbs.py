@@ -1,0 +1,81 @@
+"""Thumbnails for the shells' result icons, in the freedesktop cache every file manager shares.
+
+``$XDG_CACHE_HOME/thumbnails/normal/<md5 of the file's URI>.png``, 128 px,
+with the ``Thumb::URI`` and ``Thumb::MTime`` the Thumbnail Managing Standard
+asks for: one that GNOME Files or Dolphin made is used as it is, and one made
+here serves them too. A stale one (the file changed since) is made again.
+Making costs a decode, so a call gets a time budget; past it, the shell gets
+the generic image icon and the thumbnail is made the next time it is asked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from daemon.config import xdg_home
+
+log = logging.getLogger(__name__)
+
+NORMAL_PX = 128
+
+
+def thumbnail_path(path: str) -> Path:
+    """Where the standard puts *path*'s normal-size thumbnail (its name: the md5 of the file URI)."""
+    uri = Path(os.path.abspath(path)).as_uri()  # percent-encodes bytes that are not UTF-8
+    return xdg_home("CACHE") / "thumbnails" / "normal" / f"{hashlib.md5(uri.encode()).hexdigest()}.png"
+
+
+def thumbnail(path: str, deadline: float) -> str | None:
+    """A fresh thumbnail of *path*, made now if there is none and time.monotonic() is before *deadline*."""
+    target = thumbnail_path(path)
+    try:
+        mtime = int(os.stat(path).st_mtime)
+    except OSError:
+        return None
+    if _fresh(target, mtime):
+        return str(target)
+    if time.monotonic() >= deadline:
+        return None
+    try:
+        _make(path, target, mtime)
+    except Exception as exc:  # noqa: BLE001 -- any unreadable image: the generic icon, never a failed search
+        log.info("no thumbnail for %s: %s", os.fsencode(path).decode("utf-8", "replace"), exc)
+        return None
+    return str(target)
+
+
+def _fresh(target: Path, mtime: int) -> bool:
+    from PIL import Image
+
+    try:
+        with Image.open(target) as im:
+            return str(im.info.get("Thumb::MTime")) == str(mtime)
+    except (OSError, ValueError):
+        return False
+
+
+def _make(path: str, target: Path, mtime: int) -> None:
+    from PIL.PngImagePlugin import PngInfo
+
+    from daemon.imaging import decode
+
+    pic = decode(path).image  # orientation applied, HEIC and camera RAW read as the model reads them
+    pic.thumbnail((NORMAL_PX, NORMAL_PX))
+    info = PngInfo()
+    info.add_text("Thumb::URI", Path(os.path.abspath(path)).as_uri())
+    info.add_text("Thumb::MTime", str(mtime))
+    info.add_text("Software", "florence-watch")
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".png")  # 0600, as the standard asks
+    try:
+        with os.fdopen(fd, "wb") as out:
+            pic.save(out, "PNG", pnginfo=info)
+        os.replace(tmp, target)  # whole or not at all: a file manager may read it at once
+    except BaseException:
+        os.unlink(tmp)
+        raise
