@@ -75,6 +75,7 @@ bench: setup
 	$(PY) bench/unload.py
 	$(PY) bench/reconcile.py
 	$(PY) bench/scale.py
+	$(PY) bench/desktop.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache *.egg-info

@@ -85,7 +85,7 @@ QUERIES = [
 ]
 
 
-def build(db: Database, n: int, seed: int = 1) -> None:
+def build(db: Database, n: int, seed: int = 1, root: str = "/photos") -> None:
     rng = random.Random(seed)
     weights = [1 / (i + 1) for i in range(len(NOUNS))]
     t0 = time.time()
@@ -94,7 +94,7 @@ def build(db: Database, n: int, seed: int = 1) -> None:
         images, files, docs = [], [], []
         for i in range(start, min(n, start + chunk)):
             year = 2020 + i % 6
-            path = f"/photos/{year}/{i // 1000:03d}/img{i:06d}.jpg"
+            path = f"{root}/{year}/{i // 1000:03d}/img{i:06d}.jpg"
             nouns = rng.choices(NOUNS, weights, k=4)
             adj = rng.choice(ADJ)
             caption = f"{rng.choice(COMMON)} {adj} {nouns[0]} {rng.choice(COMMON)} {nouns[1]}"
@@ -175,26 +175,16 @@ def meaning_bench(url: str, n: int, limit: int) -> None:
     The vectors are random unit vectors stored as the daemon stores them (embedding 100,000
     captions would take this machine a quarter of an hour); the queries are embedded for real.
     """
-    import numpy as np
-
     from daemon.config import SearchConfig
     from daemon.index.meaning import Meaning, hybrid_search
-    from daemon.index.vectors import store
     from daemon.model.embed import Embedder
     from daemon.testing.helpers import minilm_folder
 
     folder = str(minilm_folder())
     db = Database(url)
     before = size_mib(db)
-    rng = np.random.default_rng(7)
-    with db.transaction() as s:
-        ids = list(s.scalars(text("SELECT id FROM images ORDER BY id")))
-    for i in range(0, len(ids), 5000):
-        vecs = rng.standard_normal((len(ids[i : i + 5000]), 384)).astype(np.float32)
-        vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-        with db.transaction(write=True) as s:
-            store(s, folder, dict(zip(ids[i : i + 5000], vecs, strict=True)))
-    print(f"\nvectors for {len(ids):,} images added {size_mib(db) - before:.0f} MiB to the index")
+    count = add_vectors(db, folder)
+    print(f"\nvectors for {count:,} images added {size_mib(db) - before:.0f} MiB to the index")
     captions = [f"A photo of a {w} next to a red car on a sunny day, with trees behind it." for w in NOUNS * 40][:1000]
     embedder = Embedder(folder)
     t = time.perf_counter()
@@ -212,6 +202,23 @@ def meaning_bench(url: str, n: int, limit: int) -> None:
         print(f"{words!r:<36} {hits:>5} {times[0]:>8.1f} {min(times[1:]):>8.1f}")
     print("(cold: the first query also loads the model and the vectors)")
     db.close()
+
+
+def add_vectors(db: Database, folder: str) -> int:
+    """A random unit vector per image, stored as the daemon stores the embedding model's."""
+    import numpy as np
+
+    from daemon.index.vectors import store
+
+    rng = np.random.default_rng(7)
+    with db.transaction() as s:
+        ids = list(s.scalars(text("SELECT id FROM images ORDER BY id")))
+    for i in range(0, len(ids), 5000):
+        vecs = rng.standard_normal((len(ids[i : i + 5000]), 384)).astype(np.float32)
+        vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+        with db.transaction(write=True) as s:
+            store(s, folder, dict(zip(ids[i : i + 5000], vecs, strict=True)))
+    return len(ids)
 
 
 # Runs one command and reports its wall time from start to exit and its peak RSS (the child's alone).

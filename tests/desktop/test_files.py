@@ -20,6 +20,7 @@ from daemon.cli import main
 from daemon.desktop import files
 from daemon.desktop.files import APP_ID, BUS_NAME, GNOME_KEY_FILE, GNOME_PATH, KRUNNER_PATH, desktop_exec
 from daemon.service.unit import current_argv
+from daemon.testing.helpers import wait_until
 from tests.desktop.bus import KRUNNER, SessionBus, desktop_env
 
 ODD_CONFIG = 'my "photos" $HOME 100% \\ done.toml'  # spaces, quotes, $, %, a backslash
@@ -170,3 +171,26 @@ def test_install_service_remove_takes_the_unit_away(
     assert not unit.exists() and "systemctl --user disable --now florence-watch" in out
     assert main(["install-service", "--remove"]) == 0
     assert capsys.readouterr().out.strip() == "no such unit was installed"
+
+
+def test_the_provider_gives_its_name_back_when_idle_and_the_bus_starts_it_again(
+    tmp_path: Path, data_home: Path
+) -> None:
+    cfg = _config(tmp_path)
+    assert main(["--config", str(cfg), "install-service", "--desktop"]) == 0
+    bus = SessionBus(desktop_env(tmp_path), tmp_path / "bus.log")
+    env = {**desktop_env(tmp_path), "DBUS_SESSION_BUS_ADDRESS": bus.address}
+    provider = subprocess.Popen(
+        [*current_argv(str(cfg)), "search-provider", "--idle-exit", "1"], env=env, stderr=subprocess.PIPE
+    )
+    try:
+        assert wait_until(lambda: bus.provider_pid() == provider.pid, timeout=30)
+        assert bus.call(KRUNNER, "Match", "s", "anything") == []
+        assert provider.wait(timeout=15) == 0  # a second of quiet, then it left
+        assert bus.provider_pid() is None
+        assert bus.call(KRUNNER, "Match", "s", "anything") == []  # the bus started a new one
+        assert bus.provider_pid() not in (None, provider.pid)
+    finally:
+        if provider.poll() is None:
+            provider.kill()
+        bus.stop()
