@@ -14,6 +14,7 @@ holds up the bus.
 import asyncio
 import logging
 import signal
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -55,7 +56,9 @@ class Provider:
         self.config, self.config_file = config, config_file
         self.answers = Answers(config)
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="desktop-search")
-        self.pool.submit(_warm_up)  # ahead of the first call on the one thread: its budget is not spent importing
+        # Beside the first search, not ahead of it: that needs none of it, the thumbnails after it do.
+        self._warm = threading.Thread(target=_warm_up, name="desktop-warm-up", daemon=True)
+        self._warm.start()
         self.last_call = time.monotonic()
 
     async def run(self, fn: Any, *args: Any) -> Any:
@@ -67,6 +70,7 @@ class Provider:
 
     def metas(self, ids: list[str]) -> list[dict[str, Variant]]:
         """One meta per id, in order: GNOME Shell drops the whole batch when one is missing."""
+        self._warm.join()  # the budget is for making thumbnails, not for importing Pillow
         deadline = time.monotonic() + THUMB_BUDGET_S
         out = []
         for result_id in ids:
@@ -86,6 +90,8 @@ class Provider:
 
     def matches(self, query: str) -> list[list[Any]]:
         """KRunner's matches: (id, text, icon, type, relevance, properties)."""
+        found = self.answers.search([query])
+        self._warm.join()
         deadline = time.monotonic() + THUMB_BUDGET_S
         return [
             [
@@ -100,7 +106,7 @@ class Provider:
                     "urls": Variant("as", [Path(r.path).as_uri()]),  # dragging a match drops the file
                 },
             ]
-            for r in self.answers.search([query])
+            for r in found
         ]
 
     @staticmethod
