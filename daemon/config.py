@@ -139,6 +139,13 @@ class PauseConfig:
 
 
 @dataclass(frozen=True)
+class OcrConfig:
+    # Read big images with text again in tiles at the model's input size (daemon/tiling.py):
+    # auto: when the model shrank the image at least 2x and its first OCR found text; never: one pass.
+    tiles: str = "auto"
+
+
+@dataclass(frozen=True)
 class Config:
     watch: WatchConfig = field(default_factory=WatchConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -147,6 +154,7 @@ class Config:
     serve: ServeConfig = field(default_factory=ServeConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     pause: PauseConfig = field(default_factory=PauseConfig)
+    ocr: OcrConfig = field(default_factory=OcrConfig)
     source: str = "<defaults>"
 
     @property
@@ -224,6 +232,7 @@ _SECTIONS: dict[str, type] = {
     "serve": ServeConfig,
     "search": SearchConfig,
     "pause": PauseConfig,
+    "ocr": OcrConfig,
 }
 
 
@@ -366,6 +375,11 @@ def _validate_pause(obj: PauseConfig, source: str) -> None:
         raise ConfigError(source, "pause.gpu_share", "must be a share between 0 (off) and 1, e.g. 0.3")
 
 
+def _validate_ocr(obj: OcrConfig, source: str) -> None:
+    if obj.tiles not in ("auto", "never"):
+        raise ConfigError(source, "ocr.tiles", f"must be auto or never, not {obj.tiles!r}")
+
+
 def _validate_serve(obj: ServeConfig, source: str) -> None:
     if not 0 <= obj.port <= 65535:
         raise ConfigError(source, "serve.port", "must be between 0 and 65535 (0: any free port)")
@@ -395,6 +409,7 @@ _VALIDATORS: dict[str, Callable[[Any, str], None]] = {
     "watch": _validate_watch,
     "model": _validate_model,
     "pause": _validate_pause,
+    "ocr": _validate_ocr,
     "serve": _validate_serve,
     "index": _validate_index,
     "metadata": _validate_metadata,

@@ -34,7 +34,7 @@ def test_defaults_without_a_file() -> None:
         ),
         (
             "[modle]\nname='x'\n",
-            "bad.toml: modle: unknown section (known: watch, model, index, metadata, serve, search, pause)",
+            "bad.toml: modle: unknown section (known: watch, model, index, metadata, serve, search, pause, ocr)",
         ),
         ("[model]\ndevice = 'gpu'\n", "bad.toml: model.device: must be auto, cuda or cpu, not 'gpu'"),
         ("[metadata]\nwrite = 'yes'\n", "bad.toml: metadata.write: must be true or false, not 'yes'"),

@@ -45,6 +45,8 @@ class Analyzer(Protocol):
 
     def analyze(self, images: Sequence[Image.Image], pixels: Sequence[Any] | None = None) -> list[TaskResults]: ...
 
+    def run_task(self, images: Sequence[Image.Image], task: str) -> list[Any]: ...
+
 
 def resolve_device(device: str) -> str:
     import torch
@@ -167,11 +169,12 @@ class FlorenceAnalyzer:
         ids = self.token_ids(images, pixels)
         results: list[TaskResults] = [{} for _ in images]
         for task in self.tasks:
-            texts = self.processor.batch_decode(ids[task], skip_special_tokens=False)
-            for i, (txt, image) in enumerate(zip(texts, images, strict=True)):
-                parsed = self.processor.post_process_generation(txt, task=task, image_size=image.size)
-                results[i][task] = clean_result(parsed[task])
+            for result, parsed in zip(results, parse_results(self.processor, ids[task], images, task), strict=True):
+                result[task] = parsed
         return results
+
+    def run_task(self, images: Sequence[Image.Image], task: str) -> list[Any]:
+        return run_task(self, images, task)  # one task alone, on a page's tiles
 
     def token_ids(self, images: Sequence[Image.Image], pixels: Sequence[Any] | None = None) -> dict[str, Any]:
         """Each task's generated ids for *images*: one row per image, padded on the right."""
@@ -221,6 +224,28 @@ class FlorenceAnalyzer:
             "do_sample": False,
             **self.generate_kwargs,
         }
+
+
+def run_task(analyzer: FlorenceAnalyzer, images: Sequence[Image.Image], task: str) -> list[Any]:
+    """:meth:`FlorenceAnalyzer.run_task`: the vision tower and one ``generate`` call for *task*."""
+    import torch
+
+    with torch.inference_mode():
+        batch = pixel_batch(analyzer.processor, analyzer.device, analyzer.dtype, images, None)
+        features = analyzer.batcher.features(batch, analyzer.batch_size)
+        ids = analyzer.batcher.generate((task,), features, analyzer.should_stop)
+    if analyzer.should_stop is not None and analyzer.should_stop():
+        raise Interrupted(f"stopped during {task} on tiles")
+    return parse_results(analyzer.processor, ids[task][: len(images)], images, task)
+
+
+def parse_results(processor: Any, ids: Any, images: Sequence[Image.Image], task: str) -> list[Any]:
+    """*task*'s generated *ids* (a row per image) as parsed results, boxes in each image's own pixels."""
+    texts = processor.batch_decode(ids, skip_special_tokens=False)
+    return [
+        clean_result(processor.post_process_generation(t, task=task, image_size=im.size)[task])
+        for t, im in zip(texts, images, strict=True)
+    ]
 
 
 def preprocess(processor: Any, dtype: Any, image: Image.Image) -> Any:

@@ -159,6 +159,16 @@ class ResidentAnalyzer:
                 self.batch_size = inner.batch_size  # out-of-memory halving carries over to later batches
                 self.last_used = time.monotonic()
 
+    def run_task(self, images: Sequence[Image.Image], task: str) -> list[Any]:
+        """One task on *images* (a page's tiles), in the batch's turn like :meth:`analyze`."""
+        with self.turns.batch():
+            inner = self.load()
+            inner.should_stop = self._between_steps
+            try:
+                return inner.run_task(images, task)
+            finally:
+                self.last_used = time.monotonic()
+
     def _between_steps(self) -> bool:
         """Asked by the batch each decoding step: a waiting question runs first; then, stop or go on."""
         self.turns.step()

@@ -30,6 +30,7 @@ from daemon.index.db import Database, Image
 from daemon.index.workers import Heartbeat, forget_dead
 from daemon.metadata import MetadataWriter, Tagger, TagRequest, tag_request
 from daemon.model.analyze import Analyzer, Interrupted
+from daemon.model.tiles import read_batch_in_tiles
 from daemon.results import summarize
 
 log = logging.getLogger(__name__)
@@ -181,10 +182,9 @@ class Pipeline:
 
     def _analyze(self, work: list[_Work]) -> None:
         try:
-            pixels = [w.pixels for w in work]
-            results = self.analyzer.analyze(
-                [w.decoded.image for w in work], pixels=None if any(p is None for p in pixels) else pixels
-            )
+            pixels, images = [w.pixels for w in work], [w.decoded.image for w in work]
+            results = self.analyzer.analyze(images, pixels=None if any(p is None for p in pixels) else pixels)
+            results = read_batch_in_tiles(self.analyzer, images, results, self.config.ocr.tiles)
         except Interrupted:
             log.info("stopped or paused: %d image(s) returned to the queue unfinished", len(work))
             self.prefetch.release(work)

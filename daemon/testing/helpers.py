@@ -130,6 +130,7 @@ class FakeAnalyzer:
 
     def __init__(self) -> None:
         self.calls: list[int] = []
+        self.tile_calls: list[int] = []
 
     def preprocess(self, image: Image.Image) -> None:
         return None
@@ -137,6 +138,11 @@ class FakeAnalyzer:
     def analyze(self, images: Sequence[Image.Image], pixels: Sequence[Any] | None = None) -> list[TaskResults]:
         self.calls.append(len(images))
         return [self.describe(im) for im in images]
+
+    def run_task(self, images: Sequence[Image.Image], task: str) -> list[Any]:
+        """One task's results alone (the tiles of a big page), as FlorenceAnalyzer.run_task gives them."""
+        self.tile_calls.append(len(images))
+        return [self.describe(im)[task] for im in images]
 
     def describe(self, im: Image.Image) -> TaskResults:
         r, g, b = (int(v) for v in im.resize((1, 1)).getpixel((0, 0)))  # type: ignore[union-attr]
