@@ -56,7 +56,7 @@ def cmd_install_service(args: argparse.Namespace, config: Config, config_file: P
         if path is None:
             print("no such unit was installed")
             return 0
-        print(f"removed {path}; stop it and tell systemd with:")
+        print(f"removed {path} and its enablement; stop what runs and tell systemd with:")
     else:
         path, commands = install(config_path, role=args.role)
         print(f"wrote {path}\nenable and start it with:")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import unicodedata
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -20,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from daemon.config import Config, database_url
-from daemon.errors import FlorenceWatchError
+from daemon.errors import DatabaseError, FlorenceWatchError
 
 if TYPE_CHECKING:
     from daemon.service.queries import Queries
@@ -35,14 +34,15 @@ MIN_QUERY_CHARS = 2  # KRunner asks at every key press; one letter matches every
 DAEMON_TIMEOUT_S = 0.8  # the shells wait longer, but a person typing does not: past this, search here
 REMEMBERED = 2000  # ids handed out that a later GetResultMetas or ActivateResult may name
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]+")
+# Control, format (bidi overrides, zero-width) and line/paragraph separators: never shown as such.
+_INVISIBLE = frozenset({"Cc", "Cf", "Zl", "Zp"})
 
 
 def clean(text: str, limit: int) -> str:
-    """*text* as one line a shell can show: undecodable bytes as U+FFFD, control and bidi characters as
-    spaces, runs of space as one, cut to *limit* characters with an ellipsis."""
+    """*text* as one line a shell can show: undecodable bytes as U+FFFD, control, format and bidi
+    characters as spaces, runs of space as one, cut to *limit* characters with an ellipsis."""
     text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    text = unicodedata.normalize("NFC", _CONTROL.sub(" ", text))
+    text = "".join(" " if unicodedata.category(c) in _INVISIBLE else c for c in unicodedata.normalize("NFC", text))
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
@@ -79,7 +79,10 @@ class Answers:
         args = {"query": text, "folder": None, "since": None, "has_text": False, "limit": MAX_RESULTS * 2}
         try:
             hits = self._ask("search", {**args, "mode": "hybrid"}, {**args, "mode": "words"})
-        except FlorenceWatchError as exc:  # the person's query (an unclosed quote): no results, not an error
+        except DatabaseError as exc:  # the index is away: the shell shows nothing, the log says why
+            log.warning("desktop search: %s", exc)
+            return []
+        except FlorenceWatchError as exc:  # the person's query (only a filter, say): no results, not an error
             log.info("desktop search %r: %s", text, exc)
             return []
         on_disk = [h for h in hits if os.path.isfile(h["path"])][:MAX_RESULTS]
@@ -136,7 +139,11 @@ class Answers:
             from daemon.index.db import Database
             from daemon.service.queries import Queries
 
-            self._local = Queries(self.config, Database(database_url(self.config.index.database)), None, None)
+            url = database_url(self.config.index.database)
+            if url.startswith("sqlite:///") and not os.path.exists(url.removeprefix("sqlite:///")):
+                # Opening would create an empty index (and run its migrations) for a search bar to read.
+                raise DatabaseError(url.removeprefix("sqlite:///"), "not there yet (the daemon makes it)")
+            self._local = Queries(self.config, Database(url), None, None)
         return self._local
 
     def close(self) -> None:

@@ -29,7 +29,7 @@ from daemon.config import Config
 from daemon.desktop.answers import Answers, Result
 from daemon.desktop.files import BUS_NAME, GNOME_PATH, KRUNNER_PATH
 from daemon.desktop.launch import folder_of, open_page, open_with_desktop
-from daemon.desktop.thumbs import thumbnail
+from daemon.desktop.thumbs import file_uri, thumbnail
 from daemon.errors import FlorenceWatchError
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,18 @@ class Provider:
         self._warm = threading.Thread(target=_warm_up, name="desktop-warm-up", daemon=True)
         self._warm.start()
         self.last_call = time.monotonic()
+        self._latest = 0  # the newest search asked for (counted on the bus's loop)
+
+    async def search(self, terms: list[str]) -> list[Result]:
+        """The search for *terms*, unless a newer one came while it waited: a shell shows only the newest."""
+        self._latest += 1
+        mine = self._latest
+
+        def run() -> list[Result]:
+            return self.answers.search(terms) if mine == self._latest else []
+
+        results: list[Result] = await self.run(run)
+        return results
 
     async def run(self, fn: Any, *args: Any) -> Any:
         self.last_call = time.monotonic()
@@ -88,9 +100,8 @@ class Provider:
             )
         return out
 
-    def matches(self, query: str) -> list[list[Any]]:
-        """KRunner's matches: (id, text, icon, type, relevance, properties)."""
-        found = self.answers.search([query])
+    def matches(self, found: list[Result]) -> list[list[Any]]:
+        """KRunner's matches for *found*: (id, text, icon, type, relevance, properties)."""
         self._warm.join()
         deadline = time.monotonic() + THUMB_BUDGET_S
         return [
@@ -103,7 +114,7 @@ class Provider:
                 {
                     "subtext": Variant("s", r.description),
                     "category": Variant("s", "Photos"),
-                    "urls": Variant("as", [Path(r.path).as_uri()]),  # dragging a match drops the file
+                    "urls": Variant("as", [file_uri(r.path)]),  # dragging a match drops the file
                 },
             ]
             for r in found
@@ -140,14 +151,13 @@ class GnomeSearch(ServiceInterface):
 
     @dbus_method()
     async def GetInitialResultSet(self, terms: Strings) -> Strings:
-        results: list[Result] = await self.p.run(self.p.answers.search, terms)
-        return [r.id for r in results]
+        return [r.id for r in await self.p.search(terms)]
 
     @dbus_method()
     async def GetSubsearchResultSet(self, previous: Strings, terms: Strings) -> Strings:
-        # Searched afresh: a longer query ranks by itself; narrowing *previous* would keep stale ranks.
-        results: list[Result] = await self.p.run(self.p.answers.search, terms)
-        return [r.id for r in results]
+        # Ranked afresh for the longer query, then narrowed to what was shown: GNOME Shell's meaning.
+        shown = set(previous)
+        return [r.id for r in await self.p.search(terms) if r.id in shown]
 
     @dbus_method()
     async def GetResultMetas(self, ids: Strings) -> Metas:
@@ -162,7 +172,9 @@ class GnomeSearch(ServiceInterface):
     async def LaunchSearch(self, terms: Strings, timestamp: UInt) -> None:
         from daemon.desktop.answers import query_text
 
-        await self.p.run(open_page, self.p.config, self.p.config_file, query_text(terms))
+        # Its own thread: starting the web page may take seconds, and searches must not wait behind it.
+        args = (self.p.config, self.p.config_file, query_text(terms))
+        threading.Thread(target=open_page, args=args, name="desktop-page", daemon=True).start()
 
 
 class KRunner(ServiceInterface):
@@ -178,7 +190,7 @@ class KRunner(ServiceInterface):
 
     @dbus_method()
     async def Match(self, query: Str) -> Matches:
-        matches: list[list[Any]] = await self.p.run(self.p.matches, query)
+        matches: list[list[Any]] = await self.p.run(self.p.matches, await self.p.search([query]))
         return matches
 
     @dbus_method()

@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
+import shutil
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from daemon.config import xdg_home
+from daemon.errors import FlorenceWatchError
 
 if TYPE_CHECKING:  # doctor's module pulls in watchdog: the provider, which imports this file, needs none of it
     from daemon.service.doctor import Check
@@ -58,8 +62,6 @@ def pieces(argv: list[str]) -> list[Piece]:
 def _dbus_service(argv: list[str]) -> str:
     # The bus reads the file's backslash escapes first (a lone one makes it skip the whole file,
     # silently), then splits Exec as a shell would, quotes and all, and expands nothing.
-    import shlex
-
     command = shlex.join([*argv, "search-provider"]).replace("\\", "\\\\")
     return f"[D-BUS Service]\nName={BUS_NAME}\nExec={command}\n"
 
@@ -120,6 +122,9 @@ def desktop_exec(argv: list[str]) -> str:
 def install(argv: list[str], data_home: Path | None = None) -> tuple[list[Path], list[str]]:
     """Write the four files; returns their paths and what is left for the person to run."""
     data_home = data_home or xdg_home("DATA")
+    for arg in argv:  # neither file format can carry a line break, nor bytes that are not UTF-8
+        if any(unicodedata.category(c) == "Cc" for c in arg) or not _utf8(arg):
+            raise FlorenceWatchError(f"cannot write the desktop files: {arg!r} holds a control character or non-UTF-8")
     written = []
     for piece in pieces(argv):
         path = data_home / piece.relative
@@ -130,8 +135,7 @@ def install(argv: list[str], data_home: Path | None = None) -> tuple[list[Path],
     if _system_key_file() is None:
         todo.append(
             "GNOME Shell reads search providers only from the system data folders ($XDG_DATA_DIRS), so copy "
-            f"its key file there once: sudo install -D -m 644 {data_home / GNOME_KEY_FILE} "
-            f"{SYSTEM_DIR / GNOME_KEY_FILE}"
+            f"its key file there once: {copy_command(data_home)}"
         )
     todo += [
         "GNOME Shell: log out and back in; then Settings > Search lists florence-watch",
@@ -150,8 +154,30 @@ def remove(data_home: Path | None = None) -> tuple[list[Path], list[str]]:
             path.unlink()
             removed.append(path)
     system = _system_key_file()
-    todo = [f"sudo rm {system}   # GNOME Shell's copy of the key file"] if system else []
+    todo = [f"sudo rm {shlex.quote(str(system))}   # GNOME Shell's copy of the key file"] if system else []
+    todo.append("KRunner: kquitapp6 krunner (kquitapp5 on Plasma 5) to forget the plugin now")
     return removed, todo
+
+
+def copy_command(data_home: Path) -> str:
+    """The one command that puts our key file where GNOME Shell reads it, quoted for a shell."""
+    dirs = list(_system_dirs())
+    target = SYSTEM_DIR if SYSTEM_DIR in dirs or not dirs else dirs[0]
+    source, dest = data_home / GNOME_KEY_FILE, target / GNOME_KEY_FILE
+    return f"sudo install -D -m 644 {shlex.quote(str(source))} {shlex.quote(str(dest))}"
+
+
+def _gnome_session() -> bool:
+    """Whether GNOME Shell is this desktop (or installed): elsewhere its key file is nobody's business."""
+    return "GNOME" in os.environ.get("XDG_CURRENT_DESKTOP", "").upper().split(":") or bool(shutil.which("gnome-shell"))
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def _system_key_file() -> Path | None:
@@ -186,15 +212,17 @@ def checks(argv: list[str], data_home: Path | None = None) -> list[Check]:
         out.append(_check_piece(piece, path))
     system = _system_key_file()
     if system is None:
+        missing = "GNOME Shell reads key files only from $XDG_DATA_DIRS, and none holds ours"
+        report = fail if _gnome_session() else note  # on KDE, say it without failing the doctor
+        out.append(report("GNOME provider", missing, copy_command(data_home)))
+    elif system.read_text(encoding="utf-8", errors="replace") != GNOME_KEYS:
         out.append(
             fail(
                 "GNOME provider",
-                "GNOME Shell reads key files only from $XDG_DATA_DIRS, and none holds ours",
-                f"sudo install -D -m 644 {data_home / GNOME_KEY_FILE} {SYSTEM_DIR / GNOME_KEY_FILE}",
+                f"{system} differs from ours",
+                f"sudo rm {shlex.quote(str(system))}; then as install says",
             )
         )
-    elif system.read_text(encoding="utf-8", errors="replace") != GNOME_KEYS:
-        out.append(fail("GNOME provider", f"{system} differs from ours", f"sudo rm {system}; then as install says"))
     else:
         out.append(ok("GNOME provider", f"GNOME Shell reads {system}"))
     return out

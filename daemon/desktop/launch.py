@@ -27,7 +27,11 @@ PAGE_START_S = 20.0  # the web page loads the index (and the vectors) before it 
 
 
 def open_with_desktop(target: str) -> bool:
-    """Hand *target* (a path or URL) to the desktop's default application; False, logged, if it cannot."""
+    """Hand *target* (an absolute path or an http URL) to the desktop's default application; False,
+    logged, if it cannot."""
+    if not (os.path.isabs(target) or target.startswith("http://")):  # never an option to xdg-open
+        log.error("refused to open %r: not an absolute path", _shown(target))
+        return False
     opener = shutil.which("xdg-open")
     if opener is None:
         log.error("cannot open %s: xdg-open is not installed (Debian: apt install xdg-utils)", _shown(target))
@@ -49,7 +53,9 @@ def _host(config: Config) -> str:
 
 def page_url(config: Config, query: str = "") -> str:
     """The web page's search for *query* on this computer."""
-    return f"http://{_host(config)}:{config.serve.port}/" + (f"?{urlencode({'q': query})}" if query else "")
+    host = _host(config)
+    host = f"[{host}]" if ":" in host else host  # an IPv6 address, as a URL writes it
+    return f"http://{host}:{config.serve.port}/" + (f"?{urlencode({'q': query})}" if query else "")
 
 
 def open_page(config: Config, config_file: str | None, query: str = "") -> bool:

@@ -102,16 +102,21 @@ def current_exec_start(config_path: str | None) -> str:
 
 
 def remove(unit_dir: Path | None = None, role: str = "all") -> tuple[Path | None, list[str]]:
-    """Delete the user unit for *role*; returns its path (None: there was none) and the commands to run first."""
+    """Delete the user unit for *role* and its enablement (what ``systemctl disable`` removes: older
+    systemd cannot disable a unit whose file is gone); returns its path (None: there was none) and
+    the commands that stop what runs."""
     _check(role)
     unit_dir = unit_dir or user_unit_dir()
     path = unit_dir / (UNIT_NAME if role == "all" else ROLE_UNIT_NAME)
-    name = unit_name(role)
-    commands = [f"systemctl --user disable --now {name}", "systemctl --user daemon-reload"]
     if not path.exists():
         return None, []
+    running = ["florence-watch"] if role == "all" else [f"florence-watch@{r}" for r in ROLES[1:]]
+    for name in running:
+        link = unit_dir / "default.target.wants" / f"{name}.service"
+        if os.path.lexists(link):
+            link.unlink()
     path.unlink()
-    return path, commands
+    return path, [*(f"systemctl --user stop {n}" for n in running), "systemctl --user daemon-reload"]
 
 
 def install(config_path: str | None, unit_dir: Path | None = None, role: str = "all") -> tuple[Path, list[str]]:

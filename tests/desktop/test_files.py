@@ -9,6 +9,7 @@ that needs quoting.
 from __future__ import annotations
 
 import configparser
+import os
 import shlex
 import shutil
 import subprocess
@@ -19,6 +20,7 @@ import pytest
 from daemon.cli import main
 from daemon.desktop import files
 from daemon.desktop.files import APP_ID, BUS_NAME, GNOME_KEY_FILE, GNOME_PATH, KRUNNER_PATH, desktop_exec
+from daemon.errors import FlorenceWatchError
 from daemon.service.unit import current_argv
 from daemon.testing.helpers import wait_until
 from tests.desktop.bus import KRUNNER, SessionBus, desktop_env
@@ -30,6 +32,7 @@ ODD_CONFIG = 'my "photos" $HOME 100% \\ done.toml'  # spaces, quotes, $, %, a ba
 def data_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     monkeypatch.setenv("XDG_DATA_DIRS", str(tmp_path / "system"))  # GNOME Shell's folders: none has ours yet
+    monkeypatch.setenv("XDG_CURRENT_DESKTOP", "GNOME")
     monkeypatch.delenv("FLORENCE_WATCH_CONFIG", raising=False)
     return tmp_path / "data"
 
@@ -50,7 +53,7 @@ def _doctor(cfg: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, tuple[st
 
 
 def test_install_writes_four_files_the_desktop_reads_and_doctor_checks_each(
-    tmp_path: Path, data_home: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, data_home: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cfg = _config(tmp_path)
     assert _doctor(cfg, capsys) == {
@@ -68,8 +71,9 @@ def test_install_writes_four_files_the_desktop_reads_and_doctor_checks_each(
             GNOME_KEY_FILE,
         ]
     )
-    system_copy = tmp_path / "system" / GNOME_KEY_FILE
-    assert f"sudo install -D -m 644 {data_home / GNOME_KEY_FILE} /usr/local/share/{GNOME_KEY_FILE}" in out
+    system_copy = tmp_path / "system" / GNOME_KEY_FILE  # /usr/local/share is not in this $XDG_DATA_DIRS
+    copy = f"sudo install -D -m 644 {data_home / GNOME_KEY_FILE} {system_copy}"
+    assert copy in out
 
     keys = configparser.ConfigParser(interpolation=None)
     keys.optionxform = str  # type: ignore[assignment,method-assign]  # the keys are case-sensitive
@@ -98,11 +102,11 @@ def test_install_writes_four_files_the_desktop_reads_and_doctor_checks_each(
         "GNOME key file": "ok",
         "GNOME provider": "fail",
     }
-    assert found["GNOME provider"][1] == (
-        f"sudo install -D -m 644 {data_home / GNOME_KEY_FILE} /usr/local/share/{GNOME_KEY_FILE}"
-    )
-    system_copy.parent.mkdir(parents=True)
-    shutil.copyfile(data_home / GNOME_KEY_FILE, system_copy)  # what the person ran, into $XDG_DATA_DIRS
+    assert found["GNOME provider"][1] == copy
+    monkeypatch.setenv("XDG_CURRENT_DESKTOP", "KDE")
+    if shutil.which("gnome-shell") is None:  # Plasma without GNOME Shell: worth saying, nothing to fix
+        assert _doctor(cfg, capsys)["GNOME provider"] == ("note", copy)
+    subprocess.run(copy.removeprefix("sudo "), shell=True, check=True)  # the printed command, as root
     assert _doctor(cfg, capsys)["GNOME provider"][0] == "ok"
 
     other = _config(tmp_path, "other.toml")  # installed for another config: stale for this one
@@ -113,7 +117,7 @@ def test_install_writes_four_files_the_desktop_reads_and_doctor_checks_each(
 
     assert main(["--config", str(cfg), "install-service", "--desktop", "--remove"]) == 0
     out = capsys.readouterr().out
-    assert f"sudo rm {system_copy}" in out
+    assert f"sudo rm {system_copy}" in out and "kquitapp6 krunner" in out
     assert not [p for p in written if p.exists()]
     system_copy.unlink()
     assert _doctor(cfg, capsys) == {"desktop search": ("note", "florence-watch install-service --desktop")}
@@ -122,7 +126,7 @@ def test_install_writes_four_files_the_desktop_reads_and_doctor_checks_each(
 def test_both_desktop_entries_pass_desktop_file_validate(tmp_path: Path, data_home: Path) -> None:
     validate = shutil.which("desktop-file-validate")
     if validate is None:
-        pytest.skip("desktop-file-validate is not installed (make test-tools installs desktop-file-utils)")
+        pytest.fail("desktop-file-validate is missing: make test-tools installs desktop-file-utils")
     files.install(current_argv(str(_config(tmp_path, ODD_CONFIG))))
     for entry in (
         data_home / "applications" / f"{APP_ID}.desktop",
@@ -164,11 +168,14 @@ def test_install_service_remove_takes_the_unit_away(
     monkeypatch.delenv("FLORENCE_WATCH_CONFIG", raising=False)
     assert main(["install-service"]) == 0
     unit = tmp_path / "systemd" / "user" / "florence-watch.service"
-    assert unit.is_file()
+    wants = tmp_path / "systemd" / "user" / "default.target.wants"
+    wants.mkdir()
+    (wants / "florence-watch.service").symlink_to(unit)  # what systemctl --user enable made
     capsys.readouterr()
     assert main(["install-service", "--remove"]) == 0
     out = capsys.readouterr().out
-    assert not unit.exists() and "systemctl --user disable --now florence-watch" in out
+    assert not unit.exists() and not os.path.lexists(wants / "florence-watch.service")
+    assert out.splitlines()[1:] == ["  systemctl --user stop florence-watch", "  systemctl --user daemon-reload"]
     assert main(["install-service", "--remove"]) == 0
     assert capsys.readouterr().out.strip() == "no such unit was installed"
 
@@ -194,3 +201,9 @@ def test_the_provider_gives_its_name_back_when_idle_and_the_bus_starts_it_again(
         if provider.poll() is None:
             provider.kill()
         bus.stop()
+
+
+def test_a_config_path_with_a_line_break_is_refused_not_written(tmp_path: Path, data_home: Path) -> None:
+    with pytest.raises(FlorenceWatchError, match="control character"):
+        files.install(current_argv(str(_config(tmp_path, "two\nlines.toml"))))
+    assert not data_home.exists()

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from daemon.desktop.thumbs import thumbnail, thumbnail_path
+from daemon.desktop.thumbs import file_uri, thumbnail, thumbnail_path
 from daemon.testing.helpers import copy_corpus
 
 
@@ -24,7 +26,7 @@ def test_a_thumbnail_is_made_as_the_standard_says_and_used_again(tmp_path: Path)
     assert Path(made).parent == Path(os.environ["XDG_CACHE_HOME"]) / "thumbnails" / "normal"
     assert (Path(made).stat().st_mode & 0o777) == 0o600
     with Image.open(made) as im:
-        assert max(im.size) == 128 and im.info["Thumb::URI"] == photo.as_uri()
+        assert max(im.size) == 128 and im.info["Thumb::URI"] == file_uri(str(photo))
         assert im.info["Thumb::MTime"] == str(int(photo.stat().st_mtime))
     first = Path(made).stat().st_mtime_ns
     assert thumbnail(str(photo), time.monotonic() - 1) == made  # fresh: used even with no time left
@@ -51,3 +53,26 @@ def test_a_name_with_bytes_that_are_not_utf8_has_its_uri_percent_encoded(tmp_pat
     made = thumbnail(path, _later())
     with Image.open(str(made)) as im:
         assert im.info["Thumb::URI"].endswith("/caf%E9.png") and im.size == (128, 85)
+
+
+NAMES = ["Tom's photo (1).jpg", "a [b] #c;d&e=f+g@h~i!j,k*l$m:n%o.jpg", "été à la mer.jpg"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_uri_and_so_the_thumbnail_name_are_what_gnome_files_uses(tmp_path: Path, name: str) -> None:
+    if shutil.which("gio") is None:
+        pytest.fail("gio is missing: make test-tools installs libglib2.0-bin")
+    path = tmp_path / name
+    path.write_bytes(b"")
+    out = subprocess.run(["gio", "info", str(path)], capture_output=True, text=True, check=True).stdout
+    (uri,) = [line.removeprefix("uri: ") for line in out.splitlines() if line.startswith("uri: ")]
+    assert file_uri(str(path)) == uri  # GLib's own escaping: the same md5, the same thumbnail file
+
+
+def test_a_large_jpeg_is_decoded_small_and_turned_by_its_orientation(tmp_path: Path) -> None:
+    path = tmp_path / "turned.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to show
+    Image.new("RGB", (3000, 2000), (200, 30, 30)).save(path, exif=exif.tobytes())
+    with Image.open(str(thumbnail(str(path), _later()))) as im:
+        assert im.size == (85, 128)  # portrait, as a viewer shows it
