@@ -76,6 +76,7 @@ bench: setup
 	$(PY) bench/reconcile.py
 	$(PY) bench/scale.py
 	$(PY) bench/desktop.py
+	$(PY) bench/tiles.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache *.egg-info

@@ -61,6 +61,7 @@ class Provider:
         self._warm.start()
         self.last_call = time.monotonic()
         self._latest = 0  # the newest search asked for (counted on the bus's loop)
+        self.busy = 0  # calls being answered: never left without their reply
 
     async def search(self, terms: list[str]) -> list[Result]:
         """The search for *terms*, unless a newer one came while it waited: a shell shows only the newest."""
@@ -75,10 +76,15 @@ class Provider:
 
     async def run(self, fn: Any, *args: Any) -> Any:
         self.last_call = time.monotonic()
+        self.busy += 1
         try:
             return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
         finally:
+            self.busy -= 1
             self.last_call = time.monotonic()
+
+    def idle(self, idle_s: float) -> bool:
+        return self.busy == 0 and time.monotonic() - self.last_call >= idle_s
 
     def metas(self, ids: list[str]) -> list[dict[str, Variant]]:
         """One meta per id, in order: GNOME Shell drops the whole batch when one is missing."""
@@ -220,14 +226,19 @@ async def serve(config: Config, config_file: str | None, idle_s: float = IDLE_S)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        while not stop.is_set() and time.monotonic() - provider.last_call < idle_s and bus.connected:
+        while not stop.is_set() and not provider.idle(idle_s) and bus.connected:
             try:
                 await asyncio.wait_for(stop.wait(), timeout=min(5.0, idle_s))
             except TimeoutError:
                 pass
-        # The name first: a search arriving now starts a new provider instead of meeting a closing one.
+        # The name first: a search arriving now starts a new provider instead of meeting a closing one;
+        # then the calls already here get their answers before the connection goes.
         if bus.connected:
             await bus.release_name(BUS_NAME)
+        for _ in range(100):
+            if provider.busy == 0:
+                break
+            await asyncio.sleep(0.1)
     finally:
         bus.disconnect()
         provider.close()
