@@ -1,9 +1,9 @@
 """What a desktop search bar is told: the daemon's search, cut to what a shell can show safely.
 
-The running daemon answers on its socket (``service.client``), warm, in a few
-milliseconds; when no daemon runs, this process searches the index itself, by
-words only (loading the embedding model would take longer than GNOME Shell
-waits). Every result handed out is remembered by its id, so that activating
+The running daemon answers on its socket (``service.client``), warm; when no
+daemon answers within DAEMON_TIMEOUT_S, this process searches the index
+itself, by words only (loading the embedding model here would take seconds,
+longer than a person typing waits). Every result handed out is remembered by its id, so that activating
 one can only open a file the index returned, and only while it is still
 indexed and still on disk.
 """

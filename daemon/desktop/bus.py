@@ -18,7 +18,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 from dbus_fast import BusType, NameFlag, RequestNameReply, Variant
 from dbus_fast.aio import MessageBus
@@ -45,8 +45,6 @@ UInt = Annotated[int, DBusSignature("u")]
 Metas = Annotated[list[dict[str, Variant]], DBusSignature("aa{sv}")]
 Matches = Annotated[list[list[Any]], DBusSignature("a(sssida{sv})")]
 Actions = Annotated[list[list[str]], DBusSignature("a(sss)")]
-Settings = Annotated[dict[str, Variant], DBusSignature("a{sv}")]
-T = TypeVar("T")
 
 
 class Provider:
