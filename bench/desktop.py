@@ -37,7 +37,7 @@ from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
 from PIL import Image
 
-from bench.search import add_vectors, build
+from bench.search import add_vectors, build, wait_for_daemon
 from daemon.desktop import files
 from daemon.desktop.files import BUS_NAME, GNOME_PATH, KRUNNER_PATH
 from daemon.index.db import Database
@@ -144,12 +144,7 @@ def main() -> None:
     try:
         assert bus.stdout is not None
         address = bus.stdout.readline().decode().strip()
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:  # until the daemon answers, its vectors and model warm
-            probe = subprocess.run([*base, "-v", "search", "warm"], env=env, capture_output=True, text=True)
-            if "answered by the running" in probe.stderr:
-                break
-            time.sleep(1)
+        wait_for_daemon(base, env)
         asyncio.run(measure(address, "the daemon running (words and meaning)"))
         daemon.terminate()
         daemon.wait(60)

@@ -263,12 +263,7 @@ def command_bench(url: str) -> None:
         rows.append((f"{label}, no daemon", *measure("search", "puppy on a couch", *args)))
     daemon = subprocess.Popen([*base, "run", "--role", "watch"], env=env, cwd=repo, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:  # until the daemon answers, its vectors and model warm
-            probe = subprocess.run([*base, "-v", "search", "warm"], env=env, cwd=repo, capture_output=True, text=True)
-            if "answered by the running" in probe.stderr:
-                break
-            time.sleep(1)
+        wait_for_daemon(base, env, repo)
         for label, args in (("hybrid (default)", ()), ("words only", ("--mode", "words"))):
             rows.append((f"{label}, daemon running", *measure("search", "puppy on a couch", *args)))
     finally:
@@ -279,6 +274,19 @@ def command_bench(url: str) -> None:
         print(f"{label:<40} {wall:>7.2f} {rss:>13.0f}")
     time_x, memory_x = rows[0][1] / rows[2][1], rows[0][2] / rows[2][2]
     print(f"no daemon / daemon running, hybrid: {time_x:.1f}x the time, {memory_x:.1f}x the memory")
+
+
+def wait_for_daemon(base: list[str], env: dict[str, str], cwd: Path | None = None) -> None:
+    """Until the daemon started as *base* answers a search itself (its vectors and model warm)."""
+    import subprocess
+
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        probe = subprocess.run([*base, "-v", "search", "warm"], env=env, cwd=cwd, capture_output=True, text=True)
+        if "answered by the running" in probe.stderr:
+            return
+        time.sleep(1)
+    raise SystemExit("the daemon did not answer within 5 minutes")
 
 
 def timed(db: Database, query: Query, limit: int) -> tuple[list[float], int]:

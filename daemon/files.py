@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, or_
+if TYPE_CHECKING:  # imported where used: the desktop provider reads this module and needs no SQLAlchemy
+    from sqlalchemy import ColumnElement
 
 # RAW files: the photographer's negatives. Decoded from their embedded
 # preview, and never written to (a sidecar holds our tags).
@@ -82,23 +83,35 @@ def is_candidate(path: str | Path) -> bool:
 _UNNAMEABLE: set[str] = set()  # paths already reported, so a folder rescanned does not repeat itself
 
 
-def storable(path: str) -> bool:
-    """Whether the index can hold *path*: both SQLite and PostgreSQL keep text as UTF-8, and a name in
-    another encoding (Latin-1 from an old camera card or a Windows share) reaches Python with its
-    undecodable bytes as surrogates. Such a file is left alone, reported once with the fix."""
+def is_utf8(text: str) -> bool:
+    """Whether *text* is UTF-8 through and through: a file name in another encoding reaches Python with
+    its undecodable bytes as surrogates, which neither the index nor a desktop file can hold."""
     try:
-        path.encode("utf-8")
+        text.encode("utf-8")
         return True
     except UnicodeEncodeError:
-        if path not in _UNNAMEABLE:
-            _UNNAMEABLE.add(path)
-            shown = os.fsencode(path).decode("utf-8", "replace")
-            log.error(
-                "skipped %s: its name is not UTF-8, which the index cannot hold; rename it "
-                "(convmv -f latin1 -t utf8 --notest FILE renames from Latin-1)",
-                shown,
-            )
         return False
+
+
+def shown(path: str) -> str:
+    """*path* for a log line or a shell: bytes that are not UTF-8 as U+FFFD."""
+    return os.fsencode(path).decode("utf-8", "replace")
+
+
+def storable(path: str) -> bool:
+    """Whether the index can hold *path*: both SQLite and PostgreSQL keep text as UTF-8, and a name in
+    another encoding (Latin-1 from an old camera card or a Windows share) cannot be. Such a file is
+    left alone, reported once with the fix."""
+    if is_utf8(path):
+        return True
+    if path not in _UNNAMEABLE:
+        _UNNAMEABLE.add(path)
+        log.error(
+            "skipped %s: its name is not UTF-8, which the index cannot hold; rename it "
+            "(convmv -f latin1 -t utf8 --notest FILE renames from Latin-1)",
+            shown(path),
+        )
+    return False
 
 
 def is_sidecar(path: str | Path) -> bool:
@@ -158,6 +171,8 @@ def is_under(path: str | Path, folder: str | Path) -> bool:
 def under(column: Any, folder: str | Path) -> ColumnElement[bool]:
     """SQL for :func:`is_under`: *column* (a path column) is *folder* or below it."""
     folder, prefix = folder_prefix(folder)
+    from sqlalchemy import or_
+
     return or_(column == folder, column.startswith(prefix, autoescape=True))
 
 

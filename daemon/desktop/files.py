@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from daemon.config import xdg_home
 from daemon.errors import FlorenceWatchError
+from daemon.files import is_utf8
 
 if TYPE_CHECKING:  # doctor's module pulls in watchdog: the provider, which imports this file, needs none of it
     from daemon.service.doctor import Check
@@ -123,7 +124,7 @@ def install(argv: list[str], data_home: Path | None = None) -> tuple[list[Path],
     """Write the four files; returns their paths and what is left for the person to run."""
     data_home = data_home or xdg_home("DATA")
     for arg in argv:  # neither file format can carry a line break, nor bytes that are not UTF-8
-        if any(unicodedata.category(c) == "Cc" for c in arg) or not _utf8(arg):
+        if any(unicodedata.category(c) == "Cc" for c in arg) or not is_utf8(arg):
             raise FlorenceWatchError(f"cannot write the desktop files: {arg!r} holds a control character or non-UTF-8")
     written = []
     for piece in pieces(argv):
@@ -170,14 +171,6 @@ def copy_command(data_home: Path) -> str:
 def _gnome_session() -> bool:
     """Whether GNOME Shell is this desktop (or installed): elsewhere its key file is nobody's business."""
     return "GNOME" in os.environ.get("XDG_CURRENT_DESKTOP", "").upper().split(":") or bool(shutil.which("gnome-shell"))
-
-
-def _utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-        return True
-    except UnicodeEncodeError:
-        return False
 
 
 def _system_key_file() -> Path | None:

@@ -20,6 +20,7 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 from daemon.config import Config, xdg_home
+from daemon.files import shown
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +31,11 @@ def open_with_desktop(target: str) -> bool:
     """Hand *target* (an absolute path or an http URL) to the desktop's default application; False,
     logged, if it cannot."""
     if not (os.path.isabs(target) or target.startswith("http://")):  # never an option to xdg-open
-        log.error("refused to open %r: not an absolute path", _shown(target))
+        log.error("refused to open %r: not an absolute path", shown(target))
         return False
     opener = shutil.which("xdg-open")
     if opener is None:
-        log.error("cannot open %s: xdg-open is not installed (Debian: apt install xdg-utils)", _shown(target))
+        log.error("cannot open %s: xdg-open is not installed (Debian: apt install xdg-utils)", shown(target))
         return False
     subprocess.Popen(
         [opener, target],
@@ -90,10 +91,6 @@ def _start_page(config: Config, config_file: str | None) -> bool:
         time.sleep(0.1)
     log.error("the web page did not start on port %d; see %s", config.serve.port, log_path)
     return False
-
-
-def _shown(target: str) -> str:
-    return os.fsencode(target).decode("utf-8", "replace") if not target.startswith("http") else target
 
 
 def folder_of(path: str) -> str:

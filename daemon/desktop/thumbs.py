@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote_from_bytes
 
 from daemon.config import xdg_home
+from daemon.files import shown
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -62,7 +63,7 @@ def thumbnail(path: str, deadline: float) -> str | None:
         _make(path, target, mtime)
     except Exception as exc:  # noqa: BLE001 -- any unreadable image: the generic icon, never a failed search
         _FAILED.add((path, mtime))
-        log.info("no thumbnail for %s: %s", os.fsencode(path).decode("utf-8", "replace"), exc)
+        log.info("no thumbnail for %s: %s", shown(path), exc)
         return None
     return str(target)
 
