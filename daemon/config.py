@@ -146,6 +146,15 @@ class OcrConfig:
 
 
 @dataclass(frozen=True)
+class PdfConfig:
+    # Pages are rendered at this resolution for the model: 200 dpi makes 10-point body text about
+    # 28 pixels high, which the tiles read; 300 would only cost more tiles (daemon/pdf.py).
+    dpi: int = 200
+    # A scanner's documents are a few pages; a longer file is read up to here, with a line saying so.
+    max_pages: int = 50
+
+
+@dataclass(frozen=True)
 class Config:
     watch: WatchConfig = field(default_factory=WatchConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -155,6 +164,7 @@ class Config:
     search: SearchConfig = field(default_factory=SearchConfig)
     pause: PauseConfig = field(default_factory=PauseConfig)
     ocr: OcrConfig = field(default_factory=OcrConfig)
+    pdf: PdfConfig = field(default_factory=PdfConfig)
     source: str = "<defaults>"
 
     @property
@@ -233,6 +243,7 @@ _SECTIONS: dict[str, type] = {
     "search": SearchConfig,
     "pause": PauseConfig,
     "ocr": OcrConfig,
+    "pdf": PdfConfig,
 }
 
 
@@ -380,6 +391,13 @@ def _validate_ocr(obj: OcrConfig, source: str) -> None:
         raise ConfigError(source, "ocr.tiles", f"must be auto or never, not {obj.tiles!r}")
 
 
+def _validate_pdf(obj: PdfConfig, source: str) -> None:
+    if not 36 <= obj.dpi <= 600:
+        raise ConfigError(source, "pdf.dpi", "must be between 36 and 600 (200 suits OCR)")
+    if obj.max_pages < 1:
+        raise ConfigError(source, "pdf.max_pages", "must be at least 1")
+
+
 def _validate_serve(obj: ServeConfig, source: str) -> None:
     if not 0 <= obj.port <= 65535:
         raise ConfigError(source, "serve.port", "must be between 0 and 65535 (0: any free port)")
@@ -410,6 +428,7 @@ _VALIDATORS: dict[str, Callable[[Any, str], None]] = {
     "model": _validate_model,
     "pause": _validate_pause,
     "ocr": _validate_ocr,
+    "pdf": _validate_pdf,
     "serve": _validate_serve,
     "index": _validate_index,
     "metadata": _validate_metadata,

@@ -48,6 +48,8 @@ IMAGE_EXTENSIONS = (
     )
     | RAW_EXTENSIONS
 )
+# Documents, each page described as an image (daemon/pdf.py): what a scanner's "scan to folder" writes.
+DOCUMENT_EXTENSIONS = frozenset({".pdf"})
 # Formats whose files cannot (or should not) hold the tags: RAW files, and
 # GIF and BMP, which have no room for XMP that apps read.
 SIDECAR_ONLY_EXTENSIONS = RAW_EXTENSIONS | {".gif", ".bmp"}
@@ -77,7 +79,7 @@ def is_candidate(path: str | Path) -> bool:
         return False
     if name.lower().endswith(_IGNORED_SUFFIXES):
         return False
-    return extension(name) in IMAGE_EXTENSIONS
+    return extension(name) in IMAGE_EXTENSIONS or extension(name) in DOCUMENT_EXTENSIONS
 
 
 _UNNAMEABLE: set[str] = set()  # paths already reported, so a folder rescanned does not repeat itself

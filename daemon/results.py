@@ -78,3 +78,15 @@ def _first_text(results: TaskResults, tasks: tuple[str, ...]) -> str:
 def marked(snippet: str, start: str = "[", end: str = "]") -> str:
     """A search snippet with its matches between *start* and *end* (bold on a terminal, brackets elsewhere)."""
     return snippet.replace(MARK_START, start).replace(MARK_END, end)
+
+
+def combine_pages(pages: list[TaskResults]) -> TaskResults:
+    """A document's results from its pages': the first page's, with every page's text as ``<OCR>``.
+
+    The caption and objects of a scanned letter are its first page's; its
+    text is all of it, pages apart by a blank line, so that search finds the
+    document by any page (``daemon.index.pages`` tells which).
+    """
+    if not pages:
+        return {}
+    return {**pages[0], "<OCR>": "\n\n".join(t for t in (summarize(p).ocr for p in pages) if t)}

@@ -52,13 +52,14 @@ def cmd_search(args: argparse.Namespace, config: Config, config_file: Path | Non
     payload = {"query": args.query, "folder": absolute(args.folder), "since": args.since, "has_text": args.has_text}
     hits = answer(config, args, "search", {**payload, "limit": args.limit, "mode": args.mode})
     if args.json:
-        print_json([{**{k: h[k] for k in ("path", "caption", "score")}, "snippet": marked(h["snippet"])} for h in hits])
+        keys = ("path", "page", "caption", "score")
+        print_json([{**{k: h.get(k) for k in keys}, "snippet": marked(h["snippet"])} for h in hits])
     elif not hits:
         print("no matches", file=sys.stderr)
     else:
         bold = ("\x1b[1m", "\x1b[0m") if sys.stdout.isatty() else ("[", "]")
         for h in hits:
-            print(h["path"])
+            print(h["path"] + (f"  (page {h['page']})" if h.get("page") else ""))
             if h["snippet"] and h["snippet"] != h["caption"]:
                 print(f"    {marked(h['snippet'], *bold)}")
             print(f"    {h['caption']}")
@@ -106,6 +107,9 @@ def _print_file_info(info: dict[str, Any]) -> None:
     ]
     for key, value in rows:
         print(f"{key:12} {value}")
+    for page in info.get("pages", []):  # a document's pages, each as the model read it
+        print(f"{'page ' + str(page['page']):12} {page['caption'] or '-'}")
+        print(f"{'':12} {short(page['ocr']) if page['ocr'] else '(no text found)'}")
     written = (info["metadata"]["written"] or {}).get("tags", {})
     now = info["in_file"] or {}
     if written or now:

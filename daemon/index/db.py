@@ -201,6 +201,22 @@ class Rejection(Base):
     created_at: Mapped[float] = mapped_column(default=now)
 
 
+class Page(Base):
+    """One page of a document (a PDF): its own results, searchable to tell which page a hit is on."""
+
+    __tablename__ = "pages"
+    __table_args__ = (UniqueConstraint("image_id", "model", "number"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"), index=True)
+    model: Mapped[str] = mapped_column(Text)
+    number: Mapped[int] = mapped_column()  # 1-based, as a PDF viewer counts
+    width: Mapped[int] = mapped_column()  # as drawn for the model (pdf.dpi)
+    height: Mapped[int] = mapped_column()
+    # imaging.content_key of the drawn page: a page already described (in this or another PDF) is not run again.
+    content_key: Mapped[str] = mapped_column(String(64), index=True)
+    result: Mapped[str] = mapped_column(Text)  # JSON: task -> parsed result, as Result.result
+
+
 # --- migrations -------------------------------------------------------------
 # Named, applied in order, each committed together with its record in
 # schema_migrations. Never edit one that has shipped: add a new one.
@@ -412,6 +428,10 @@ def _m0009_watched_folders(conn: Connection) -> None:
     Base.metadata.create_all(conn, tables=_tables(WatchedFolder))
 
 
+def _m0010_pages(conn: Connection) -> None:
+    Base.metadata.create_all(conn, tables=_tables(Page))
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0001_initial", _m0001_initial),
     ("0002_fts", _m0002_fts),
@@ -422,6 +442,7 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0007_word_forms", _m0007_word_forms),
     ("0008_embeddings", _m0008_embeddings),
     ("0009_watched_folders", _m0009_watched_folders),
+    ("0010_pages", _m0010_pages),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

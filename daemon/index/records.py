@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from sqlalchemy import Table, delete, func, or_, select, update
@@ -17,6 +17,8 @@ from sqlalchemy.orm import Session
 from daemon.files import under
 from daemon.imaging import Fingerprint
 from daemon.index.db import Document, File, Image, Job, Rejection, Result, chunks, now
+from daemon.index.pages import PageResult, pages_of
+from daemon.index.pages import store as store_pages
 from daemon.index.workers import list_workers
 from daemon.results import Summary, TaskResults, summarize
 
@@ -107,6 +109,7 @@ class Analysed:
     summary: Summary
     content_key: str | None = None
     image_id: int | None = None  # an indexed image with the same pixels (metadata edited, or a new model)
+    pages: list[PageResult] = field(default_factory=list)  # a document's pages (a PDF); [] for an image
 
 
 def store_batch(session: Session, model: str, batch: list[Analysed]) -> list[File]:
@@ -147,6 +150,8 @@ def store_batch(session: Session, model: str, batch: list[Analysed]) -> list[Fil
         else:
             _replace_results(session, image.id, model, a.results)
             image.content_key = image.content_key or a.content_key
+        if a.pages:
+            store_pages(session, image.id, model, a.pages)
     return link_files(session, [(a.path, images[a.sha256], a.sha256, a.fp, a.summary) for a in batch], model)
 
 
@@ -404,7 +409,14 @@ def file_info(session: Session, path: str, model: str | None = None) -> dict[str
     }
     if image:
         info["width"], info["height"], info["format"] = image.width, image.height, image.format
+        info["pages"] = [_page_info(p) for p in pages_of(session, image.id, used_model)]
     return info
+
+
+def _page_info(page: PageResult) -> dict[str, Any]:
+    """One page of a document, as ``show --json`` prints it."""
+    s = summarize(page.results)
+    return {"page": page.number, "width": page.width, "height": page.height, "caption": s.caption, "ocr": s.ocr}
 
 
 def summary_for_file(session: Session, f: File, model: str | None) -> Summary:

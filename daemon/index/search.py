@@ -35,13 +35,14 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from daemon.errors import FlorenceWatchError
 from daemon.files import folder_prefix
+from daemon.index.pages import locate
 from daemon.results import MARK_END, MARK_START, marked
 
 # Field prefix -> FTS5 column.
@@ -122,6 +123,7 @@ class Hit:
     score: float
     snippet: str = ""  # matched words between MARK_START and MARK_END
     file_id: int = 0
+    page: int | None = None  # a document's page its words are on (index.pages.locate)
 
     def snippet_marked(self, start: str = "[", end: str = "]") -> str:
         return marked(self.snippet, start, end)
@@ -196,10 +198,15 @@ def search(session: Session, query: str | Query, limit: int = 20, everything: bo
         session.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
     sql, params = search_sql(q, limit, dialect)
     rows = session.execute(text(sql), params).all()
-    return [
+    hits = [
         Hit(path=p, caption=c or "", score=round(r, 4), snippet=_elide(s or "", src).replace(NAME_CUT, ""), file_id=i)
         for p, c, r, i, s, src in rows
     ]
+    words = Query(terms=tuple(t for t in q.terms if t.column != "path")).positive  # a page has no path
+    if hits and words:
+        on = locate(session, words, [h.file_id for h in hits])
+        hits = [replace(h, page=on.get(h.file_id)) for h in hits]
+    return hits
 
 
 def search_sql(q: Query, limit: int, dialect: str) -> tuple[str, dict[str, object]]:

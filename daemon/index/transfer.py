@@ -22,10 +22,12 @@ from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session
 
 from daemon.errors import DatabaseError
-from daemon.index.db import Database, Document, File, Image, Job, Rejection, Result, display_url
+from daemon.index.db import Database, Document, File, Image, Job, Page, Rejection, Result, display_url
 
 # Parents before children: each insert's foreign keys point at rows copied already.
-TABLES: tuple[Table, ...] = tuple(cast(Table, m.__table__) for m in (Image, File, Result, Document, Job, Rejection))
+TABLES: tuple[Table, ...] = tuple(
+    cast(Table, m.__table__) for m in (Image, File, Result, Page, Document, Job, Rejection)
+)
 CHUNK = 2000  # rows per read and per insert: memory stays flat, round trips stay few
 
 Progress = Callable[[str, int], None]  # (table, rows copied), once a table is done

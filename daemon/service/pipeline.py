@@ -15,23 +15,27 @@ import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session
 
+from daemon import pdf
 from daemon.config import Config
 from daemon.errors import DatabaseError, ImageError
 from daemon.files import is_candidate, is_sidecar, is_under, storable
 from daemon.imaging import Decoded, Fingerprint, content_key, decode, sha256_file
 from daemon.index import jobs, records
 from daemon.index.db import Database, Image
+from daemon.index.pages import PageResult
 from daemon.index.workers import Heartbeat, forget_dead
 from daemon.metadata import MetadataWriter, Tagger, TagRequest, tag_request
 from daemon.model.analyze import Analyzer, Interrupted
 from daemon.model.tiles import read_batch_in_tiles
+from daemon.pdf import is_pdf
 from daemon.results import summarize
+from daemon.service.pages import describe as describe_pages
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +49,17 @@ class _Work:
     path: str
     fp: Fingerprint
     sha256: str
-    decoded: Decoded
+    decoded: Decoded | None  # an image; None for a document, whose pages are drawn as the model needs them
     content_key: str
     pixels: Any = None  # the model's input tensor, made in the decode thread
     image_id: int | None = None  # the indexed image with these pixels, if any
+    document: pdf.Pages | None = None
+    pages: list[PageResult] = field(default_factory=list)  # the document's, once described
 
     def analysed(self, results: Any) -> records.Analysed:
         """This file with the model's *results*, ready for the index."""
-        d = self.decoded
+        d = self.decoded or self.document
+        assert d is not None
         return records.Analysed(
             self.path,
             self.sha256,
@@ -64,6 +71,7 @@ class _Work:
             summarize(results),
             self.content_key,
             self.image_id,
+            self.pages,
         )
 
 
@@ -181,27 +189,13 @@ class Pipeline:
             self.tagger.wait()
 
     def _analyze(self, work: list[_Work]) -> None:
-        try:
-            pixels, images = [w.pixels for w in work], [w.decoded.image for w in work]
-            results = self.analyzer.analyze(images, pixels=None if any(p is None for p in pixels) else pixels)
-            results = read_batch_in_tiles(self.analyzer, images, results, self.config.ocr.tiles)
-        except Interrupted:
-            log.info("stopped or paused: %d image(s) returned to the queue unfinished", len(work))
-            self.prefetch.release(work)
-            return
-        except Exception as exc:
-            if len(work) > 1:
-                # Find the image that breaks the batch: retry one by one.
-                log.warning("batch of %d failed (%s); retrying one at a time", len(work), exc)
-                for w in work:
-                    self._analyze([w])
-                return
-            log.exception("model failed on %s", work[0].path)
-            self.fail(work[0].job_id, work[0].path, f"the model failed on this image: {exc}")
-            return
-        self._store(work, results)
+        """The model over a batch: its images together, each document page by page; then stored."""
+        for w in [w for w in work if w.document is not None]:
+            analyze_document(self, w)
+        if images := [w for w in work if w.document is None]:
+            analyze_images(self, images)
 
-    def _store(self, work: list[_Work], results: list[Any]) -> None:
+    def save(self, work: list[_Work], results: list[Any]) -> None:
         """One transaction for the batch: every file's results and its job's completion, or none."""
         with self.db.transaction(write=True) as s:
             work, requests = store(s, self, work, results)
@@ -215,6 +209,47 @@ class Pipeline:
     def fail(self, job_id: int, path: str, reason: str) -> None:
         """Record a failed attempt at *path*; it is retried until index.max_attempts."""
         fail(self.db, job_id, path, reason, self.config.index.max_attempts)
+
+
+def analyze_images(p: Pipeline, work: list[_Work]) -> None:
+    """One model run for a batch of images; a failing batch is run again one by one to find the bad image."""
+    try:
+        pixels, images = [w.pixels for w in work], [w.decoded.image for w in work if w.decoded]
+        results = p.analyzer.analyze(images, pixels=None if any(x is None for x in pixels) else pixels)
+        results = read_batch_in_tiles(p.analyzer, images, results, p.config.ocr.tiles)
+    except Interrupted:
+        log.info("stopped or paused: %d image(s) returned to the queue unfinished", len(work))
+        p.prefetch.release(work)
+        return
+    except Exception as exc:
+        if len(work) > 1:
+            log.warning("batch of %d failed (%s); retrying one at a time", len(work), exc)
+            for w in work:
+                analyze_images(p, [w])
+            return
+        log.exception("model failed on %s", work[0].path)
+        p.fail(work[0].job_id, work[0].path, f"the model failed on this image: {exc}")
+        return
+    p.save(work, results)
+
+
+def analyze_document(p: Pipeline, w: _Work) -> None:
+    """A PDF's pages through the model (``service.pages``), then stored like an image."""
+    assert w.document is not None
+    try:
+        results, w.pages = describe_pages(p.analyzer, p.db, w.document, p.config)
+    except Interrupted:
+        log.info("stopped or paused: %s returned to the queue unfinished", w.path)
+        p.prefetch.release([w])
+        return
+    except ImageError as exc:
+        p.fail(w.job_id, w.path, exc.reason)
+        return
+    except Exception as exc:
+        log.exception("model failed on %s", w.path)
+        p.fail(w.job_id, w.path, f"the model failed on this document: {exc}")
+        return
+    p.save([w], [results])
 
 
 def store(s: Session, p: Pipeline, work: list[_Work], results: list[Any]) -> tuple[list[_Work], list[TagRequest]]:
@@ -390,6 +425,9 @@ class Prefetch:
             fp, sha = Fingerprint.of(local), sha256_file(local)
             if self._link_known(job_id, path, fp, sha, lambda s: records.image_for_hash(s, sha)):
                 return None
+            if is_pdf(local):  # drawn here once to know its pages; drawn again, a few at a time, for the model
+                doc = pdf.read(local, self.pipeline.config.pdf.dpi, self.pipeline.config.pdf.max_pages)
+                return _Work(job_id, path, fp, sha, None, doc.content_key, document=doc)
             decoded = decode(local)
             key = content_key(decoded.image)  # looked up for the whole batch: link_by_content
             return _Work(job_id, path, fp, sha, decoded, key, self.analyzer.preprocess(decoded.image))

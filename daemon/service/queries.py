@@ -57,7 +57,8 @@ class Queries:
     def search(
         self, query: str, folder: str | None, since: str | None, has_text: bool, limit: int, mode: str
     ) -> list[dict[str, Any]]:
-        """The hits, best first: ``{path, caption, score, snippet, file_id}`` (snippet with the index's marks)."""
+        """The hits, best first: ``{path, caption, score, snippet, file_id, page}`` (snippet with the index's
+        marks; page: the document's page the words are on, else None)."""
         q = parse(query, folder=folder, since=since, has_text=has_text)
         if q.empty:
             raise FlorenceWatchError("nothing to search for: give words, or a filter such as --folder")
@@ -69,7 +70,14 @@ class Queries:
 
                 hits = hybrid_search(s, q, limit=limit, mode=mode, meaning=self.meaning)
         return [
-            {"path": h.path, "caption": h.caption, "score": h.score, "snippet": h.snippet, "file_id": h.file_id}
+            {
+                "path": h.path,
+                "caption": h.caption,
+                "score": h.score,
+                "snippet": h.snippet,
+                "file_id": h.file_id,
+                "page": h.page,
+            }
             for h in hits
         ]
 

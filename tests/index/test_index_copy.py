@@ -18,12 +18,12 @@ from sqlalchemy import func, select
 from daemon.cli import main
 from daemon.config import database_url
 from daemon.index import records, transfer
-from daemon.index.db import Database, File, Image, display_url
+from daemon.index.db import Database, File, Image, Page, display_url
 from daemon.index.transfer import copy_index
 from daemon.service.watch import walk_candidates
 from daemon.testing.helpers import PipelineFactory, copy_corpus, make_config
 
-INDEXED = ["pillow/hopper.jpg", "pillow/flower.jpg", "pillow/hopper.gif", "pillow/exif.png"]
+INDEXED = ["pillow/hopper.jpg", "pillow/flower.jpg", "pillow/hopper.gif", "pillow/exif.png", "pdf/multipage.pdf"]
 BROKEN = "pillow/bad/truncated_jpeg.jpg"
 QUERIES = ["picture", "bright", "dark", "label:thing", "path:hopper", "pixels -path:flower", "text OR flower"]
 
@@ -55,7 +55,7 @@ def copy(capsys: pytest.CaptureFixture[str], source: str, target: str) -> tuple[
 
 
 def build_source(tmp_path: Path, open_test_pipeline: PipelineFactory) -> tuple[str, list[Path]]:
-    """An SQLite index: four images, a failure (its job kept), a job waiting, a keyword and a field rejected."""
+    """An SQLite index: four images and a 3-page PDF, a failure (its job kept), a job waiting, two decisions."""
     inbox = tmp_path / "inbox"
     files = copy_corpus([*INDEXED, BROKEN], inbox)
     source = str(tmp_path / "source.db")
@@ -81,15 +81,16 @@ def test_copy_sqlite_to_postgresql_and_back(
     monkeypatch.setattr(transfer, "CHUNK", 3)  # every table takes several chunks, as a big index does
     source, files = build_source(tmp_path, open_test_pipeline)
     before = answers(capsys, source, files)
-    assert (before["status"]["indexed"], before["status"]["failed"], before["status"]["pending"]) == (4, 1, 1)
+    assert (before["status"]["indexed"], before["status"]["failed"], before["status"]["pending"]) == (5, 1, 1)
     assert before["show"][str(files[0])]["rejected"] and before["show"][str(files[0])]["rejected_fields"]
     assert all(before["search"].values()), before["search"]  # every query finds something to compare
 
     rc, out, err = copy(capsys, source, pg_url)
     assert rc == 0, err
-    rows = {"images": 4, "files": 5, "results": 16, "documents": 4, "jobs": 2, "rejections": 2}
+    # The PDF: its document's results (each task, and <OCR> with every page's text), and its 3 pages.
+    rows = {"images": 5, "files": 6, "results": 21, "pages": 3, "documents": 5, "jobs": 2, "rejections": 2}
     assert err.splitlines() == [f"copied {table}: {n} row(s)" for table, n in rows.items()]
-    assert out == f"copied 4 image(s) and 5 file(s) to {display_url(pg_url)}\n"
+    assert out == f"copied 5 image(s) and 6 file(s) to {display_url(pg_url)}\n"
     assert answers(capsys, pg_url, files) == before
 
     back = str(tmp_path / "back.db")
@@ -97,15 +98,16 @@ def test_copy_sqlite_to_postgresql_and_back(
     assert answers(capsys, back, files) == before
 
     # The PostgreSQL copy goes on: a new image, and the waiting job, get ids past the copied ones.
-    [new] = copy_corpus(["pillow/hopper_gray.jpg"], tmp_path / "inbox")
+    new, document = copy_corpus(["pillow/hopper_gray.jpg", "pdf/text.pdf"], tmp_path / "inbox")
     pipeline = open_test_pipeline(make_config(tmp_path, index={"database": pg_url}))
-    pipeline.offer([new])
+    pipeline.offer([new, document])
     pipeline.drain()
     with pipeline.db.transaction() as s:
-        assert records.status(s)["indexed"] == 6
-        assert s.scalar(select(func.max(Image.id))) == s.scalar(select(func.count()).select_from(Image)) == 6
+        assert records.status(s)["indexed"] == 8
+        assert s.scalar(select(func.max(Image.id))) == s.scalar(select(func.count()).select_from(Image)) == 8
         added = records.file_by_path(s, str(new))
-        assert added is not None and added.state == "indexed" and added.id == 7
+        assert added is not None and added.state == "indexed" and added.id > 6
+        assert s.scalar(select(func.max(Page.id))) == s.scalar(select(func.count()).select_from(Page)) == 5
     assert str(new) in [h["path"] for h in cli(capsys, pg_url, "search", "path:hopper_gray")]
 
 
