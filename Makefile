@@ -40,14 +40,15 @@ exiftool:
 # desktop search tests run a session bus of their own (dbus), call it with
 # GDBus as GNOME Shell does (libglib2.0-bin), open results with the real
 # xdg-open, which asks the MIME database (xdg-utils, file), and check the
-# desktop entries (desktop-file-utils).
-TEST_PACKAGES := exiv2 rsync chromium chromium-driver postgresql dbus libglib2.0-bin xdg-utils file desktop-file-utils
+# desktop entries (desktop-file-utils). qpdf encrypts a test PDF with an owner
+# password only, the kind that opens without one and must not be written.
+TEST_PACKAGES := exiv2 rsync chromium chromium-driver postgresql dbus libglib2.0-bin xdg-utils file desktop-file-utils qpdf
 test-tools:
 	@command -v exiv2 >/dev/null 2>&1 && command -v rsync >/dev/null 2>&1 \
 	  && command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 \
 	  && command -v dbus-daemon >/dev/null 2>&1 && command -v gdbus >/dev/null 2>&1 \
 	  && command -v xdg-open >/dev/null 2>&1 && command -v file >/dev/null 2>&1 \
-	  && command -v desktop-file-validate >/dev/null 2>&1 \
+	  && command -v desktop-file-validate >/dev/null 2>&1 && command -v qpdf >/dev/null 2>&1 \
 	  && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(TEST_PACKAGES); \

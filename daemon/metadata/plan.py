@@ -33,11 +33,13 @@ DESCRIPTIONS: tuple[Tag, ...] = (
     ("XMP-dc:Description", "XMP-dc:Description"),
     ("EXIF:ImageDescription", "IFD0:ImageDescription"),
     ("IPTC:Caption-Abstract", "IPTC:Caption-Abstract"),
+    ("PDF:Subject", "PDF:Subject"),  # a PDF's document info, which every PDF reader shows
 )
 SUBJECT: Tag = ("XMP-dc:Subject", "XMP-dc:Subject")
 IPTC_KEYWORDS: Tag = ("IPTC:Keywords", "IPTC:Keywords")
 HIERARCHY: Tag = ("XMP-lr:HierarchicalSubject", "XMP-lr:HierarchicalSubject")
-KEYWORDS = (SUBJECT, IPTC_KEYWORDS, HIERARCHY)
+PDF_KEYWORDS: Tag = ("PDF:Keywords", "PDF:Keywords")
+KEYWORDS = (SUBJECT, IPTC_KEYWORDS, HIERARCHY, PDF_KEYWORDS)
 # digiKam's own keyword tree ("a/b"); Immich reads it before anything else,
 # so it is written only where a file already has one.
 TAGS_LIST: Tag = ("XMP-digiKam:TagsList", "XMP-digiKam:TagsList")
@@ -102,6 +104,10 @@ class Target:
 
     def carries(self, tag: Tag) -> bool:
         group = tag[0].split(":", 1)[0]
+        if self.extension == ".pdf":  # a document: Dublin Core and its own document info, no photo fields
+            return group == "XMP-dc" or (group == "PDF" and self.embedded)
+        if group == "PDF":
+            return False
         if group == "EXIF":
             return self.embedded and self.extension in EXIF_EXTENSIONS
         if group == "IPTC":
@@ -218,8 +224,9 @@ class _Planner:
         Fields in *skip* are the person's decision: never written again.
         """
         desc = cut_words(sanitize(wanted.description), XMP_DESCRIPTION_CHARS)
+        alt = {ALT: cut_words(sanitize(wanted.alt_text), self.config.alt_text_max)} if self.target.carries(ALT) else {}
         groups = [
-            ("alt_text", self.config.alt_text, {ALT: cut_words(sanitize(wanted.alt_text), self.config.alt_text_max)}),
+            ("alt_text", self.config.alt_text, alt),
             (
                 "description",
                 self.config.description,
@@ -266,9 +273,12 @@ class _Planner:
         # HierarchicalSubject must hold every keyword (Immich reads it instead
         # of dc:subject): a person's hierarchy, ours, and every flat keyword
         # that is not already a leaf of it.
-        hier = self.merged(HIERARCHY, ours_hier, prev_hier)
-        leaves = {h.rsplit("|", 1)[-1] for h in hier}
-        self.set(HIERARCHY, hier + [k for k in dict.fromkeys(flat + iptc) if k not in leaves])
+        if self.target.carries(PDF_KEYWORDS):
+            self.set(PDF_KEYWORDS, self.merged(PDF_KEYWORDS, ours, prev_flat))
+        if self.target.carries(HIERARCHY):
+            hier = self.merged(HIERARCHY, ours_hier, prev_hier)
+            leaves = {h.rsplit("|", 1)[-1] for h in hier}
+            self.set(HIERARCHY, hier + [k for k in dict.fromkeys(flat + iptc) if k not in leaves])
         if TAGS_LIST[1] in self.current:
             prev_tree = {h.replace("|", "/") for h in prev_hier}
             self.set(TAGS_LIST, self.merged(TAGS_LIST, [h.replace("|", "/") for h in ours_hier], prev_tree))
@@ -280,7 +290,11 @@ class _Planner:
         if self.current.get(read_key) == value:
             return  # already there: no rewrite, no new file
         self.outcome.changed.append(read_key)
-        if isinstance(value, list):
+        if tag == PDF_KEYWORDS:
+            # One string in the PDF, which exiftool reads split at commas, or at spaces where it has
+            # none: a lone keyword of two words gets a comma after it, so that it reads back whole.
+            self.outcome.args.append(f"-{write_key}={', '.join(value)}{',' * (len(value) == 1)}")
+        elif isinstance(value, list):
             # Assigning a list tag several times in one command sets the whole
             # list; assigning nothing clears it.
             self.outcome.args.extend([f"-{write_key}={v}" for v in value] or [f"-{write_key}="])

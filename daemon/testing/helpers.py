@@ -49,7 +49,7 @@ OUR_TAGS = (
     "IPTC:Caption-Abstract",
     "IFD0:ImageDescription",
 )
-_LIST_TAGS = ("XMP-dc:Subject", "XMP-lr:HierarchicalSubject", "IPTC:Keywords", "XMP-digiKam:TagsList")
+_LIST_TAGS = ("XMP-dc:Subject", "XMP-lr:HierarchicalSubject", "IPTC:Keywords", "XMP-digiKam:TagsList", "PDF:Keywords")
 
 
 def read_tags(path: Path | str, *tags: str) -> dict[str, Any]:
