@@ -91,9 +91,13 @@ def _small(path: str) -> Image.Image:
 def _make(path: str, target: Path, mtime: int) -> None:
     from PIL.PngImagePlugin import PngInfo
 
+    from daemon import pdf
     from daemon.imaging import decode
 
-    pic = _small(path) if path.lower().endswith((".jpg", ".jpeg")) else decode(path).image
+    if pdf.is_pdf(path):
+        pic = pdf.first_page(path, dpi=72)  # a page at screen size is plenty for a 128-px icon
+    else:
+        pic = _small(path) if path.lower().endswith((".jpg", ".jpeg")) else decode(path).image
     pic.thumbnail((NORMAL_PX, NORMAL_PX))
     info = PngInfo()
     info.add_text("Thumb::URI", file_uri(path))

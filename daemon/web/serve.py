@@ -28,12 +28,14 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
+from daemon import pdf
 from daemon.config import Config, expand
 from daemon.draw import Shape, colour, shapes
 from daemon.errors import FlorenceWatchError, ImageError
 from daemon.imaging import decode
 from daemon.index.db import Database, File, Image
 from daemon.index.meaning import Meaning, hybrid_search
+from daemon.index.pages import PageResult, pages_of
 from daemon.index.records import results_for
 from daemon.index.search import MARK_END, MARK_START, Hit, parse
 from daemon.model.query_embed import query_encoder
@@ -79,6 +81,7 @@ class Card:
     caption: str
     name: str  # the file's name, without its folder
     snippet: list[tuple[str, bool]]  # (text, marked) runs; empty when the snippet is just the caption
+    page: int | None = None  # the document's page the words are on
 
 
 @dataclass(frozen=True)
@@ -114,9 +117,14 @@ class WebApp:
         if found is None:
             return self.not_found("this image is not in the index")
         f, image = found
+        with self.db.transaction() as s:
+            pages = pages_of(s, image.id)
+        page = _page_number(parse_qs(url.query), len(pages))
+        if page is None:
+            return self.not_found(f"this document has {len(pages)} page(s)" if pages else "an image has no pages")
         if kind == "image":
-            return self.image_page(f, image)
-        return self.picture(f, image, THUMB_PX if kind == "thumb" else VIEW_PX)
+            return self.image_page(f, image, pages, page)
+        return self.picture(f, image, THUMB_PX if kind == "thumb" else VIEW_PX, page if pages else 0)
 
     def _indexed(self, file_id: int) -> tuple[File, Image] | None:
         with self.db.transaction() as s:
@@ -154,12 +162,15 @@ class WebApp:
         )
         return Response(HTTPStatus.OK, body)
 
-    def image_page(self, f: File, image: Image) -> Response:
-        """The picture with its regions drawn over it, what the model said, and what was written."""
+    def image_page(self, f: File, image: Image, pages: list[PageResult], page: int) -> Response:
+        """The picture (a document's page *page*) with its regions drawn over it, what the model said of it,
+        and what was written."""
         with self.db.transaction() as s:
             model, results = results_for(s, image.id)
-        summary = summarize(results)
         w, h = image.width, image.height
+        if pages:  # the page's own regions and text, over the page as drawn for the model
+            results, w, h = pages[page - 1].results, pages[page - 1].width, pages[page - 1].height
+        summary = summarize(results)
         font = max(w, h) / 32  # in image pixels: the labels scale with the picture
         written = json.loads(f.written) if f.written else None
         body = _page(
@@ -168,6 +179,8 @@ class WebApp:
             heading=summary.caption or os.path.basename(f.path),
             caption=summary.caption,
             file_id=f.id,
+            page=page if pages else 0,
+            pages=len(pages),
             width=w,
             height=h,
             stage_px=max(480, min(w, VIEW_PX)),
@@ -180,14 +193,15 @@ class WebApp:
         )
         return Response(HTTPStatus.OK, body)
 
-    def picture(self, f: File, image: Image, size: int) -> Response:
-        """A JPEG of the decoded image (orientation applied, as the model saw it), made once and cached."""
+    def picture(self, f: File, image: Image, size: int, page: int = 0) -> Response:
+        """A JPEG of the decoded image (orientation applied, as the model saw it) or of a document's
+        *page*, made once and cached."""
         key = f.sha256 or image.sha256
-        cached = self.thumbs / key[:2] / f"{key}-{size}.jpg"
+        cached = self.thumbs / key[:2] / f"{key}-{size}{f'-p{page}' if page else ''}.jpg"
         if cached.exists():
             return Response(HTTPStatus.OK, cached.read_bytes(), "image/jpeg", cache=True)
         try:
-            pic = decode(f.path).image
+            pic = pdf.pages(f.path, [page], self.config.pdf.dpi)[0] if page else decode(f.path).image
         except ImageError as exc:
             return self.not_found(f"cannot read the image: {exc.reason}")
         pic.thumbnail((size, size))
@@ -214,7 +228,16 @@ class WebApp:
 def _card(hit: Hit) -> Card:
     """A hit as the grid shows it; a snippet that only repeats the caption is left out."""
     snippet = marked(hit.snippet) if hit.snippet and hit.snippet != hit.caption else []
-    return Card(hit.file_id, hit.caption, os.path.basename(hit.path), snippet)
+    return Card(hit.file_id, hit.caption, os.path.basename(hit.path), snippet, hit.page)
+
+
+def _page_number(params: dict[str, list[str]], pages: int) -> int | None:
+    """The ``?page=`` asked for: 1 when none is; None for one the file does not have."""
+    asked = params.get("page", ["1"])[0]
+    if not asked.isdigit() or len(asked) > 6:
+        return None
+    n = int(asked)
+    return n if 1 <= n <= max(1, pages) else None
 
 
 def marked(snippet: str) -> list[tuple[str, bool]]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import html
 import os
-import shutil
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -200,43 +199,6 @@ def test_image_page_shows_results_overlay_and_what_was_written(site: Site) -> No
     assert page.count("<polygon") == 2  # one object, one text region (the fake model's)
     assert "In the file's metadata" in page and "XMP-iptcCore:AltTextAccessibility" in page
     assert str(site.files[1]) in page
-
-
-def _chromium() -> tuple[str, str]:
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
-    if not (browser and driver):
-        pytest.fail(
-            "the browser test needs Debian's chromium and chromium-driver: "
-            "sudo apt-get install chromium chromium-driver (make test installs them as root)"
-        )
-    return browser, driver
-
-
-@pytest.fixture
-def chrome() -> Iterator[WebDriver]:
-    """Debian's chromium, headless, driven by Selenium; quit when the test ends."""
-    from selenium import webdriver
-
-    browser, driver_path = _chromium()
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = browser
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--window-size=1280,1000",
-        "--no-first-run",
-        "--disable-extensions",
-    ):
-        opts.add_argument(arg)
-    os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium Manager look for drivers online
-    driver = webdriver.Chrome(options=opts, service=webdriver.ChromeService(executable_path=driver_path))
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def test_in_a_real_browser_search_open_and_toggle_the_overlay(site: Site, chrome: WebDriver, tmp_path: Path) -> None:
