@@ -1,7 +1,8 @@
 """Export the index's annotations: a COCO dataset or JSON lines.
 
 For people auto-labelling training data: one task's regions (``<OD>`` by
-default) become annotations, with each image's caption alongside.
+default) become annotations, with each image's caption alongside. A
+document's pages are images of their own there, each with its page number.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -20,8 +22,9 @@ from daemon.draw import Shape, shapes
 from daemon.errors import FlorenceWatchError
 from daemon.files import under
 from daemon.index.db import File, Image
+from daemon.index.pages import pages_of
 from daemon.index.records import results_for
-from daemon.results import summarize
+from daemon.results import TaskResults, summarize
 from daemon.tasks import Task, region_tasks
 
 
@@ -32,12 +35,29 @@ def check_task(task: Task) -> None:
         )
 
 
-def _entries(session: Session, folder: str | None) -> Iterator[tuple[File, Image, dict[str, Any]]]:
+@dataclass(frozen=True)
+class _Entry:
+    """One picture to export: an image, or one page of a document (its regions are in its own pixels)."""
+
+    file: File
+    image: Image
+    results: TaskResults
+    width: int
+    height: int
+    page: int | None = None
+
+
+def _entries(session: Session, folder: str | None) -> Iterator[_Entry]:
     query = select(File, Image).join(Image, File.image_id == Image.id).where(File.state == "indexed")
     if folder:
         query = query.where(under(File.path, folder))
     for f, image in session.execute(query.order_by(File.path)):
-        yield f, image, results_for(session, image.id)[1]
+        model, results = results_for(session, image.id)
+        pages = pages_of(session, image.id, model)
+        if not pages:
+            yield _Entry(f, image, results, image.width, image.height)
+        for p in pages:
+            yield _Entry(f, image, p.results, p.width, p.height, p.number)
 
 
 def _coco_box(s: Shape) -> list[float]:
@@ -51,17 +71,18 @@ def to_coco(session: Session, task: str = "<OD>", folder: str | None = None) -> 
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
     categories: dict[str, int] = {}
-    for image_id, (f, image, results) in enumerate(_entries(session, folder), 1):
+    for image_id, e in enumerate(_entries(session, folder), 1):
         images.append(
             {
                 "id": image_id,
-                "file_name": f.path,
-                "width": image.width,
-                "height": image.height,
-                "caption": summarize(results).caption,
+                "file_name": e.file.path,
+                "width": e.width,
+                "height": e.height,
+                "caption": summarize(e.results).caption,
+                **({"page": e.page} if e.page else {}),
             }
         )
-        for s in shapes(results.get(task), task):
+        for s in shapes(e.results.get(task), task):
             label = s.label or "region"
             category = categories.setdefault(label, len(categories) + 1)
             box = _coco_box(s)
@@ -90,25 +111,26 @@ def to_coco(session: Session, task: str = "<OD>", folder: str | None = None) -> 
 
 
 def write_jsonl(session: Session, out: TextIO, task: str = "<OD>", folder: str | None = None) -> int:
-    """One JSON object per indexed file; returns how many were written."""
+    """One JSON object per indexed image or document page; returns how many were written."""
     n = 0
-    for f, image, results in _entries(session, folder):
-        summary = summarize(results)
+    for e in _entries(session, folder):
+        summary = summarize(e.results)
         regions = [
             {
                 "label": s.label,
                 "bbox": list(s.points) if s.kind == "box" else _corners(s),
                 **({"polygon": list(s.points)} if s.kind == "polygon" else {}),
             }
-            for s in shapes(results.get(task), task)
+            for s in shapes(e.results.get(task), task)
         ]
         out.write(
             json.dumps(
                 {
-                    "path": f.path,
-                    "sha256": image.sha256,
-                    "width": image.width,
-                    "height": image.height,
+                    "path": e.file.path,
+                    **({"page": e.page} if e.page else {}),
+                    "sha256": e.image.sha256,
+                    "width": e.width,
+                    "height": e.height,
                     "caption": summary.caption,
                     "description": summary.description,
                     "ocr": summary.ocr,
@@ -129,7 +151,7 @@ def _corners(s: Shape) -> list[float]:
 
 
 def export(session: Session, fmt: str, out: Path, task: str = "<OD>", folder: str | None = None) -> int:
-    """Write the export to *out*; returns the number of images."""
+    """Write the export to *out*; returns the number of images (a document's pages each count)."""
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         with out.open("w", encoding="utf-8") as fh:
