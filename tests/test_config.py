@@ -34,7 +34,7 @@ def test_defaults_without_a_file() -> None:
         ),
         (
             "[modle]\nname='x'\n",
-            "bad.toml: modle: unknown section (known: watch, model, index, metadata, serve, search, pause, ocr)",
+            "bad.toml: modle: unknown section (known: watch, model, index, metadata, serve, search, pause, ocr, pdf)",
         ),
         ("[model]\ndevice = 'gpu'\n", "bad.toml: model.device: must be auto, cuda or cpu, not 'gpu'"),
         ("[metadata]\nwrite = 'yes'\n", "bad.toml: metadata.write: must be true or false, not 'yes'"),
@@ -53,6 +53,8 @@ def test_defaults_without_a_file() -> None:
         ("[model]\nidle_unload_seconds = -1\n", "bad.toml: model.idle_unload_seconds: must be 0 (never) or more"),
         ("[pause]\ngpu_share = 1.5\n", "bad.toml: pause.gpu_share: must be a share between 0 (off) and 1"),
         ("[pause]\non_battery = 'yes'\n", "bad.toml: pause.on_battery: must be true or false, not 'yes'"),
+        ("[pdf]\ndpi = 1200\n", "bad.toml: pdf.dpi: must be between 36 and 600 (200 suits OCR)"),
+        ("[pdf]\nmax_pages = 0\n", "bad.toml: pdf.max_pages: must be at least 1"),
     ],
 )
 def test_bad_config_names_the_file_and_the_key(tmp_path: Path, toml: str, message: str) -> None:

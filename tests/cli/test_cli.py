@@ -169,7 +169,8 @@ def test_scan_then_status_show_search_json(tmp_path: Path, tiny_model: Path) -> 
     word = show["caption"].split()[0]
     hits = json.loads(run_cli("--config", str(cfg), "search", word, "--json").stdout)
     assert hits and hits[0]["path"] == str(files[0])
-    assert set(hits[0]) == {"path", "caption", "score", "snippet"} and hits[0]["caption"] == show["caption"]
+    assert set(hits[0]) == {"path", "page", "caption", "score", "snippet"} and hits[0]["caption"] == show["caption"]
+    assert hits[0]["page"] is None  # an image has no pages
     assert "[" in hits[0]["snippet"] and "]" in hits[0]["snippet"]  # the matched word is marked
     listed = run_cli("--config", str(cfg), "search", word, "--folder", str(tmp_path / "inbox")).stdout.splitlines()
     assert listed[0] == str(files[0]) and listed[-1] == f"    {show['caption']}"
