@@ -53,9 +53,11 @@ def test_a_pdf_gets_our_text_as_an_incremental_update_that_keeps_the_pages_and_t
     shutil.copyfile(corpus / "pdf" / "render.pdf", titled)
     scan = write_scan(inbox / "scan.pdf", pages=2)
     _exiftool("-PDF:Author=Ann Example", "-PDF:Keywords=tax", "-PDF:Keywords=2024", str(scan))
+    described = write_scan(inbox / "described.pdf", pages=1)  # a person wrote its subject
+    _exiftool("-PDF:Subject=Tax return 2024, as filed", str(described))
     originals = {p: p.read_bytes() for p in (titled, scan)}
     drawn = {p: pdf.read(str(p), 200, 50).keys for p in (titled, scan)}
-    pipeline = _drained(tmp_path, database, open_test_pipeline, [titled, scan])
+    pipeline = _drained(tmp_path, database, open_test_pipeline, [titled, scan, described])
     writer = MetadataWriter()
     for path in (titled, scan):
         info = _state(pipeline, path)
@@ -81,6 +83,9 @@ def test_a_pdf_gets_our_text_as_an_incremental_update_that_keeps_the_pages_and_t
     subprocess.run(["exiftool", "-q", "-PDF-update:all=", "-o", str(reverted), str(titled)], check=True)
     assert reverted.read_bytes() == originals[titled]
     assert read_tags(titled, "PDF:Title")["PDF:Title"] == "test_render.odt"
+    theirs = read_tags(described, *TAGS)  # their subject keeps our description out of both fields
+    assert theirs["PDF:Subject"] == "Tax return 2024, as filed" and "XMP-dc:Description" not in theirs
+    assert theirs["XMP-dc:Subject"]  # our keywords still went in
     person = read_tags(scan, *TAGS)
     assert person["PDF:Author"] == "Ann Example"
     assert {"tax", "2024"} <= set(map(str, person["PDF:Keywords"]))

@@ -160,6 +160,10 @@ def test_bad_pdfs_each_get_one_line_and_nothing_else_stops(
     assert any("only the first 5 of its 2000 pages" in r.getMessage() for r in caplog.records)
     huge = _info(pipeline, inbox / "huge.pdf")["pages"][0]
     assert huge["width"] * huge["height"] <= pdf.MAX_PAGE_PIXELS and huge["width"] > 6000
+    (inbox / "arriving.pdf").write_bytes(whole)  # the scanner is done: the change brings it back
+    assert pipeline.offer([inbox / "arriving.pdf"]) == 1
+    pipeline.drain()
+    assert len(_info(pipeline, inbox / "arriving.pdf")["pages"]) == 2
 
 
 def test_the_tiny_florence2_describes_every_page(
