@@ -3,7 +3,9 @@
 PDFium (through pypdfium2) draws the pages: no system tools, and the PDF
 engine of Chromium, which reads what scanners and office programs write.
 PDFium is not thread-safe, not even across documents: every call into it,
-closing included, holds :data:`_LOCK` (pypdfium2's own advice).
+closing included, holds :data:`_LOCK` (pypdfium2's own advice). The lock is
+taken per page, not per document, so the model thread drawing its next
+pages never waits for a decode thread to hash a whole 50-page scan.
 
 A page is drawn at ``pdf.dpi`` but never with more than
 :data:`MAX_PAGE_PIXELS`: a page declared 200 inches wide (a "PDF bomb") is
@@ -59,7 +61,7 @@ def read(path: str, dpi: int, max_pages: int) -> Pages:
     keys: list[str] = []
     size = (0, 0)
     with _document(path) as doc:
-        total = len(doc)
+        total = _count(doc)
         if total == 0:
             raise ImageError(path, "the PDF has no pages")
         for i in range(min(total, max_pages)):
@@ -74,8 +76,9 @@ def read(path: str, dpi: int, max_pages: int) -> Pages:
 def pages(path: str, numbers: Sequence[int], dpi: int) -> list[Image.Image]:
     """Pages *numbers* (1-based) drawn as RGB images; ImageError if the file or a page cannot be read."""
     with _document(path) as doc:
-        if any(not 1 <= n <= len(doc) for n in numbers):
-            raise ImageError(path, f"the PDF has {len(doc)} pages, not {max(numbers)}")
+        total = _count(doc)
+        if any(not 1 <= n <= total for n in numbers):
+            raise ImageError(path, f"the PDF has {total} pages, not {max(numbers)}")
         return [_draw(path, doc, n - 1, dpi) for n in numbers]
 
 
@@ -88,11 +91,13 @@ def protection(path: str) -> str | None:
     """Why our metadata must not be written into this PDF (encrypted, signed), or None."""
     import pypdfium2.raw as raw
 
-    with _document(path) as doc:
-        if raw.FPDF_GetSecurityHandlerRevision(doc) != -1:
-            return "the PDF is encrypted: writing into it would need its password"
-        if raw.FPDF_GetSignatureCount(doc) > 0:
-            return "the PDF is signed: any change to it would break the signature"
+    with _document(path) as doc, _LOCK:
+        encrypted = raw.FPDF_GetSecurityHandlerRevision(doc) != -1
+        signed = raw.FPDF_GetSignatureCount(doc) > 0
+    if encrypted:
+        return "the PDF is encrypted: writing into it would need its password"
+    if signed:
+        return "the PDF is signed: any change to it would break the signature"
     return None
 
 
@@ -107,10 +112,16 @@ def _document(path: str) -> Iterator[Any]:
             doc = pdfium.PdfDocument(path)
         except pdfium.PdfiumError as exc:
             raise ImageError(path, _reason(str(exc))) from None
-        try:
-            yield doc
-        finally:
+    try:
+        yield doc
+    finally:
+        with _LOCK:
             doc.close()
+
+
+def _count(doc: Any) -> int:
+    with _LOCK:
+        return len(doc)
 
 
 def _check_complete(path: str) -> None:
@@ -138,27 +149,33 @@ def _draw(path: str, doc: Any, index: int, dpi: int) -> Image.Image:
     import pypdfium2 as pdfium
 
     try:
-        page = doc[index]
-        try:
-            width, height = page.get_size()  # in points, 72 to the inch
-            scale = dpi / 72
-            area = width * height * scale * scale
-            if area > MAX_PAGE_PIXELS:
-                scale *= (MAX_PAGE_PIXELS / area) ** 0.5 * 0.999  # PDFium rounds the bitmap up
-                inches = f"{width / 72:.0f}x{height / 72:.0f} inches"
-                log.info("%s: page %d is %s: drawn at %.0f dpi", path, index + 1, inches, scale * 72)
-            bitmap = page.render(scale=scale, may_draw_forms=False)
-            try:
-                image = bitmap.to_pil().convert("RGB")  # a copy: the bitmap's memory goes with close()
-            finally:
-                bitmap.close()
-        finally:
-            page.close()
+        with _LOCK:
+            image = _draw_locked(path, doc, index, dpi)
     except pdfium.PdfiumError as exc:
         raise ImageError(path, f"page {index + 1} cannot be drawn: {exc}") from None
     if image.width < 2 or image.height < 2:
         raise ImageError(path, f"page {index + 1} is only {image.width}x{image.height} pixels: too small to describe")
     return image
+
+
+def _draw_locked(path: str, doc: Any, index: int, dpi: int) -> Image.Image:
+    """_draw's PDFium calls, under the lock."""
+    page = doc[index]
+    try:
+        width, height = page.get_size()  # in points, 72 to the inch
+        scale = dpi / 72
+        area = width * height * scale * scale
+        if area > MAX_PAGE_PIXELS:
+            scale *= (MAX_PAGE_PIXELS / area) ** 0.5 * 0.999  # PDFium rounds the bitmap up
+            inches = f"{width / 72:.0f}x{height / 72:.0f} inches"
+            log.info("%s: page %d is %s: drawn at %.0f dpi", path, index + 1, inches, scale * 72)
+        bitmap = page.render(scale=scale, may_draw_forms=False)
+        try:
+            return bitmap.to_pil().convert("RGB")  # a copy: the bitmap's memory goes with close()
+        finally:
+            bitmap.close()
+    finally:
+        page.close()
 
 
 def _reason(pdfium_error: str) -> str:

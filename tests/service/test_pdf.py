@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 from pathlib import Path
 
 import pypdfium2 as pdfium
@@ -22,7 +23,7 @@ from daemon.index import records
 from daemon.index.search import search
 from daemon.model.analyze import FlorenceAnalyzer
 from daemon.testing.documents import write_scan
-from daemon.testing.helpers import FakeAnalyzer, PipelineFactory, make_config
+from daemon.testing.helpers import FakeAnalyzer, PipelineFactory, make_config, wait_until
 
 
 def _inbox(tmp_path: Path) -> Path:
@@ -190,3 +191,29 @@ def info_image_id(session: object, path: str) -> int:
     f = records.file_by_path(session, path)  # type: ignore[arg-type]
     assert f is not None and f.image_id is not None
     return f.image_id
+
+
+def test_the_daemon_takes_a_scan_as_the_scanner_writes_it(tmp_path: Path) -> None:
+    """The real daemon and watcher: half a PDF, a pause, the rest; then our own metadata write comes back."""
+    from daemon.testing.helpers import RunningDaemon, read_tags
+
+    inbox = _inbox(tmp_path)
+    whole = write_scan(tmp_path / "scan.pdf", pages=2).read_bytes()
+    daemon = RunningDaemon(make_config(tmp_path, pdf={"dpi": 100})).started()
+    try:
+        target = inbox / "scan_0001.pdf"
+        with target.open("wb") as out:  # as a scanner's "scan to folder" writes it: in pieces, with pauses
+            out.write(whole[: len(whole) // 2])
+            out.flush()
+            time.sleep(1.5)
+            out.write(whole[len(whole) // 2 :])
+        assert wait_until(lambda: daemon.status()["indexed"] == 1 and daemon.status()["pending"] == 0, 60)
+        with daemon.db.transaction() as s:
+            info = records.file_info(s, str(target))
+        assert info is not None and len(info["pages"]) == 2 and info["metadata"]["state"] == "done"
+        assert read_tags(target, "XMP-dc:Description")["XMP-dc:Description"] == info["description"]
+        analysed = daemon.images_analyzed()
+        time.sleep(2)  # our write's own events have come and gone
+        assert daemon.images_analyzed() == analysed == 2  # each page once, never again for our write
+    finally:
+        daemon.stop()
