@@ -114,7 +114,7 @@ class Answers:
             id=f"fw-{hit['file_id']}",
             path=hit["path"],
             name=clean(os.path.basename(hit["path"]), NAME_CHARS),
-            description=clean(hit["caption"] or "", DESCRIPTION_CHARS),
+            description=clean(_on_page(hit) + (hit["caption"] or ""), DESCRIPTION_CHARS),
             relevance=round(1.0 - rank / (2 * max(count, 1)), 4),
         )
         self._handed[result.id] = result
@@ -149,3 +149,8 @@ class Answers:
     def close(self) -> None:
         if self._local is not None:
             self._local.db.close()
+
+
+def _on_page(hit: dict[str, Any]) -> str:
+    """ "page 3: " for a document's hit whose words are on page 3 (a local fallback's hit has no page)."""
+    return f"page {hit['page']}: " if hit.get("page") else ""

@@ -72,10 +72,11 @@ class QueryServer:
         return True
 
     def stop(self) -> None:
-        """Stop listening, close the connections, remove the socket file."""
+        """Stop listening, close the connections, remove the socket file; once stopped, nothing more to do."""
         if self._loop is not None and self._thread is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=5)
+            self._loop = None
         self._pool.shutdown(wait=True, cancel_futures=True)  # an answer under way finishes: one image at most
         try:
             self.path.unlink()

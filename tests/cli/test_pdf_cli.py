@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from daemon.config import database_url
+from daemon.index import records
 from daemon.index.meaning import Meaning
 from daemon.model.query_embed import query_encoder
 from daemon.service import wire
@@ -86,3 +87,23 @@ def test_search_show_and_export_name_the_pages(
         (str(scan), n, 1654, 2339) for n in (1, 2, 3)
     ]
     assert all(r["regions"] for r in rows) and word in rows[2]["ocr"]
+
+
+def test_the_desktop_search_bars_say_the_page(served: tuple[Path, Path, Any], tmp_path: Path) -> None:
+    """What GNOME Shell and KRunner show under a document's name: the page, then the caption."""
+    from daemon.config import load_config
+    from daemon.desktop.answers import Answers
+
+    cfg, scan, server = served
+    answers = Answers(load_config(cfg))
+    try:
+        with server.queries.db.transaction() as s:
+            word = records.file_info(s, str(scan))["pages"][1]["ocr"].split()[0]  # type: ignore[index]
+        [found] = answers.search([f"text:{word}"])
+        assert found.path == str(scan) and found.description.startswith("page 2: a ")
+        served_before = server.served
+        server.stop()  # the daemon gone: the bar searches the index itself, and says the same
+        [again] = Answers(load_config(cfg)).search([f"text:{word}"])
+        assert again.description == found.description and server.served == served_before
+    finally:
+        answers.close()
