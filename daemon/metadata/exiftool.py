@@ -21,7 +21,6 @@ from daemon.config import MetadataConfig
 from daemon.errors import MetadataError
 from daemon.files import SIDECAR_ONLY_EXTENSIONS, extension
 from daemon.metadata.plan import LIST_KEYS, READ_KEYS, Decisions, Outcome, Target, Wanted, plan
-from daemon.pdf import is_pdf
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +170,7 @@ class MetadataWriter:
         target = self.target_for(path)
         where = Target(str(target), target == Path(path), extension(path))
         self._check_writable(path, target, where.embedded)
-        if where.embedded and is_pdf(path) and (refused := pdf.protection(str(path))):
+        if where.embedded and pdf.is_pdf(path) and (refused := pdf.protection(str(path))):
             raise MetadataError(path, f"not written: {refused}")
         wanted = Wanted(alt_text, description, keywords)
         for _ in range(3):

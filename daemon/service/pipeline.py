@@ -33,7 +33,6 @@ from daemon.index.workers import Heartbeat, forget_dead
 from daemon.metadata import MetadataWriter, Tagger, TagRequest, tag_request
 from daemon.model.analyze import Analyzer, Interrupted
 from daemon.model.tiles import read_batch_in_tiles
-from daemon.pdf import is_pdf
 from daemon.results import summarize
 from daemon.service.pages import describe as describe_pages
 
@@ -425,7 +424,7 @@ class Prefetch:
             fp, sha = Fingerprint.of(local), sha256_file(local)
             if self._link_known(job_id, path, fp, sha, lambda s: records.image_for_hash(s, sha)):
                 return None
-            if is_pdf(local):  # drawn here once to know its pages; drawn again, a few at a time, for the model
+            if pdf.is_pdf(local):  # drawn here once to know its pages; drawn again, a few at a time, for the model
                 doc = pdf.read(local, self.pipeline.config.pdf.dpi, self.pipeline.config.pdf.max_pages)
                 return _Work(job_id, path, fp, sha, None, doc.content_key, document=doc)
             decoded = decode(local)
