@@ -78,6 +78,7 @@ bench: setup
 	$(PY) bench/scale.py
 	$(PY) bench/desktop.py
 	$(PY) bench/tiles.py
+	$(PY) bench/pdf.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache *.egg-info
