@@ -77,8 +77,9 @@ def pages(path: str, numbers: Sequence[int], dpi: int) -> list[Image.Image]:
     """Pages *numbers* (1-based) drawn as RGB images; ImageError if the file or a page cannot be read."""
     with _document(path) as doc:
         total = _count(doc)
-        if any(not 1 <= n <= total for n in numbers):
-            raise ImageError(path, f"the PDF has {total} pages, not {max(numbers)}")
+        missing = [n for n in numbers if not 1 <= n <= total]
+        if missing:
+            raise ImageError(path, f"the PDF has {total} pages: there is no page {missing[0]}")
         return [_draw(path, doc, n - 1, dpi) for n in numbers]
 
 

@@ -27,7 +27,8 @@ def describe(analyzer: Analyzer, db: Database, doc: pdf.Pages, config: Config) -
     """The document's results and its pages'; ImageError if a page cannot be drawn, Interrupted on a stop."""
     with db.transaction() as s:
         found = pages.known(s, list(doc.keys), analyzer.model_id, analyzer.tasks)
-    todo = [n for n, key in enumerate(doc.keys, 1) if key not in found]
+    # Each drawing once: a page the same as an earlier one (two blank pages) takes that one's results.
+    todo = [n for n, key in enumerate(doc.keys, 1) if key not in found and key not in doc.keys[: n - 1]]
     step = max(1, analyzer.batch_size)
     for i in range(0, len(todo), step):
         numbers = todo[i : i + step]
@@ -37,7 +38,7 @@ def describe(analyzer: Analyzer, db: Database, doc: pdf.Pages, config: Config) -
             found[doc.keys[n - 1]] = PageResult(n, im.width, im.height, doc.keys[n - 1], r)
     if len(todo) < len(doc.keys):
         known = len(doc.keys) - len(todo)
-        log.info("%s: %d of %d page(s) described before, not run again", doc.path, known, len(doc.keys))
+        log.info("%s: %d of %d page(s) described before or repeated, not run again", doc.path, known, len(doc.keys))
     described = [found[key] for key in doc.keys]
     described = [PageResult(n, p.width, p.height, p.content_key, p.results) for n, p in enumerate(described, 1)]
     return combine_pages([p.results for p in described]), described

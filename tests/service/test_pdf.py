@@ -217,3 +217,15 @@ def test_the_daemon_takes_a_scan_as_the_scanner_writes_it(tmp_path: Path) -> Non
         assert daemon.images_analyzed() == analysed == 2  # each page once, never again for our write
     finally:
         daemon.stop()
+
+
+def test_repeated_pages_of_one_pdf_run_the_model_once(tmp_path: Path, open_test_pipeline: PipelineFactory) -> None:
+    inbox = _inbox(tmp_path)
+    blanks = _blank_pdf(inbox / "separator-sheets.pdf", 4)  # a scanner's blank separator pages
+    model = FakeAnalyzer()
+    pipeline = open_test_pipeline(make_config(tmp_path, metadata={"write": False}), model)
+    pipeline.offer([blanks])
+    pipeline.drain()
+    assert sum(model.calls) == 1
+    pages = _info(pipeline, blanks)["pages"]
+    assert [p["page"] for p in pages] == [1, 2, 3, 4] and len({p["caption"] for p in pages}) == 1
