@@ -55,17 +55,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from PIL import Image
 
 import daemon.service.pipeline as pipeline_module
-from bench.throughput import random_florence
+from bench.throughput import forced_analyzer
 from daemon import pdf
-from daemon.config import Config, ModelConfig, PdfConfig
+from daemon.config import Config, PdfConfig
 from daemon.imaging import content_key, decode
 from daemon.index import records
-from daemon.model.analyze import FlorenceAnalyzer, resolve_device, resolve_dtype
+from daemon.model.analyze import FlorenceAnalyzer
 from daemon.model.tiles import OCR_TASK
 from daemon.service.runner import open_pipeline
 from daemon.tasks import DEFAULT_TASKS
 from daemon.testing.documents import scan_page, write_scan
-from daemon.testing.helpers import SHARED, make_config
+from daemon.testing.helpers import make_config
 from daemon.tiling import grid, merge
 
 DPI = PdfConfig().dpi  # the daemon's default, 200
@@ -166,19 +166,7 @@ def rendering(scan: Path, images: dict[str, list[Path]], n: int, batch: int, rou
 
 def build_analyzer(args: argparse.Namespace) -> FlorenceAnalyzer:
     """Random weights of the real architecture, every generation forced to exactly --tokens tokens."""
-    device = resolve_device(args.device)
-    loaded = random_florence(args.arch, SHARED / "florence-2-large-files", device, resolve_dtype("auto", device))
-    config = ModelConfig(
-        name=f"random-{args.arch}",
-        device=args.device,
-        tasks=DEFAULT_TASKS,
-        num_beams=1,
-        max_new_tokens=args.tokens,
-        batch_size=args.batch,
-        engine="tasks",
-    )
-    analyzer = FlorenceAnalyzer(config, loaded=loaded)
-    analyzer.generate_kwargs = {"min_new_tokens": args.tokens}  # random weights stop anywhere: force N
+    analyzer = forced_analyzer(args.arch, args.device, args.tokens, args.batch)
     analyzer.run_task([Image.new("RGB", (64, 64))], OCR_TASK)  # warm-up, not timed: threads, allocator
     return analyzer
 

@@ -132,6 +132,27 @@ def random_florence(arch: str, files: Path, device: str, dtype: Any) -> tuple[An
     return processor, model.to(dtype).eval()
 
 
+def forced_analyzer(arch: str, device: str, tokens: int, batch: int) -> FlorenceAnalyzer:
+    """random_florence behind the daemon's analyzer, the default tasks, every generation exactly *tokens* long."""
+    from daemon.model.analyze import resolve_device, resolve_dtype
+    from daemon.testing.helpers import SHARED
+
+    resolved = resolve_device(device)
+    loaded = random_florence(arch, SHARED / "florence-2-large-files", resolved, resolve_dtype("auto", resolved))
+    config = ModelConfig(
+        name=f"random-{arch}",
+        device=device,
+        tasks=DEFAULT_TASKS,
+        num_beams=1,
+        max_new_tokens=tokens,
+        batch_size=batch,
+        engine="tasks",
+    )
+    analyzer = FlorenceAnalyzer(config, loaded=loaded)
+    analyzer.generate_kwargs = {"min_new_tokens": tokens}  # random weights stop anywhere: force N
+    return analyzer
+
+
 class StageTimer:
     """Wall time inside the vision tower, the text encoder and the decoder (forward hooks)."""
 

@@ -25,12 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from PIL import Image, ImageDraw
 
-from bench.throughput import random_florence
-from daemon.config import ModelConfig
-from daemon.model.analyze import FlorenceAnalyzer, resolve_device, resolve_dtype
+from bench.throughput import forced_analyzer
 from daemon.model.tiles import OCR_TASK
 from daemon.tasks import DEFAULT_TASKS
-from daemon.testing.helpers import SHARED
 from daemon.tiling import grid, merge
 
 
@@ -50,20 +47,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=20)
     parser.add_argument("--batch", type=int, default=4)
     args = parser.parse_args()
-    device = resolve_device(args.device)
-    dtype = resolve_dtype("auto", device)
-    loaded = random_florence(args.arch, SHARED / "florence-2-large-files", device, dtype)
-    config = ModelConfig(
-        name=f"random-{args.arch}",
-        device=args.device,
-        tasks=DEFAULT_TASKS,
-        num_beams=1,
-        max_new_tokens=args.tokens,
-        batch_size=args.batch,
-        engine="tasks",
-    )
-    analyzer = FlorenceAnalyzer(config, loaded=loaded)
-    analyzer.generate_kwargs = {"min_new_tokens": args.tokens}  # random weights stop anywhere: force N
+    analyzer = forced_analyzer(args.arch, args.device, args.tokens, args.batch)
     scan = page()
 
     started = time.perf_counter()
