@@ -84,7 +84,7 @@ def pages(path: str, numbers: Sequence[int], dpi: int) -> list[Image.Image]:
 
 
 def first_page(path: str, dpi: int = 200) -> Image.Image:
-    """Page 1, for what shows a PDF as one picture (the web page, a thumbnail)."""
+    """Page 1, for what shows a PDF as one picture (a desktop thumbnail)."""
     return pages(path, [1], dpi)[0]
 
 
@@ -104,7 +104,7 @@ def protection(path: str) -> str | None:
 
 @contextmanager
 def _document(path: str) -> Iterator[Any]:
-    """The open PDF, under the lock; ImageError naming what is wrong with the file."""
+    """The open PDF (opened and closed under the lock); ImageError naming what is wrong with the file."""
     import pypdfium2 as pdfium
 
     _check_complete(path)
