@@ -14,7 +14,7 @@ from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, distinct, func, select
 from sqlalchemy.orm import Session
 
 from daemon.index.db import File, Page
@@ -68,6 +68,11 @@ def pages_of(session: Session, image_id: int, model: str | None = None) -> list[
     chosen = model if model and any(r.model == model for r in rows) else rows[-1].model
     rows = sorted((r for r in rows if r.model == chosen), key=lambda r: r.number)
     return [PageResult(r.number, r.width, r.height, r.content_key, json.loads(r.result)) for r in rows]
+
+
+def page_count(session: Session, image_id: int) -> int:
+    """How many pages the image has (0: an image, not a document), without reading their results."""
+    return session.scalar(select(func.count(distinct(Page.number))).where(Page.image_id == image_id)) or 0
 
 
 # The page locator's table: the columns of documents_fts (db migration 0007), one row per page.

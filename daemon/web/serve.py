@@ -35,7 +35,7 @@ from daemon.errors import FlorenceWatchError, ImageError
 from daemon.imaging import decode
 from daemon.index.db import Database, File, Image
 from daemon.index.meaning import Meaning, hybrid_search
-from daemon.index.pages import PageResult, pages_of
+from daemon.index.pages import page_count, pages_of
 from daemon.index.records import results_for
 from daemon.index.search import MARK_END, MARK_START, Hit, parse
 from daemon.model.query_embed import query_encoder
@@ -116,23 +116,23 @@ class WebApp:
         found = self._indexed(file_id)
         if found is None:
             return self.not_found("this image is not in the index")
-        f, image = found
-        with self.db.transaction() as s:
-            pages = pages_of(s, image.id)
-        page = _page_number(parse_qs(url.query), len(pages))
+        f, image, pages = found
+        page = _page_number(parse_qs(url.query), pages)
         if page is None:
-            return self.not_found(f"this document has {len(pages)} page(s)" if pages else "an image has no pages")
+            return self.not_found(f"this document has {pages} page(s)" if pages else "an image has no pages")
+        page = page if pages else 0  # 0: an image, not a page
         if kind == "image":
-            return self.image_page(f, image, pages, page)
-        return self.picture(f, image, THUMB_PX if kind == "thumb" else VIEW_PX, page if pages else 0)
+            return self.image_page(f, image, page)
+        return self.picture(f, image, THUMB_PX if kind == "thumb" else VIEW_PX, page)
 
-    def _indexed(self, file_id: int) -> tuple[File, Image] | None:
+    def _indexed(self, file_id: int) -> tuple[File, Image, int] | None:
+        """The indexed file, its image and how many pages it has (0: an image); None if not indexed."""
         with self.db.transaction() as s:
             f = s.get(File, file_id)
             if f is None or f.state != "indexed" or f.image_id is None:
                 return None
             image = s.get(Image, f.image_id)
-            return (f, image) if image is not None else None
+            return (f, image, page_count(s, image.id)) if image is not None else None
 
     # --- pages ------------------------------------------------------------------
 
@@ -162,11 +162,12 @@ class WebApp:
         )
         return Response(HTTPStatus.OK, body)
 
-    def image_page(self, f: File, image: Image, pages: list[PageResult], page: int) -> Response:
-        """The picture (a document's page *page*) with its regions drawn over it, what the model said of it,
-        and what was written."""
+    def image_page(self, f: File, image: Image, page: int) -> Response:
+        """The picture (a document's page *page*; 0 for an image) with its regions drawn over it, what the
+        model said of it, and what was written."""
         with self.db.transaction() as s:
             model, results = results_for(s, image.id)
+            pages = pages_of(s, image.id, model) if page else []
         w, h = image.width, image.height
         if pages:  # the page's own regions and text, over the page as drawn for the model
             results, w, h = pages[page - 1].results, pages[page - 1].width, pages[page - 1].height
@@ -179,7 +180,7 @@ class WebApp:
             heading=summary.caption or os.path.basename(f.path),
             caption=summary.caption,
             file_id=f.id,
-            page=page if pages else 0,
+            page=page,
             pages=len(pages),
             width=w,
             height=h,
