@@ -458,6 +458,7 @@ class Database:
         # stalled the pipeline's threads more than the writes themselves did.
         # Other processes still meet the busy timeout.
         self._write_lock = threading.RLock()
+        self.full = FullDisk()  # told once for all the threads writing through this Database
         self.migrate()
 
     @contextmanager
@@ -560,6 +561,41 @@ def disk_full(exc: DatabaseError) -> bool:
     """Whether *exc* is the index's disk being full: the commit rolled back whole; worth waiting for room."""
     orig = getattr(exc.__cause__, "orig", None)
     return getattr(orig, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or getattr(orig, "sqlstate", None) == "53100"
+
+
+class FullDisk:
+    """The index's disk filling up, told once for all the threads that share a Database.
+
+    The main loop, the watcher, the heartbeat, the embedding and the tagging threads each meet a
+    full disk on their own, every few seconds; the first says so, the rest stay quiet until a
+    batch is stored again (a lease renewal that fits in a page already there proves no room).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._on = False
+
+    def met(self, exc: DatabaseError) -> None:
+        """A write failed for want of room: one line, the first time since the last :meth:`room`."""
+        with self._lock:
+            news, self._on = not self._on, True
+        if news:
+            log.error("%s; the work stays queued and is tried again every few seconds until there is room", exc)
+
+    def room(self) -> None:
+        """A batch was stored: if the disk was full, say that it has room again."""
+        with self._lock:
+            was, self._on = self._on, False
+        if was:
+            log.info("the index has room again: carrying on")
+
+
+def postponed(db: Database, exc: DatabaseError, what: str) -> None:
+    """*what* waits for the index: a full disk is told once (:class:`FullDisk`), anything else each time."""
+    if disk_full(exc):
+        db.full.met(exc)
+    else:
+        log.warning("%s: %s", what, exc)
 
 
 def display_url(url: str) -> str:

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from daemon.errors import DatabaseError
 from daemon.index import jobs
-from daemon.index.db import Database, Worker, now
+from daemon.index.db import Database, Worker, now, postponed
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class Heartbeat:
             try:
                 self.beat()
             except DatabaseError as exc:  # the server is away: the leases may lapse, nothing else is lost
-                log.warning("heartbeat failed: %s", exc)
+                postponed(self.db, exc, "heartbeat failed")
 
 
 def _upsert(s: Session, hb: Heartbeat) -> None:

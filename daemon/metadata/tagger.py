@@ -31,7 +31,7 @@ from daemon.errors import DatabaseError, ImageError, MetadataError
 from daemon.files import TempFiles, is_under, no_room
 from daemon.imaging import Fingerprint, sha256_file
 from daemon.index import jobs, records
-from daemon.index.db import Database, File, now
+from daemon.index.db import Database, File, now, postponed
 from daemon.metadata.exiftool import MetadataWriter, Stat, stat_of
 from daemon.metadata.plan import Decisions, Outcome
 from daemon.results import Summary
@@ -276,8 +276,8 @@ class Tagger:
             running = group[-1] is not None
             try:
                 self.write_group([item for item in group if item is not None])
-            except DatabaseError as exc:  # the index's server is away: these files stay pending, retried later
-                log.warning("%d metadata write(s) postponed: %s", len(group), exc)
+            except DatabaseError as exc:  # the index's server is away or full: these stay pending, retried later
+                postponed(self.db, exc, f"{len(group)} metadata write(s) postponed")
             except Exception:
                 log.exception("metadata write failed unexpectedly (%s)", group)
             finally:

@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable
 
 from daemon.errors import DatabaseError, ModelUnavailableError
-from daemon.index.db import Database
+from daemon.index.db import Database, postponed
 from daemon.index.vectors import embed_missing
 from daemon.model.embed import Embedder
 
@@ -54,7 +54,7 @@ class EmbedThread:
             try:
                 if not self.paused() and embed_missing(self.db, embedder, stop=self._halted):
                     continue  # more may have come meanwhile
-            except DatabaseError as exc:  # the index's server is away: the daemon waits for it too
-                log.warning("embedding postponed: %s", exc)
+            except DatabaseError as exc:  # the index's server is away or its disk full: the daemon waits too
+                postponed(self.db, exc, "embedding postponed")
             self._wake.wait(self.POLL_S)
             self._wake.clear()

@@ -31,7 +31,7 @@ from daemon.service.pause import Paused, Pauser
 from daemon.service.pipeline import Pipeline, forget, offer
 from daemon.service.query import answering
 from daemon.service.reconcile import reconcile
-from daemon.service.watch import FolderWatcher
+from daemon.service.watch import FolderWatcher, Later
 
 if TYPE_CHECKING:
     from daemon.service.embedding import EmbedThread
@@ -98,7 +98,7 @@ class Background:
         remove_stale_temp_files(folders)
         watcher = FolderWatcher(
             folders,
-            on_settled=lambda paths: self._queue(offer, paths),
+            on_settled=lambda paths: self._queue(db, offer, paths),
             on_deleted=lambda path: forget(db, path),
             on_back=lambda folder: reconcile(db, self.config, folders=[folder]),  # a remount
             settle_seconds=self.config.watch.settle_seconds,
@@ -135,8 +135,15 @@ class Background:
         if self._embedder is not None:
             self._embedder.wake()
 
-    def _queue(self, offer: Callable[[Iterable[str]], int], paths: list[str]) -> None:
-        if offer(paths):
+    def _queue(self, db: Database, offer: Callable[[Iterable[str]], int], paths: list[str]) -> None:
+        try:
+            queued = offer(paths)
+        except DatabaseError as exc:
+            if not disk_full(exc):
+                raise
+            db.full.met(exc)
+            raise Later from exc  # the watcher offers them again, quietly: the outage is told
+        if queued:
             self.wakeup.set()
 
 
@@ -159,7 +166,6 @@ class Daemon:
         self.background = Background(config, self.wakeup, self._is_paused)
         self.pauser = Pauser(config.pause)
         self.paused: Paused | None = None  # as the main loop last acted on it
-        self._index_full = False  # its disk was full at the last commit (logged once)
         self.turns = 0  # of the main loop (tests wait on it rather than on the clock)
 
     def request_stop(self, signum: int | None = None, _frame: object = None) -> None:
@@ -209,7 +215,7 @@ class Daemon:
         heartbeat = Heartbeat(db, jobs.owner_id(), "watch", "", self.config.index.lease_seconds).start()
         try:
             with (
-                self.background.watching(db, lambda paths: offer(db, paths, sidecars_pending=True)),
+                self.background.watching(db, lambda paths: _queue_only(db, paths)),
                 answering(self.config, db, None),
             ):
                 self.notifier.ready("watching, queueing new files for the workers")
@@ -265,9 +271,7 @@ class Daemon:
                 self._report(pipeline)
                 if pipeline.process_batch(halt):
                     self.background.stored()
-                    if self._index_full:
-                        log.info("the index has room again: carrying on")
-                        self._index_full = False
+                    pipeline.db.full.room()
                     continue
                 if self._check_pause(pipeline):  # the batch stopped for a pause: no retried writes now
                     continue
@@ -276,8 +280,7 @@ class Daemon:
                     self.notifier.status(status_line(pipeline, self.paused))
             except DatabaseError as exc:
                 if disk_full(exc):
-                    wait_for_room(pipeline, exc, self.stop_event, said=self._index_full)
-                    self._index_full = True
+                    wait_for_room(pipeline, exc, self.stop_event)
                     continue
                 if not unreachable(exc):
                     raise
@@ -287,6 +290,13 @@ class Daemon:
             # without a watcher of its own looks at the shared queue more often.
             self.wakeup.wait(timeout=self._idle_s(1.0 if self.role == "all" else 0.25))
             self.wakeup.clear()
+
+
+def _queue_only(db: Database, paths: Iterable[str]) -> int:
+    """A watcher's one write: queue *paths* for the workers (a full disk ends once that goes through)."""
+    queued = offer(db, paths, sidecars_pending=True)
+    db.full.room()
+    return queued
 
 
 def wait_for_index_server(pipeline: Pipeline, exc: DatabaseError, stop: threading.Event) -> None:
@@ -299,13 +309,9 @@ def wait_for_index_server(pipeline: Pipeline, exc: DatabaseError, stop: threadin
             return
 
 
-def wait_for_room(pipeline: Pipeline, exc: DatabaseError, stop: threading.Event, said: bool) -> None:
-    """The index's disk is full: the commit rolled back whole and the work stays queued; wait for room.
-
-    *said*: this outage was logged already (one line for it, not one per try).
-    """
-    if not said:
-        log.error("%s; the work stays queued and is tried again every %.0f s until there is room", exc, ROOM_S)
+def wait_for_room(pipeline: Pipeline, exc: DatabaseError, stop: threading.Event) -> None:
+    """The index's disk is full: the commit rolled back whole and the work stays queued; wait for room."""
+    pipeline.db.full.met(exc)  # one line for the outage, not one per try
     while not stop.wait(ROOM_S):
         try:
             pipeline.reset()  # give back the batch in hand: the next turn claims it again

@@ -163,6 +163,10 @@ class _Handler(FileSystemEventHandler):
                 self.w.consider(src, is_dir=False)
 
 
+class Later(Exception):
+    """Raised by ``on_settled``: the files wait and are offered again; the caller has said why."""
+
+
 class FolderWatcher:
     """Observers on the watched folders plus a thread that releases settled files."""
 
@@ -291,20 +295,7 @@ class FolderWatcher:
                     log.exception("checking the watched folders failed")
             ready = self.tracker.due()
             if ready:
-                try:
-                    self.on_settled(ready)
-                except Exception as exc:
-                    if not isinstance(exc, FlorenceWatchError):
-                        log.exception("could not queue %d settled file(s)", len(ready))
-                    elif str(exc) != failing:  # the index is away or full, say: its words say it all, once
-                        log.warning("could not queue %d settled file(s): %s; trying again", len(ready), exc)
-                    failing = str(exc)
-                    for p in ready:
-                        self.tracker.touch(p)
-                else:
-                    if failing:
-                        log.info("queued %d settled file(s) that waited for the index", len(ready))
-                    failing = ""
+                failing = _offer(self.on_settled, self.tracker, ready, failing)
 
     def stop(self) -> None:
         self._stop.set()
@@ -313,3 +304,22 @@ class FolderWatcher:
             self.observer.join(timeout=5)
         if self._thread.is_alive():
             self._thread.join(timeout=5)
+
+
+def _offer(on_settled: Callable[[list[str]], None], tracker: SettleTracker, ready: list[str], failing: str) -> str:
+    """Hand the settled files on; those that cannot be queued wait. Returns why they could not ('')."""
+    try:
+        on_settled(ready)
+    except Exception as exc:
+        if isinstance(exc, Later):
+            pass  # told by the caller
+        elif not isinstance(exc, FlorenceWatchError):
+            log.exception("could not queue %d settled file(s)", len(ready))
+        elif str(exc) != failing:  # the index is away, say: its words say it all, once
+            log.warning("could not queue %d settled file(s): %s; trying again", len(ready), exc)
+        for p in ready:
+            tracker.touch(p)
+        return str(exc) or type(exc).__name__
+    if failing:
+        log.info("queued %d settled file(s) that waited for the index", len(ready))
+    return ""

@@ -1,14 +1,16 @@
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from daemon.errors import DatabaseError
-from daemon.index.db import MIGRATIONS, SCHEMA_VERSION, Database, Image
+from daemon.index.db import MIGRATIONS, SCHEMA_VERSION, Database, Image, disk_full, postponed
 from daemon.testing.helpers import REPO
 from daemon.testing.postgres import Cluster
 
@@ -86,3 +88,40 @@ def test_workers_starting_at_once_on_an_empty_postgresql_database_all_start(post
         errors = [p.communicate(timeout=120)[1] for p in procs]
         assert [p.returncode for p in procs] == [0, 0, 0], errors
         postgres.drop_database(name)
+
+
+def _full(db: Database) -> DatabaseError:
+    """SQLite's own 'database or disk is full', met for real: the file may not grow past its pages."""
+    with pytest.raises(DatabaseError) as caught, db.transaction(write=True) as s:
+        pages = s.execute(text("PRAGMA page_count")).scalar()
+        s.execute(text(f"PRAGMA max_page_count = {pages}"))
+        s.add_all(Image(sha256=f"{i:064x}", width=1, height=1) for i in range(5000))
+        s.flush()
+    assert disk_full(caught.value), caught.value
+    return caught.value
+
+
+def test_a_full_disk_is_told_once_whichever_threads_meet_it(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    db = Database(f"sqlite:///{tmp_path}/i.db")
+    full, away = _full(db), DatabaseError(str(tmp_path / "i.db"), "unable to open database file")
+    caplog.set_level(logging.INFO, logger="daemon.index.db")
+
+    def told(words: str) -> int:
+        return sum(words in r.getMessage() for r in caplog.records)
+
+    meet = [threading.Thread(target=postponed, args=(db, full, f"thread {i}")) for i in range(8)]
+    for t in meet:
+        t.start()
+    for t in meet:
+        t.join()
+    db.full.met(full)  # the main loop, waiting for room
+    assert told("database or disk is full") == 1 and told("thread") == 0
+    postponed(db, away, "heartbeat failed")  # anything else is its own line, each time
+    postponed(db, away, "heartbeat failed")
+    assert told("heartbeat failed: ") == 2
+    db.full.room()
+    db.full.room()  # a batch stored with no outage on says nothing
+    assert told("the index has room again") == 1
+    postponed(db, full, "heartbeat failed")  # full again: a new outage, a new line
+    assert told("database or disk is full") == 2
+    db.close()

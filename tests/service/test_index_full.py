@@ -7,6 +7,7 @@ once there is room again.
 
 from __future__ import annotations
 
+import itertools
 import os
 import pwd
 import shutil
@@ -66,6 +67,9 @@ def full_index(request: pytest.FixtureRequest, index_disk: Path) -> Iterator[tup
         cluster.sql("DROP TABLESPACE IF EXISTS t_small")
 
 
+ROOM = "the index has room again: carrying on"
+
+
 def _intact(url: str) -> bool:
     """SQLite's PRAGMA integrity_check; on PostgreSQL, every file row's documents and jobs readable."""
     if not url.startswith("postgresql"):
@@ -104,12 +108,22 @@ def test_a_full_index_disk_keeps_the_work_queued_and_carries_on_when_there_is_ro
         def said() -> int:
             return daemon.log.read_text().count(full)
 
+        def one_line_each() -> bool:
+            """No outage is told twice: between two lines naming it, a line saying it ended.
+
+            An outage may end without us freeing anything: PostgreSQL's autovacuum (or SQLite's
+            freelist) makes room inside the index's own pages, a commit fits, and the next one
+            that needs a new page starts a second outage, with a line of its own.
+            """
+            told = [line for line in daemon.log.read_text().splitlines() if full in line or ROOM in line]
+            return all(not (full in a and full in b) for a, b in itertools.pairwise(told))
+
         # Full as new files are queued: the watcher keeps them and queues them once there is room.
         filler = fill(index_disk)
         _photos(inbox, range(2, 20))
         assert wait_until(lambda: said(), timeout=60), daemon.log.read_text()
         time.sleep(3)  # the watcher tries again every second: still one line
-        assert said() == 1 and daemon.proc.poll() is None
+        assert one_line_each() and daemon.proc.poll() is None, daemon.log.read_text()[-6000:]
         assert _intact(index)
         filler.unlink()
         assert wait_until(lambda: status(db)["indexed"] == 20, timeout=180), daemon.log.read_text()[-3000:]
@@ -120,13 +134,15 @@ def test_a_full_index_disk_keeps_the_work_queued_and_carries_on_when_there_is_ro
         assert wait_until(lambda: status(db)["queue"]["pending"] == 20, timeout=60)
         filler = fill(index_disk)
         assert _cli("--config", str(config), "resume").returncode == 0
-        assert wait_until(lambda: said() == 2, timeout=60), daemon.log.read_text()[-3000:]
+        before = said()
+        assert wait_until(lambda: said() > before, timeout=60), daemon.log.read_text()[-3000:]
         time.sleep(6)  # another try, another failure: no new line
-        assert said() == 2 and daemon.proc.poll() is None and status(db)["indexed"] < 40
+        assert one_line_each() and daemon.proc.poll() is None, daemon.log.read_text()[-6000:]
+        assert status(db)["indexed"] < 40
         assert _intact(index)
         filler.unlink()
         assert wait_until(lambda: status(db)["indexed"] == 40, timeout=180), daemon.log.read_text()[-3000:]
-        assert "the index has room again: carrying on" in daemon.log.read_text()
+        assert ROOM in daemon.log.read_text() and one_line_each()
         assert "is the server running" not in daemon.log.read_text()  # it is: its disk is full
         assert daemon.stop() == 0
     finally:
